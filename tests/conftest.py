@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny in-process models and paths to the development data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A random 2-layer Llama with a ChatML tokenizer, saved once per test session."""
+    from searchrl.testing import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_st_dir(tmp_path_factory) -> Path:
+    """A random 2-layer BERT sentence-transformers model, saved once per test session."""
+    from searchrl.testing import build_tiny_sentence_transformer
+
+    return build_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-st"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real development data (``$SEARCHRL_DATA`` or ``../shared/data``)."""
+    from searchrl.paths import shared_data_dir
+
+    path = shared_data_dir()
+    if not (path / "scifact" / "corpus.jsonl").exists():
+        pytest.skip(f"development data not found at {path}")
+    return path
