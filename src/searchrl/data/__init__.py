@@ -1,5 +1,41 @@
 """Corpora, queries, qrels and QA sets: loaders for BEIR folders, JSONL and text files."""
 
+from searchrl.data.beir import (
+    BeirDataset,
+    available_splits,
+    iter_corpus,
+    load_beir,
+    load_corpus,
+    load_qrels,
+    load_queries,
+)
+from searchrl.data.expansions import load_expansions, write_expansions
+from searchrl.data.io import iter_jsonl, open_text, resolve_data_file
+from searchrl.data.qa import load_qa
+from searchrl.data.text import chunk_text, load_text_corpus
 from searchrl.data.types import Document, QAExample, Qrels, Query, Run, document_text, query_text
 
-__all__ = ["Document", "QAExample", "Qrels", "Query", "Run", "document_text", "query_text"]
+__all__ = [
+    "BeirDataset",
+    "Document",
+    "QAExample",
+    "Qrels",
+    "Query",
+    "Run",
+    "available_splits",
+    "chunk_text",
+    "document_text",
+    "iter_corpus",
+    "iter_jsonl",
+    "load_beir",
+    "load_corpus",
+    "load_expansions",
+    "load_qa",
+    "load_qrels",
+    "load_queries",
+    "load_text_corpus",
+    "open_text",
+    "query_text",
+    "resolve_data_file",
+    "write_expansions",
+]

@@ -1,0 +1,173 @@
+"""Ranking metrics (nDCG, recall, MRR, MAP through ir-measures/pytrec_eval) and answer metrics (EM, F1).
+
+Measures are named the way papers write them: ``"ndcg@10"``, ``"recall@100"``, ``"mrr@10"``,
+``"map"``, ``"p@5"``. Any other ir-measures name (``"nDCG@10"``, ``"RR@10"``, ``"AP@100"``)
+works too.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from searchrl.data.types import Qrels, Run
+from searchrl.errors import ConfigError
+
+DEFAULT_MEASURES = ("ndcg@10", "recall@100", "mrr@10", "map")
+
+# Our spelling -> ir-measures measure name (the cutoff, if any, is carried over).
+_ALIASES = {
+    "ndcg": "nDCG",
+    "recall": "R",
+    "r": "R",
+    "mrr": "RR",
+    "rr": "RR",
+    "map": "AP",
+    "ap": "AP",
+    "p": "P",
+    "precision": "P",
+    "success": "Success",
+}
+_MEASURE = re.compile(r"^\s*([a-z_]+)\s*(?:@\s*(\d+))?\s*$")
+
+
+def to_ir_measure(name: str):
+    """The ir-measures measure for ``name``: ``"mrr@10"`` -> ``RR@10``, ``"map"`` -> ``AP``.
+
+    Raises :class:`ConfigError` for a name neither we nor ir-measures understand.
+    """
+    import ir_measures
+
+    match = _MEASURE.match(name.lower())
+    if match and match.group(1) in _ALIASES:
+        base, cutoff = _ALIASES[match.group(1)], match.group(2)
+        name_for_ir = base if cutoff is None else f"{base}@{int(cutoff)}"
+    else:
+        name_for_ir = name.strip()
+    try:
+        return ir_measures.parse_measure(name_for_ir)
+    except Exception:
+        raise ConfigError(
+            f"unknown measure {name!r}",
+            hint="use e.g. ndcg@10, recall@100, mrr@10, map, p@10 (or any ir-measures name)",
+        ) from None
+
+
+def evaluate_run(
+    qrels: Qrels, run: Run, measures: Sequence[str] = DEFAULT_MEASURES
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Score ``run`` against ``qrels``; returns ``(aggregate, per_query)``.
+
+    Keys are the measure names as given, lower-cased. Every query of ``qrels`` with at least
+    one relevant document (relevance > 0) is scored; a query the run has no results for
+    scores 0 rather than being left out of the average (which would inflate it). Queries of
+    the run that ``qrels`` does not judge are ignored, and queries whose judgments are all
+    non-relevant are skipped with a warning, since every measure is undefined for them.
+
+    >>> qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    >>> aggregate, per_query = evaluate_run(qrels, {"q1": {"d1": 2.0, "d3": 1.0}}, ["mrr@10"])
+    >>> aggregate, per_query["q2"]
+    ({'mrr@10': 0.5}, {'mrr@10': 0.0})
+    """
+    import ir_measures
+
+    keys = [m.strip().lower() for m in measures]
+    if not keys:
+        raise ConfigError("no measures given", hint="e.g. ndcg@10")
+    parsed = {key: to_ir_measure(key) for key in dict.fromkeys(keys)}
+    judged = {
+        str(query_id): {str(doc_id): int(rel) for doc_id, rel in docs.items()}
+        for query_id, docs in qrels.items()
+        if any(int(rel) > 0 for rel in docs.values())
+    }
+    unanswerable = [query_id for query_id in qrels if str(query_id) not in judged]
+    if unanswerable:
+        warnings.warn(
+            f"{len(unanswerable)} queries have no relevant document in the qrels and are not scored: "
+            f"{', '.join(map(str, unanswerable[:5]))}",
+            stacklevel=2,
+        )
+    per_query: dict[str, dict[str, float]] = {query_id: dict.fromkeys(parsed, 0.0) for query_id in judged}
+    # pytrec_eval wants plain str -> float; runs may carry NumPy scores.
+    clean_run = {
+        str(query_id): {str(doc_id): float(score) for doc_id, score in hits.items()}
+        for query_id, hits in run.items()
+        if str(query_id) in judged and hits
+    }
+    if judged and clean_run:
+        key_of = {measure: key for key, measure in parsed.items()}
+        evaluator = ir_measures.evaluator(list(parsed.values()), judged)
+        for metric in evaluator.iter_calc(clean_run):
+            if metric.query_id in per_query:
+                per_query[metric.query_id][key_of[metric.measure]] = float(metric.value)
+    count = len(per_query)
+    aggregate = {key: (sum(scores[key] for scores in per_query.values()) / count if count else 0.0) for key in parsed}
+    return aggregate, per_query
+
+
+# --- answer metrics (the SQuAD v1.1 evaluation script's definitions) -------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD).
+
+    >>> normalize_answer("The  Apollo-13 mission!")
+    'apollo13 mission'
+    """
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCTUATION)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def _as_answers(answers: str | Iterable[str]) -> list[str]:
+    return [answers] if isinstance(answers, str) else list(answers)
+
+
+def exact_match(prediction: str, answers: str | Iterable[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised gold answer, else 0.0.
+
+    >>> exact_match("the Moon", ["moon", "lunar surface"])
+    1.0
+    """
+    predicted = normalize_answer(prediction)
+    return float(any(predicted == normalize_answer(answer) for answer in _as_answers(answers)))
+
+
+def _f1(predicted_tokens: list[str], gold_tokens: list[str]) -> float:
+    if not predicted_tokens or not gold_tokens:
+        return float(predicted_tokens == gold_tokens)
+    common = sum((Counter(predicted_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision = common / len(predicted_tokens)
+    recall = common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(prediction: str, answers: str | Iterable[str]) -> float:
+    """Best token-overlap F1 between the normalised prediction and any gold answer (SQuAD).
+
+    >>> round(token_f1("oxygen tank two", ["the oxygen tank"]), 3)
+    0.8
+    """
+    predicted_tokens = normalize_answer(prediction).split()
+    scores = [_f1(predicted_tokens, normalize_answer(answer).split()) for answer in _as_answers(answers)]
+    return max(scores, default=0.0)
+
+
+__all__ = [
+    "DEFAULT_MEASURES",
+    "evaluate_run",
+    "exact_match",
+    "normalize_answer",
+    "to_ir_measure",
+    "token_f1",
+]
+
