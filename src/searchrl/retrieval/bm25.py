@@ -1,0 +1,350 @@
+"""BM25 (Lucene variant) over bm25s's precomputed score matrix.
+
+bm25s computes every document's BM25 weight for every term it contains once, at indexing
+time, as a sparse ``documents x terms`` matrix. Searching a batch of queries is then one
+sparse product — ``query term counts @ weights.T`` — and a top-k per row: no Python loop
+per document, and none per query beyond turning its text into tokens.
+
+The analysis (lower case, words of two or more characters, stop words removed, Snowball
+stemming) lives in :class:`BM25Analyzer`, which is public because training rewards must
+tokenise expansions exactly as the index does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from searchrl.data.types import Document
+from searchrl.errors import ConfigError, DataError, IndexFileError
+from searchrl.progress import progress_bar
+from searchrl.retrieval.base import (
+    REBUILD_HINT,
+    Hit,
+    Retriever,
+    check_search_args,
+    documents_to_texts,
+    read_manifest,
+    top_k_rows,
+    write_manifest,
+)
+
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+"""Words of two or more letters/digits: the default of bm25s and scikit-learn."""
+
+_STOPWORD_LISTS = {
+    # language code -> name of the list in bm25s.stopwords
+    "en": "STOPWORDS_EN",
+    "english": "STOPWORDS_EN",
+    "en_plus": "STOPWORDS_EN_PLUS",
+    "de": "STOPWORDS_GERMAN",
+    "german": "STOPWORDS_GERMAN",
+    "nl": "STOPWORDS_DUTCH",
+    "dutch": "STOPWORDS_DUTCH",
+    "fr": "STOPWORDS_FRENCH",
+    "french": "STOPWORDS_FRENCH",
+    "es": "STOPWORDS_SPANISH",
+    "spanish": "STOPWORDS_SPANISH",
+    "pt": "STOPWORDS_PORTUGUESE",
+    "portuguese": "STOPWORDS_PORTUGUESE",
+    "it": "STOPWORDS_ITALIAN",
+    "italian": "STOPWORDS_ITALIAN",
+    "ru": "STOPWORDS_RUSSIAN",
+    "russian": "STOPWORDS_RUSSIAN",
+    "sv": "STOPWORDS_SWEDISH",
+    "swedish": "STOPWORDS_SWEDISH",
+    "no": "STOPWORDS_NORWEGIAN",
+    "norwegian": "STOPWORDS_NORWEGIAN",
+    "da": "STOPWORDS_DANISH",
+    "danish": "STOPWORDS_DANISH",
+    "tr": "STOPWORDS_TURKISH",
+    "turkish": "STOPWORDS_TURKISH",
+}
+
+# Bound on the dense (queries x documents) score block materialised per batch of queries.
+_MAX_SCORE_BLOCK = 1 << 24
+
+
+class BM25Analyzer:
+    """Text -> tokens, exactly as :class:`BM25Retriever` indexes documents and reads queries.
+
+    Lower-cases, keeps words of two or more characters (``TOKEN_PATTERN``), drops stop words,
+    then stems with a Snowball stemmer (PyStemmer) — the same pipeline as ``bm25s.tokenize``
+    with a stemmer, and close to Elasticsearch's English analyzer.
+
+    Args:
+        stemmer: a Snowball language (``"english"``, ``"porter"``, ``"german"``...) or ``None``.
+        stopwords: a language code (``"en"`` is Lucene's 33-word English list), a list of
+            words, or ``None``.
+
+    >>> BM25Analyzer().tokenize(["The studies of running mice", "a"])
+    [['studi', 'run', 'mice'], []]
+    """
+
+    def __init__(self, stemmer: str | None = "english", stopwords: str | Sequence[str] | None = "en") -> None:
+        self.stemmer = stemmer or None
+        self.stopwords = stopwords if isinstance(stopwords, str) or stopwords is None else list(stopwords)
+        self._split = re.compile(TOKEN_PATTERN).findall
+        self._stopword_set = _stopword_set(stopwords)
+        self._stem_words = _stem_function(self.stemmer)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
+        """One token list per text (possibly empty), in text order."""
+        if isinstance(texts, str):
+            raise ConfigError("tokenize() takes a list of texts, got a single string", hint="wrap it: [text]")
+        stop = self._stopword_set
+        tokenized = []
+        for text in texts:
+            words = [w for w in self._split(text.lower()) if w not in stop]
+            tokenized.append(self._stem_words(words) if self._stem_words else words)
+        return tokenized
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings, JSON-serialisable; ``BM25Analyzer(**analyzer.to_dict())`` rebuilds it."""
+        return {"stemmer": self.stemmer, "stopwords": self.stopwords}
+
+    def __repr__(self) -> str:
+        return f"BM25Analyzer(stemmer={self.stemmer!r}, stopwords={self.stopwords!r})"
+
+
+def _stopword_set(stopwords: str | Sequence[str] | None) -> frozenset[str]:
+    if stopwords is None or stopwords is False:
+        return frozenset()
+    if isinstance(stopwords, str):
+        list_name = _STOPWORD_LISTS.get(stopwords.lower())
+        if list_name is None:
+            raise ConfigError(
+                f"unknown stop word list {stopwords!r}",
+                hint=f"use one of {sorted(_STOPWORD_LISTS)}, a list of words, or None",
+            )
+        import bm25s.stopwords
+
+        return frozenset(getattr(bm25s.stopwords, list_name))
+    return frozenset(w.lower() for w in stopwords)
+
+
+def _stem_function(stemmer: str | None):
+    if stemmer is None:
+        return None
+    import Stemmer
+
+    if stemmer not in Stemmer.algorithms():
+        raise ConfigError(f"unknown stemmer {stemmer!r}", hint=f"use None or one of {Stemmer.algorithms()}")
+    # PyStemmer keeps its own cache of recent words, so repeated words cost a dict lookup.
+    return Stemmer.Stemmer(stemmer).stemWords
+
+
+class BM25Retriever(Retriever):
+    """Lucene BM25 (``k1``, ``b``) with :class:`BM25Analyzer` analysis.
+
+    ``search`` returns only documents that share at least one term with the query, so an
+    empty query, or one made only of stop words or terms absent from the corpus, gets an
+    empty hit list.
+
+    >>> from searchrl.data import Document
+    >>> docs = [Document("d1", "Vitamin D deficiency and bone fractures"), Document("d2", "Aspirin and the heart")]
+    >>> BM25Retriever().index(docs, show_progress=False).search(["vitamin deficiencies"], k=5)[0][0][0]
+    'd1'
+    """
+
+    name = "bm25"
+
+    def __init__(
+        self, k1: float = 1.2, b: float = 0.75, stemmer: str | None = "english", stopwords: str | Sequence[str] | None = "en"
+    ) -> None:
+        if not (k1 >= 0 and 0 <= b <= 1):
+            raise ConfigError(f"invalid BM25 parameters k1={k1}, b={b}", hint="need k1 >= 0 and 0 <= b <= 1")
+        self.k1 = float(k1)
+        self.b = float(b)
+        self.analyzer = BM25Analyzer(stemmer=stemmer, stopwords=stopwords)
+        self._doc_ids: list[str] = []
+        self._bm25 = None  # bm25s.BM25 holding the documents x terms weight matrix
+        self._term_weights: sp.csr_matrix | None = None  # the same matrix seen as terms x documents
+        self._average_document_length = 0.0
+
+    # -- indexing ------------------------------------------------------------------------
+
+    def index(
+        self,
+        documents: Iterable[Document],
+        doc_expansions: Mapping[str, str] | None = None,
+        *,
+        show_progress: bool = True,
+    ) -> "BM25Retriever":
+        """Tokenise ``document_text(doc, expansion)`` for every document and build the weights."""
+        import bm25s
+
+        doc_ids, texts = documents_to_texts(documents, doc_expansions)
+        if not doc_ids:
+            raise DataError("no documents to index", hint="check the corpus file is not empty")
+        corpus_tokens: list[list[str]] = []
+        chunk = 2048
+        with progress_bar("Tokenising documents", len(texts), unit="doc", disable=None if show_progress else True) as advance:
+            for start in range(0, len(texts), chunk):
+                corpus_tokens.extend(self.analyzer.tokenize(texts[start : start + chunk]))
+                advance(min(chunk, len(texts) - start))
+        if not any(corpus_tokens):
+            raise DataError(
+                f"none of the {len(doc_ids)} documents contains an indexable word",
+                hint="documents are empty or made only of stop words",
+            )
+        bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+        bm25.index(corpus_tokens, create_empty_token=False, show_progress=False)
+        self._set_index(bm25, doc_ids, float(np.mean([len(t) for t in corpus_tokens])))
+        return self
+
+    def _set_index(self, bm25, doc_ids: list[str], average_document_length: float) -> None:
+        scores = bm25.scores
+        n_terms = len(scores["indptr"]) - 1
+        self._bm25 = bm25
+        self._doc_ids = list(doc_ids)
+        self._average_document_length = average_document_length
+        # bm25s stores documents x terms in CSC form; the same three arrays read as CSR are
+        # terms x documents, which is what the query product needs (no copy).
+        self._term_weights = sp.csr_matrix(
+            (scores["data"], scores["indices"], scores["indptr"]), shape=(n_terms, int(scores["num_docs"]))
+        )
+
+    # -- corpus statistics (used by training rewards) -------------------------------------
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return list(self._doc_ids)
+
+    @property
+    def num_documents(self) -> int:
+        """Number of indexed documents (``N`` in the IDF)."""
+        return len(self._doc_ids)
+
+    @property
+    def average_document_length(self) -> float:
+        """Mean number of tokens per indexed document (``avgdl`` in BM25)."""
+        return self._average_document_length
+
+    @property
+    def vocabulary(self) -> dict[str, int]:
+        """``{token: column}`` of the indexed corpus (tokens are analyzer output, i.e. stems)."""
+        self._require_index()
+        return dict(self._bm25.vocab_dict)
+
+    def document_frequencies(self) -> dict[str, int]:
+        """``{token: number of indexed documents containing it}``."""
+        self._require_index()
+        counts = np.diff(self._term_weights.indptr)
+        return {token: int(counts[column]) for token, column in self._bm25.vocab_dict.items()}
+
+    def idf(self, tokens: Sequence[str]) -> np.ndarray:
+        """Lucene IDF ``log(1 + (N - df + 0.5) / (df + 0.5))`` of each (analysed) token.
+
+        A token absent from the corpus has ``df = 0`` and so gets the largest IDF, which is
+        what in-batch scoring of new expansion words against corpus statistics should see.
+
+        >>> from searchrl.data import Document
+        >>> r = BM25Retriever().index([Document("a", "cell"), Document("b", "cell growth")], show_progress=False)
+        >>> [round(float(x), 3) for x in r.idf(["cell", "growth", "unseen"])]
+        [0.182, 0.693, 1.792]
+        """
+        self._require_index()
+        counts = np.diff(self._term_weights.indptr)
+        vocab = self._bm25.vocab_dict
+        df = np.array([counts[vocab[t]] if t in vocab else 0 for t in tokens], dtype=np.int64)
+        return lucene_idf(df, self.num_documents).astype(np.float32)
+
+    # -- search -------------------------------------------------------------------------
+
+    def search(self, queries: Sequence[str], k: int = 10, *, show_progress: bool = False) -> list[list[Hit]]:
+        """Top-``k`` documents per query by BM25 score; only documents with a positive score."""
+        check_search_args(queries, k)
+        return self.search_tokens(self.analyzer.tokenize(list(queries)), k=k, show_progress=show_progress)
+
+    def search_tokens(
+        self, query_tokens: Sequence[Sequence[str]], k: int = 10, *, show_progress: bool = False
+    ) -> list[list[Hit]]:
+        """Like :meth:`search` for queries already analysed with :attr:`analyzer`."""
+        self._require_index()
+        check_search_args(query_tokens, k)
+        query_terms = self._query_term_matrix(query_tokens)
+        n_queries, n_docs = len(query_tokens), self.num_documents
+        rows_per_block = max(1, _MAX_SCORE_BLOCK // max(n_docs, 1))
+        results: list[list[Hit]] = []
+        doc_ids = self._doc_ids
+        with progress_bar("BM25 search", n_queries, unit="query", disable=None if show_progress else True) as advance:
+            for start in range(0, n_queries, rows_per_block):
+                block = (query_terms[start : start + rows_per_block] @ self._term_weights).toarray()
+                indices, values = top_k_rows(block, k)
+                for row_indices, row_values in zip(indices.tolist(), values.tolist()):
+                    results.append([(doc_ids[i], s) for i, s in zip(row_indices, row_values) if s > 0])
+                advance(block.shape[0])
+        return results
+
+    def _query_term_matrix(self, query_tokens: Sequence[Sequence[str]]) -> sp.csr_matrix:
+        """``queries x terms`` counts; a repeated query word counts again, as in bm25s and Lucene."""
+        vocab = self._bm25.vocab_dict
+        rows: list[int] = []
+        columns: list[int] = []
+        for row, tokens in enumerate(query_tokens):
+            known = [vocab[t] for t in tokens if t in vocab]
+            rows.extend([row] * len(known))
+            columns.extend(known)
+        data = np.ones(len(columns), dtype=np.float32)
+        # csr_matrix sums duplicate (row, column) entries, which turns repeats into counts.
+        return sp.csr_matrix((data, (rows, columns)), shape=(len(query_tokens), self._term_weights.shape[0]))
+
+    def _require_index(self) -> None:
+        if self._bm25 is None:
+            raise IndexFileError("this BM25 retriever has no index yet", hint="call .index(documents) or load_retriever(dir)")
+
+    # -- persistence --------------------------------------------------------------------
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments, JSON-serialisable."""
+        return {"k1": self.k1, "b": self.b, **self.analyzer.to_dict()}
+
+    def save(self, directory: str | Path) -> None:
+        """``retriever.json`` plus bm25s's own files in ``bm25s/`` (``.npy`` arrays without pickle, JSON vocab)."""
+        self._require_index()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._bm25.save(str(directory / "bm25s"), allow_pickle=False, show_progress=False)
+        params = {**self.params(), "average_document_length": self._average_document_length}
+        write_manifest(directory, self.name, params, self._doc_ids)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "BM25Retriever":
+        """Read an index written by :meth:`save`; problems raise :class:`IndexFileError`."""
+        import bm25s
+
+        directory = Path(directory)
+        manifest = read_manifest(directory, expected_kind=cls.name)
+        params = dict(manifest["params"])
+        average_document_length = float(params.pop("average_document_length", 0.0))
+        try:
+            retriever = cls(**params)
+        except (TypeError, ConfigError) as err:
+            raise IndexFileError(f"invalid BM25 parameters in the manifest: {err}", path=directory, hint=REBUILD_HINT) from None
+        payload = directory / "bm25s"
+        try:
+            bm25 = bm25s.BM25.load(str(payload), allow_pickle=False, show_progress=False)
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+            raise IndexFileError(f"cannot read the BM25 index files: {err}", path=payload, hint=REBUILD_HINT) from None
+        if int(bm25.scores["num_docs"]) != len(manifest["doc_ids"]):
+            raise IndexFileError(
+                f"index holds {bm25.scores['num_docs']} documents but the manifest lists {len(manifest['doc_ids'])}",
+                path=directory,
+                hint=REBUILD_HINT,
+            )
+        retriever._set_index(bm25, manifest["doc_ids"], average_document_length)
+        return retriever
+
+
+def lucene_idf(document_frequency: np.ndarray, num_documents: int) -> np.ndarray:
+    """Lucene's BM25 IDF, vectorised: ``log(1 + (N - df + 0.5) / (df + 0.5))``."""
+    df = np.asarray(document_frequency, dtype=np.float64)
+    return np.log1p((num_documents - df + 0.5) / (df + 0.5))
+
