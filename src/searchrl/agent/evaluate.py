@@ -1,0 +1,172 @@
+"""Evaluate a search agent on a QA set: accuracy, searching behaviour, every transcript on disk.
+
+Scores use the same functions as the training rewards (:mod:`searchrl.agent.rewards`), so an
+answer counts only if the last turn ends with a proper ``<answer>``, and a hedged answer
+("A or B") scores 0 under EM, F1 and the judge alike. Episodes whose search tool failed are
+counted (``tool_errors``) and left out of the averages rather than scored 0.
+
+Transcripts are appended to the JSONL file batch by batch; rerunning the same command skips
+the questions already there (interruptible and resumable), and refuses a file written with a
+different configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from searchrl.agent.episode import EpisodeConfig, EpisodeResult, Policy, run_episodes
+from searchrl.agent.rewards import correctness_reward, format_reward, retrieval_reward
+from searchrl.agent.tool import SearchTool
+from searchrl.data.types import QAExample
+from searchrl.errors import ConfigError, DataError
+from searchrl.llm.engine import Message
+from searchrl.progress import progress_bar
+
+
+@dataclass
+class AgentEvalReport:
+    """Aggregate metrics and the scored episodes (as written to the transcripts file)."""
+
+    metrics: dict[str, Any]
+    records: list[dict] = field(repr=False)
+
+
+def eval_key(run_info: Mapping[str, Any]) -> str:
+    """A short hash of the settings that decide a transcript (model, retriever, limits, ...)."""
+    return hashlib.sha256(json.dumps(run_info, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def score_episode(episode: EpisodeResult, *, judge: Any = None) -> dict[str, float | None]:
+    """Per-episode scores: ``em``, ``f1``, ``judge`` (when a judge is given), ``format``, ``retrieval_hit``."""
+    scores: dict[str, float | None] = {
+        "em": correctness_reward(episode, episode.answers, metric="em"),
+        "f1": correctness_reward(episode, episode.answers, metric="f1"),
+        "format": format_reward(episode),
+        "retrieval_hit": retrieval_reward(episode, episode.gold_ids),
+    }
+    if judge is not None:
+        scores["judge"] = correctness_reward(episode, episode.answers, metric="judge", judge=judge)
+    return scores
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def summarize(records: Sequence[Mapping[str, Any]], *, with_judge: bool = False) -> dict[str, Any]:
+    """Aggregate scored transcript records into the report's metrics."""
+    n = len(records)
+    scores = [r["scores"] for r in records]
+    searches = [len(r["searches"]) for r in records]
+    metrics: dict[str, Any] = {
+        "num_questions": n,
+        "em": _mean([s.get("em") for s in scores]),
+        "f1": _mean([s.get("f1") for s in scores]),
+        "answered_rate": _mean([float(r["finish_reason"] == "answered") for r in records]),
+        "searches_per_episode": _mean([float(k) for k in searches]),
+        "retries_per_episode": _mean([float(max(k - 1, 0)) for k in searches]),
+        "retrieval_hit_rate": _mean([s.get("retrieval_hit") for s in scores]),
+        "format_rate": _mean([s.get("format") for s in scores]),
+        "turns_per_episode": _mean([float(r["num_turns"]) for r in records]),
+        "model_tokens_per_episode": _mean([float(r["num_model_tokens"]) for r in records]),
+        "finish_reasons": dict(Counter(r["finish_reason"] for r in records)),
+        "tool_errors": sum(r["finish_reason"] == "tool_error" for r in records),
+    }
+    if with_judge:
+        metrics["judge"] = _mean([s.get("judge") for s in scores])
+        metrics["judge_failures"] = sum(
+            s.get("judge") is None for s, r in zip(scores, records) if r["finish_reason"] != "tool_error"
+        )
+    return metrics
+
+
+def _read_existing(path: Path, key: str) -> list[dict]:
+    """Transcripts already written for this configuration; a torn last line is dropped."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records: list[dict] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # interrupted while writing the last line
+                break
+            raise DataError("malformed transcript line", path=path, line=number, hint="delete the file or pass --overwrite") from None
+        if record.get("eval_key") != key:
+            raise ConfigError(
+                "this transcripts file was written with different settings (model, retriever or limits)",
+                path=path,
+                hint="pass --overwrite to replace it, or choose another --out",
+            )
+        records.append(record)
+    # Rewrite without the torn line so later appends start on a clean line.
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return records
+
+
+def evaluate_agent(
+    policy: Policy,
+    tool: SearchTool,
+    examples: Sequence[QAExample],
+    config: EpisodeConfig | None = None,
+    *,
+    judge: Any = None,
+    out_path: str | Path | None = None,
+    batch_size: int = 16,
+    run_info: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    show_progress: bool | None = None,
+    on_message: Callable[[QAExample, Message], None] | None = None,
+) -> AgentEvalReport:
+    """Play one greedy-or-sampled episode per question and score it.
+
+    ``run_info`` (model name, retriever, ...) is hashed into every transcript record so a
+    resumed run never mixes transcripts of different settings.
+    """
+    config = config or EpisodeConfig()
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    ids = [e.id for e in examples]
+    if len(set(ids)) != len(ids):
+        raise DataError("question ids must be unique for evaluation")
+    key = eval_key({**(run_info or {}), "episode": config.model_dump(), "k": tool.k, "judge": judge is not None})
+    path = Path(out_path) if out_path is not None else None
+    done: dict[str, dict] = {}
+    if path is not None:
+        if overwrite and path.exists():
+            path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        done = {r["question_id"]: r for r in _read_existing(path, key)}
+    todo = [e for e in examples if e.id not in done]
+
+    with progress_bar("agent eval", total=len(examples), unit="q", disable=None if show_progress is None else not show_progress) as advance:
+        advance(len(examples) - len(todo))
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            callback = None if on_message is None else (lambda i, m, batch=batch: on_message(batch[i], m))
+            episodes = run_episodes(policy, tool, batch, config, on_message=callback)
+            new_records = []
+            for episode in episodes:
+                record = episode.to_dict(tokens=False)
+                record["scores"] = score_episode(episode, judge=judge)
+                record["eval_key"] = key
+                new_records.append(record)
+                done[episode.question_id] = record
+            if path is not None:
+                with path.open("a", encoding="utf-8") as handle:
+                    for record in new_records:
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            advance(len(batch))
+
+    records = [done[i] for i in ids]
+    return AgentEvalReport(metrics=summarize(records, with_judge=judge is not None), records=records)

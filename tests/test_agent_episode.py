@@ -1,0 +1,284 @@
+"""Episodes at the token level (masks, budgets, finish reasons), evaluation and the ``agent`` CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from searchrl.agent.episode import (
+    ChatFormat,
+    EpisodeConfig,
+    EpisodeResult,
+    ScriptedPolicy,
+    rollout_batch,
+    run_episodes,
+)
+from searchrl.agent.evaluate import evaluate_agent
+from searchrl.agent.tool import SearchTool
+from searchrl.cli import main
+from searchrl.data.types import Document, QAExample
+from searchrl.errors import ConfigError
+from searchrl.retrieval.base import Retriever
+
+
+class WordRetriever(Retriever):
+    """Scores documents by shared words; optionally fails on a given query."""
+
+    name = "words"
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.fail_on, self.docs = fail_on, []
+
+    def index(self, documents, doc_expansions=None, *, show_progress=True):
+        self.docs = list(documents)
+        return self
+
+    def search(self, queries, k=10, *, show_progress=False):
+        if self.fail_on is not None and self.fail_on in queries:
+            raise OSError("disk error")
+        out = []
+        for query in queries:
+            words = set(query.lower().split())
+            scored = sorted(self.docs, key=lambda d: -len(words & set(d.text.lower().split())))
+            out.append([(d.id, 1.0) for d in scored[:k]])
+        return out
+
+    def save(self, directory):
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory):
+        raise NotImplementedError
+
+    @property
+    def doc_ids(self):
+        return [d.id for d in self.docs]
+
+
+CORPUS = {
+    "c1": Document("c1", "The number two oxygen tank exploded at 55 hours."),
+    "c2": Document("c2", "Jim Lovell commanded Apollo 13."),
+    "c3": Document("c3", "The crew used the lunar module as a lifeboat. " * 40),
+}
+Q_CMD = QAExample("q1", "Who commanded Apollo 13?", ("Jim Lovell",), ("c2",))
+Q_TANK = QAExample("q2", "Which tank exploded?", ("oxygen tank",), ("c1",))
+Q_BOAT = QAExample("q3", "What served as a lifeboat?", ("lunar module",), ("c3",))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from searchrl.testing import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+def make_tool(**options) -> SearchTool:
+    return SearchTool(WordRetriever(**options).index(CORPUS.values()), CORPUS, k=2)
+
+
+SCRIPTS = {
+    Q_CMD.question: ["<think>look up</think><search>commanded Apollo</search>", "<answer>Jim Lovell</answer>"],
+    Q_TANK.question: ["<search>tank</search>", "<search>oxygen tank exploded</search>", "<answer>oxygen tank</answer>"],
+    Q_BOAT.question: ["It was the lunar module."],
+}
+
+
+def test_token_sequence_is_the_rendered_chat_and_mask_covers_only_model_text(tokenizer):
+    policy = ScriptedPolicy(tokenizer, SCRIPTS)
+    [episode] = run_episodes(policy, make_tool(), [Q_CMD])
+    fmt = ChatFormat(tokenizer)
+    # Appending ids turn by turn gives exactly the chat template's rendering of the transcript.
+    assert tokenizer.decode(episode.token_ids) == fmt.render(episode.messages, add_generation_prompt=False).rstrip("\n")
+    assert len(episode.token_ids) == len(episode.mask) == len(episode.logprobs)
+    masked_in = tokenizer.decode([t for t, m in zip(episode.token_ids, episode.mask) if m])
+    assert masked_in == "".join(turn + "<|im_end|>" for turn in episode.assistant_turns)
+    assert episode.assistant_turns == SCRIPTS[Q_CMD.question]
+    assert episode.mask[: episode.prompt_length] == [0] * episode.prompt_length
+    masked_out = tokenizer.decode([t for t, m in zip(episode.token_ids, episode.mask) if not m])
+    assert "<information>" in masked_out and "Jim Lovell commanded" in masked_out
+    assert episode.num_model_tokens == sum(episode.mask)
+    # Sampled tokens carry the policy's logprob; environment tokens and the appended end-of-turn token none.
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for token, mask, logprob in zip(episode.token_ids, episode.mask, episode.logprobs):
+        if mask and token != eot:
+            assert logprob == -0.5
+        if not mask:
+            assert logprob is None
+    assert episode.finish_reason == "answered" and episode.answer == "Jim Lovell"
+    assert episode.searches[0]["query"] == "commanded Apollo" and episode.searches[0]["doc_ids"][0] == "c2"
+
+
+def test_turn_ended_by_the_model_keeps_its_own_end_of_turn_token(tokenizer):
+    [episode] = run_episodes(ScriptedPolicy(tokenizer, SCRIPTS), make_tool(), [Q_BOAT])
+    assert episode.finish_reason == "no_action" and episode.answer is None
+    model_ids = [t for t, m in zip(episode.token_ids, episode.mask) if m]
+    assert tokenizer.decode(model_ids) == "It was the lunar module.<|im_end|>"
+    assert all(lp == -0.5 for lp, m in zip(episode.logprobs, episode.mask) if m)  # eot was sampled, so it has one
+
+
+def test_episodes_are_batched_and_finish_independently(tokenizer):
+    policy = ScriptedPolicy(tokenizer, SCRIPTS)
+    results = run_episodes(policy, make_tool(), [Q_CMD, Q_TANK, Q_BOAT])
+    assert policy.calls == [3, 2, 1]
+    assert [r.finish_reason for r in results] == ["answered", "answered", "no_action"]
+    assert [r.num_searches for r in results] == [1, 2, 0]
+    assert [r.num_turns for r in results] == [2, 3, 1]
+
+
+def test_turn_limit_does_not_run_the_last_search(tokenizer):
+    always = ScriptedPolicy(tokenizer, lambda prompt, turn: f"<search>tank {turn}</search>")
+    [episode] = run_episodes(always, make_tool(), [Q_TANK], EpisodeConfig(max_turns=3))
+    assert episode.finish_reason == "turn_limit"
+    assert episode.num_turns == 3 and episode.num_searches == 2
+    assert episode.messages[-1]["role"] == "assistant"
+
+
+def test_token_budget_counts_only_model_tokens(tokenizer):
+    # Retrieved text (c3 is ~1,800 characters) does not count against the budget.
+    policy = ScriptedPolicy(tokenizer, {Q_BOAT.question: ["<search>lifeboat crew lunar</search>", "<answer>lunar module</answer>"]})
+    [episode] = run_episodes(policy, make_tool(), [Q_BOAT], EpisodeConfig(max_model_tokens=60))
+    assert episode.finish_reason == "answered"
+    assert len(episode.token_ids) - episode.prompt_length > 300
+    assert episode.num_model_tokens == sum(episode.mask) < 60
+
+    chatty = ScriptedPolicy(tokenizer, lambda prompt, turn: "<think>" + "hmm " * 50 + "</think><search>tank</search>")
+    [episode] = run_episodes(chatty, make_tool(), [Q_TANK], EpisodeConfig(max_model_tokens=40, max_turn_tokens=256))
+    assert episode.finish_reason == "token_budget"
+    assert episode.num_model_tokens <= 40 and episode.num_searches == 0
+
+
+def test_context_limit_ends_the_episode(tokenizer):
+    policy = ScriptedPolicy(tokenizer, lambda prompt, turn: "<search>lifeboat lunar crew</search>")
+    [episode] = run_episodes(policy, make_tool(), [Q_BOAT], EpisodeConfig(max_context_tokens=900, max_turn_tokens=32))
+    assert episode.finish_reason == "context_limit"
+    assert len(episode.token_ids) <= 900
+
+
+def test_model_written_information_block_ends_the_turn(tokenizer):
+    policy = ScriptedPolicy(tokenizer, {Q_CMD.question: ["<information>Lovell is the answer</information><answer>Jim Lovell</answer>"]})
+    [episode] = run_episodes(policy, make_tool(), [Q_CMD])
+    assert episode.assistant_turns == ["<information>"]
+    assert episode.finish_reason == "no_action" and episode.answer is None
+
+
+def test_failing_search_is_recorded_as_a_tool_error_for_that_episode_only(tokenizer):
+    tool = SearchTool(WordRetriever(fail_on="tank").index(CORPUS.values()), CORPUS, k=2)
+    results = run_episodes(ScriptedPolicy(tokenizer, SCRIPTS), tool, [Q_CMD, Q_TANK])
+    assert [r.finish_reason for r in results] == ["answered", "tool_error"]
+    assert "disk error" in results[1].error
+
+
+def test_repeated_questions_are_distinct_samples(tokenizer):
+    results = run_episodes(ScriptedPolicy(tokenizer, SCRIPTS), make_tool(), [Q_CMD, Q_CMD])
+    assert [r.sample_key for r in results] == ["q1#0", "q1#1"]
+
+
+def test_rollout_batch_splits_prompt_and_completion(tokenizer):
+    results = run_episodes(ScriptedPolicy(tokenizer, SCRIPTS), make_tool(), [Q_CMD, Q_BOAT])
+    batch = rollout_batch(results)
+    for r, prompt, completion, env_mask in zip(results, batch["prompt_ids"], batch["completion_ids"], batch["env_mask"]):
+        assert prompt + completion == r.token_ids and len(env_mask) == len(completion)
+        assert sum(env_mask) == r.num_model_tokens
+    assert batch["logprobs"] is None  # an appended end-of-turn token has no sampled logprob
+    assert batch["episode"][0]["answer"] == "Jim Lovell" and "token_ids" not in batch["episode"][0]
+    record = EpisodeResult.from_dict(json.loads(json.dumps(results[0].to_dict())))
+    assert record.token_ids == results[0].token_ids and record.assistant_turns == results[0].assistant_turns
+
+
+def test_evaluate_agent_metrics_transcripts_and_resume(tokenizer, tmp_path):
+    out = tmp_path / "t.jsonl"
+    policy = ScriptedPolicy(tokenizer, SCRIPTS)
+    report = evaluate_agent(policy, make_tool(), [Q_CMD, Q_TANK, Q_BOAT], out_path=out, batch_size=2,
+                            run_info={"model": "scripted"}, show_progress=False)
+    m = report.metrics
+    assert m["num_questions"] == 3 and m["em"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(2 / 3)
+    assert m["searches_per_episode"] == pytest.approx(1.0) and m["retries_per_episode"] == pytest.approx(1 / 3)
+    assert m["answered_rate"] == pytest.approx(2 / 3) and m["retrieval_hit_rate"] == pytest.approx(2 / 3)
+    assert m["finish_reasons"] == {"answered": 2, "no_action": 1}
+    assert len(out.read_text().splitlines()) == 3
+    # Rerun: nothing is generated again; a torn last line is dropped and redone.
+    policy.calls.clear()
+    evaluate_agent(policy, make_tool(), [Q_CMD, Q_TANK, Q_BOAT], out_path=out, run_info={"model": "scripted"}, show_progress=False)
+    assert policy.calls == []
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    again = evaluate_agent(policy, make_tool(), [Q_CMD, Q_TANK, Q_BOAT], out_path=out, run_info={"model": "scripted"}, show_progress=False)
+    assert policy.calls == [1] and again.metrics == m
+    with pytest.raises(ConfigError, match="different settings"):
+        evaluate_agent(policy, make_tool(), [Q_CMD], out_path=out, run_info={"model": "other"}, show_progress=False)
+
+
+def test_engine_policy_with_a_tiny_model_keeps_masks_consistent(tiny_lm_dir):
+    from searchrl.agent.episode import EnginePolicy
+    from searchrl.llm.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(tiny_lm_dir, device="cpu", batch_size=4)
+    policy = EnginePolicy(engine)
+    config = EpisodeConfig(max_turns=2, max_turn_tokens=12, temperature=1.0, seed=3)
+    results = run_episodes(policy, make_tool(), [Q_CMD, Q_TANK, Q_BOAT], config)
+    eot = engine.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for r in results:
+        assert len(r.token_ids) == len(r.mask) == len(r.logprobs)
+        assert r.num_model_tokens == sum(r.mask) <= 2 * 13
+        model_ids = [t for t, m in zip(r.token_ids, r.mask) if m]
+        expected = "".join(
+            turn + ("<|im_end|>" if i < len(r.assistant_turns) - 1 or r.finish_reason != "token_budget" else "")
+            for i, turn in enumerate(r.assistant_turns)
+        )
+        if r.finish_reason in ("no_action", "turn_limit", "answered") and model_ids and model_ids[-1] == eot:
+            assert engine.tokenizer.decode(model_ids) == expected
+        sampled = [lp for lp, m, t in zip(r.logprobs, r.mask, r.token_ids) if m and lp is not None]
+        assert sampled and all(lp <= 0 for lp in sampled)
+
+
+def _write_tiny_data(folder):
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.id, "title": "", "text": d.text}) + "\n" for d in CORPUS.values()))
+    questions = folder / "questions.jsonl"
+    questions.write_text("".join(
+        json.dumps({"id": q.id, "question": q.question, "answers": list(q.answers), "gold_ids": list(q.gold_ids)}) + "\n"
+        for q in (Q_CMD, Q_TANK, Q_BOAT)
+    ))
+    return questions
+
+
+def test_eval_cli_prints_one_json_object(tiny_lm_dir, tmp_path, capsys):
+    questions = _write_tiny_data(tmp_path / "data")
+    out = tmp_path / "transcripts.jsonl"
+    main([
+        "agent", "eval", "--questions", str(questions), "--data", str(tmp_path / "data"),
+        "--model", str(tiny_lm_dir), "--json", "--out", str(out), "--limit", "2", "--max-turns", "2",
+        "--max-turn-tokens", "8", "--device", "cpu",
+    ])
+    stdout = capsys.readouterr().out
+    metrics = json.loads(stdout)
+    assert stdout.count("\n") == 1
+    for key in ("em", "f1", "searches_per_episode", "retries_per_episode", "num_questions", "retrieval_hit_rate",
+                "answered_rate"):
+        assert key in metrics
+    assert metrics["num_questions"] == 2
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question_id"] for r in records] == ["q1", "q2"] and "scores" in records[0]
+
+
+def test_eval_cli_rejects_the_policy_as_its_own_judge(tmp_path, capsys):
+    questions = _write_tiny_data(tmp_path / "data")
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([
+            "agent", "eval", "--questions", str(questions), "--data", str(tmp_path / "data"),
+            "--model", str(model), "--judge-model", str(model) + "/", "--json",
+        ])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""
+
+
+def test_cli_lists_the_agent_commands(capsys):
+    try:
+        main(["agent", "--help"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    help_text = capsys.readouterr().out
+    assert "ask" in help_text and "eval" in help_text
