@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +27,25 @@ class SamplingParams(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0)
 
 
+@dataclass
+class Completion:
+    """One sampled completion at the token level (what RL rollouts need).
+
+    ``token_ids`` are the generated tokens, including the end-of-sequence token when the model
+    emitted one; ``logprobs[i]`` is the log-probability of ``token_ids[i]`` under the model at the
+    sampling temperature (temperature 1 for greedy), before top-p truncation - the quantity a
+    GRPO trainer recomputes. ``finish_reason`` is ``"stop"`` (end of sequence or a stop string)
+    or ``"length"`` (``max_new_tokens`` reached); ``stop`` is the stop string that ended it.
+    """
+
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] | None = None
+    finish_reason: Literal["stop", "length"] = "length"
+    stop: str | None = None
+
+
 class GenerationEngine(ABC):
     """Every backend (transformers, vLLM, OpenAI-compatible HTTP) implements :meth:`generate`."""
 
@@ -37,3 +58,17 @@ class GenerationEngine(ABC):
         A completion cut by a stop string ends *with* that stop string, so callers can tell
         a finished ``</search>`` from a truncated turn.
         """
+
+    def generate_tokens(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        """For each tokenised prompt, ``params.n`` :class:`Completion` objects with token ids and logprobs.
+
+        Engines without token-level access (an HTTP server) raise :class:`~searchrl.errors.EngineError`.
+        """
+        from searchrl.errors import EngineError
+
+        raise EngineError(
+            f"{type(self).__name__} does not return token ids", hint="use the transformers or vllm engine for RL rollouts"
+        )
+
+    def close(self) -> None:
+        """Release the model, connections or GPU memory; the engine is unusable afterwards."""
