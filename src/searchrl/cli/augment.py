@@ -1,7 +1,233 @@
-"""CLI commands (placeholder until implemented)."""
+"""``searchrl augment corpus|queries``: expand a corpus or a query set with an LLM, resumably.
+
+Both write ``OUT/expansions.jsonl`` and ``OUT/manifest.json`` (see
+:class:`searchrl.augment.CorpusAugmentationJob`); ``searchrl eval --doc-expansions
+OUT/expansions.jsonl`` reads the corpus output directly. Rerun the same command after an
+interruption to continue. To split a corpus over machines run ``--shard 0/4`` … ``--shard 3/4``
+into separate folders, then ``cat out-*/expansions.jsonl > expansions.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from searchrl.errors import ConfigError, DataError
+
+augment_app = typer.Typer(
+    help="Expand documents or queries with an LLM (resumable; output for --doc-expansions / --query-expansions).",
+    no_args_is_help=True,
+)
+
+DataOption = Annotated[Path, typer.Option("--data", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")]
+OutOption = Annotated[Path, typer.Option("--out", help="Output folder: expansions.jsonl + manifest.json.")]
+ModelOption = Annotated[
+    Optional[str], typer.Option("--model", help="Model name or local folder (default: the package's default LLM).")
+]
+EngineOption = Annotated[str, typer.Option("--engine", help="transformers, vllm or openai.")]
+BaseUrlOption = Annotated[Optional[str], typer.Option("--base-url", help="Server URL for --engine openai.")]
+RetrieverOption = Annotated[str, typer.Option("--retriever", help="sparse (keywords) or dense (semantic rewrite).")]
+ThinkOption = Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason in <think> first.")]
+LenientOption = Annotated[
+    bool,
+    typer.Option("--lenient/--strict", help="Salvage text from completions without a proper <answer> block."),
+]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation call.")]
+MaxNewOption = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation budget per item.")]
+TemperatureOption = Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy decoding.")]
+MaxWordsOption = Annotated[int, typer.Option("--max-words", min=1, help="Expansions are cut to this many words.")]
+MaxInputOption = Annotated[int, typer.Option("--max-input-words", min=1, help="Inputs are cut to this many words.")]
+ShardOption = Annotated[Optional[str], typer.Option("--shard", help="i/n: this machine's share (numbered from 0).")]
+LimitOption = Annotated[Optional[int], typer.Option("--limit", min=0, help="Only the first N items (of the shard).")]
+IdsOption = Annotated[Optional[Path], typer.Option("--ids", help="Text file of ids (one per line) to restrict to.")]
+CompletionsOption = Annotated[
+    bool, typer.Option("--keep-completions/--no-completions", help="Also store each raw completion.")
+]
+ProgressOption = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")]
+
+
+def _read_ids(path: Path, known: dict[str, str]) -> list[str]:
+    from searchrl.data.io import iter_lines
+
+    ids: list[str] = []
+    for line, text in iter_lines(path):
+        item_id = text.strip()
+        if not item_id:
+            continue
+        if item_id not in known:
+            raise DataError(f"unknown id {item_id!r}", path=path, line=line, hint="list ids present in the data")
+        ids.append(item_id)
+    return list(dict.fromkeys(ids))
+
+
+def _run(
+    *,
+    role: str,
+    items: dict[str, str],
+    source: dict,
+    out: Path,
+    model: str | None,
+    engine: str,
+    base_url: str | None,
+    retriever: str,
+    think: bool,
+    lenient: bool,
+    batch_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    max_words: int,
+    max_input_words: int,
+    shard: str | None,
+    limit: int | None,
+    keep_completions: bool,
+    progress: bool | None,
+) -> None:
+    from searchrl.augment import CorpusAugmentationJob, ExpansionPolicy, default_expansion_sampling, parse_shard
+
+    if engine not in ("transformers", "vllm", "openai"):
+        raise ConfigError(f"unknown engine {engine!r}", hint="use transformers, vllm or openai")
+    if retriever not in ("sparse", "dense"):
+        raise ConfigError(f"unknown retriever kind {retriever!r}", hint="use sparse or dense")
+    if model is None:
+        from searchrl.resolver import DEFAULT_LLM
+
+        model = DEFAULT_LLM
+    sampling = default_expansion_sampling().model_copy(
+        update={"max_new_tokens": max_new_tokens, "temperature": temperature}
+    )
+    policy = ExpansionPolicy(
+        retriever=retriever,  # type: ignore[arg-type]
+        think=think,
+        lenient=lenient,
+        max_words=max_words,
+        max_input_words=max_input_words,
+        sampling=sampling,
+    )
+
+    def build() -> object:
+        from searchrl.llm import build_engine
+
+        options: dict = {}
+        if base_url:
+            options["base_url"] = base_url
+        if engine == "transformers":
+            options["batch_size"] = batch_size
+        return build_engine(engine, model=model, **options)
+
+    job = CorpusAugmentationJob(
+        items,
+        out,
+        role=role,  # type: ignore[arg-type]
+        policy=policy,
+        engine=build,  # type: ignore[arg-type]
+        model_name=model,
+        engine_name=engine,
+        source=source,
+        batch_size=batch_size,
+        shard=parse_shard(shard) if shard else None,
+        limit=limit,
+        keep_completions=keep_completions,
+    )
+    manifest = job.run(show_progress=progress)
+    counts = manifest["counts"]
+    typer.echo(
+        json.dumps(
+            {
+                "expansions": str(job.expansions_path),
+                "status": manifest["status"],
+                "done": counts["done"],
+                "selected": counts["selected"],
+                "ok": counts["ok"],
+                "malformed": counts["malformed"],
+                "empty": counts["empty"],
+                "items_per_s": manifest["last_run"]["items_per_s"],
+            }
+        )
+    )
+
+
+@augment_app.command("corpus")
+def augment_corpus(
+    data: DataOption,
+    out: OutOption,
+    model: ModelOption = None,
+    engine: EngineOption = "transformers",
+    base_url: BaseUrlOption = None,
+    retriever: RetrieverOption = "sparse",
+    think: ThinkOption = False,
+    lenient: LenientOption = False,
+    batch_size: BatchOption = 16,
+    max_new_tokens: MaxNewOption = 128,
+    temperature: TemperatureOption = 0.0,
+    max_words: MaxWordsOption = 64,
+    max_input_words: MaxInputOption = 384,
+    shard: ShardOption = None,
+    limit: LimitOption = None,
+    ids: IdsOption = None,
+    keep_completions: CompletionsOption = True,
+    progress: ProgressOption = None,
+) -> None:
+    """Expand every document of a corpus (title + text) for indexing with --doc-expansions."""
+    from searchrl.data.beir import iter_corpus
+    from searchrl.data.types import document_text
+
+    items = {doc.id: document_text(doc) for doc in iter_corpus(data)}
+    source = {"data": str(data.resolve()), "items": "corpus"}
+    if ids is not None:
+        items = {item_id: items[item_id] for item_id in _read_ids(ids, items)}
+        source["ids_file"] = str(ids.resolve())
+    _run(
+        role="document", items=items, source=source, out=out, model=model, engine=engine, base_url=base_url,
+        retriever=retriever, think=think, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        temperature=temperature, max_words=max_words, max_input_words=max_input_words, shard=shard, limit=limit,
+        keep_completions=keep_completions, progress=progress,
+    )
+
+
+@augment_app.command("queries")
+def augment_queries(
+    data: DataOption,
+    out: OutOption,
+    split: Annotated[str, typer.Option("--split", help="Queries judged in qrels/<split>.tsv, or 'all'.")] = "dev",
+    model: ModelOption = None,
+    engine: EngineOption = "transformers",
+    base_url: BaseUrlOption = None,
+    retriever: RetrieverOption = "sparse",
+    think: ThinkOption = False,
+    lenient: LenientOption = False,
+    batch_size: BatchOption = 16,
+    max_new_tokens: MaxNewOption = 128,
+    temperature: TemperatureOption = 0.0,
+    max_words: MaxWordsOption = 64,
+    max_input_words: MaxInputOption = 384,
+    shard: ShardOption = None,
+    limit: LimitOption = None,
+    ids: IdsOption = None,
+    keep_completions: CompletionsOption = True,
+    progress: ProgressOption = None,
+) -> None:
+    """Expand the queries of a split (or all queries) for searching with --query-expansions."""
+    from searchrl.data.beir import load_qrels, load_queries, qrels_path
+
+    queries = load_queries(data)
+    if split != "all":
+        judged = load_qrels(qrels_path(data, split), query_ids=queries.keys())
+        queries = {query_id: text for query_id, text in queries.items() if query_id in judged}
+    source = {"data": str(data.resolve()), "items": "queries", "split": split}
+    if ids is not None:
+        queries = {item_id: queries[item_id] for item_id in _read_ids(ids, queries)}
+        source["ids_file"] = str(ids.resolve())
+    _run(
+        role="query", items=queries, source=source, out=out, model=model, engine=engine, base_url=base_url,
+        retriever=retriever, think=think, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        temperature=temperature, max_words=max_words, max_input_words=max_input_words, shard=shard, limit=limit,
+        keep_completions=keep_completions, progress=progress,
+    )
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``augment corpus`` and ``augment queries`` to ``app``."""
+    app.add_typer(augment_app, name="augment")

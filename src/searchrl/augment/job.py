@@ -1,0 +1,475 @@
+"""Running the expansion policy: in memory (:func:`augment_items`) or as a resumable job on disk.
+
+:class:`ExpansionPolicy` holds everything that decides what an expansion is — retriever kind,
+``think``, the word cap, strict or lenient parsing and the sampling settings — so the trainer
+and the augmentation job build prompts and parse completions identically.
+
+:class:`CorpusAugmentationJob` expands many items into ``OUT/expansions.jsonl`` (one
+``{"id", "expansion", "ok", "reason"[, "completion"]}`` per line, readable by
+:func:`searchrl.data.expansions.load_expansions`) and ``OUT/manifest.json``. Each finished batch
+is appended and fsync'ed, so a killed job loses at most the batch in flight; rerunning the
+same command skips the ids already written, drops a torn last line and carries on. A rerun
+with different settings is refused instead of mixing two kinds of expansions in one file.
+
+Sharding: ``shard=(i, n)`` keeps the items whose id hashes to ``i`` modulo ``n`` (a stable
+hash, independent of order and of the other items), so ``n`` machines can each run one shard
+into their own folder; the union is the concatenation of the shards' files::
+
+    cat out-*/expansions.jsonl > expansions.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from searchrl.augment.parse import DEFAULT_MAX_WORDS, ParsedExpansion, parse_expansion
+from searchrl.augment.prompts import (
+    RetrieverKind,
+    Role,
+    build_expansion_prompt,
+    expansion_prompt_template,
+    truncate_words,
+)
+from searchrl.errors import ConfigError, DataError, EngineError
+from searchrl.llm.engine import Chat, GenerationEngine, SamplingParams
+from searchrl.progress import progress_bar
+
+MANIFEST_FORMAT = "searchrl-expansions/1"
+EXPANSIONS_FILE = "expansions.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+def default_expansion_sampling() -> SamplingParams:
+    """Greedy, up to 128 new tokens, stopping right after ``</answer>`` (nothing useful follows it)."""
+    return SamplingParams(temperature=0.0, max_new_tokens=128, stop=["</answer>"])
+
+
+class ExpansionPolicy(BaseModel):
+    """What an expansion is: prompts, parsing and sampling, shared by training and augmentation.
+
+    >>> policy = ExpansionPolicy(retriever="sparse", think=False, max_words=4)
+    >>> policy.parse("<answer>one two three four five</answer>").text
+    'one two three four'
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    retriever: RetrieverKind = "sparse"
+    think: bool = False
+    max_words: int = Field(DEFAULT_MAX_WORDS, ge=1, description="expansions are cut to this many words")
+    max_input_words: int | None = Field(
+        384, ge=1, description="the query or document shown to the model is cut to this many words"
+    )
+    lenient: bool = Field(False, description="salvage text from completions without a proper <answer> block")
+    sampling: SamplingParams = Field(default_factory=default_expansion_sampling)
+
+    def prompt(self, role: Role, text: str) -> Chat:
+        """The chat that asks for an expansion of ``text`` in ``role``."""
+        return build_expansion_prompt(role, self.retriever, truncate_words(text, self.max_input_words), think=self.think)
+
+    def prompt_templates(self) -> dict[str, Chat]:
+        """Both roles' templates (``{text}`` marks the input), as recorded in manifests."""
+        return {role: expansion_prompt_template(role, self.retriever, think=self.think) for role in ("query", "document")}
+
+    def parse(self, completion: str) -> ParsedExpansion:
+        """The expansion in ``completion`` under this policy's cap and strictness."""
+        return parse_expansion(completion, max_words=self.max_words, lenient=self.lenient)
+
+    def complete(self, engine: GenerationEngine, role: Role, texts: Sequence[str], *, n: int = 1) -> list[list[str]]:
+        """Raw completions, ``n`` per text, from ``engine`` with this policy's sampling settings."""
+        if not texts:
+            return []
+        params = self.sampling.model_copy(update={"n": n})
+        completions = engine.generate([self.prompt(role, text) for text in texts], params)
+        if len(completions) != len(texts) or any(len(group) != n for group in completions):
+            raise EngineError(
+                f"engine returned {len(completions)} groups for {len(texts)} prompts (expected {n} completions each)",
+                hint="the generation backend is broken or misconfigured",
+            )
+        return completions
+
+    def sample(self, engine: GenerationEngine, role: Role, texts: Sequence[str], *, n: int) -> list[list[ParsedExpansion]]:
+        """``n`` parsed expansions per text."""
+        return [[self.parse(c) for c in group] for group in self.complete(engine, role, texts, n=n)]
+
+    def expand(self, engine: GenerationEngine, role: Role, texts: Sequence[str]) -> list[ParsedExpansion]:
+        """One parsed expansion per text (greedy by default)."""
+        return [group[0] for group in self.sample(engine, role, texts, n=1)]
+
+
+def augment_items(
+    engine: GenerationEngine,
+    policy: ExpansionPolicy,
+    role: Role,
+    items: Mapping[str, str],
+    *,
+    batch_size: int = 16,
+    show_progress: bool | None = None,
+) -> dict[str, ParsedExpansion]:
+    """Expand ``{id: text}`` in memory, ``batch_size`` prompts per engine call; nothing is written."""
+    ids = list(items)
+    results: dict[str, ParsedExpansion] = {}
+    disable = None if show_progress is None else not show_progress
+    with progress_bar(f"expanding {role}s", total=len(ids), unit=role[:3] + "s", disable=disable) as advance:
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size]
+            for item_id, parsed in zip(batch, policy.expand(engine, role, [items[i] for i in batch])):
+                results[item_id] = parsed
+            advance(len(batch))
+    return results
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; raises :class:`ConfigError` otherwise."""
+    try:
+        index_text, count_text = spec.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise ConfigError(f"shard {spec!r} is not of the form i/n", hint="e.g. --shard 0/4 (shards are numbered from 0)") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(
+            f"shard {spec!r} is out of range", hint=f"shards of {max(count, 1)} are numbered 0 to {max(count, 1) - 1}"
+        )
+    return index, count
+
+
+def shard_of(item_id: str, count: int) -> int:
+    """The shard (of ``count``) that ``item_id`` belongs to: a stable hash, same on every machine."""
+    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def select_shard(ids: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
+    """The ids of ``shard`` (all ids when ``None``), in their original order."""
+    if shard is None:
+        return list(ids)
+    index, count = shard
+    return [item_id for item_id in ids if shard_of(item_id, count) == index]
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fingerprint(items: Mapping[str, str]) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for item_id, text in items.items():
+        digest.update(item_id.encode("utf-8") + b"\x00" + text.encode("utf-8") + b"\x00")
+    return {"count": len(items), "sha256": digest.hexdigest()}
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: tree}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _read_finished_records(path: Path) -> tuple[list[tuple[int, dict]], bool]:
+    """``(line number, record)`` for the complete records of ``path``; a torn last line (no newline: the writer was killed) is cut off.
+
+    Returns the records and whether a torn line was removed. A malformed *complete* line is
+    not a kill but corruption, and raises.
+    """
+    if not path.exists():
+        return [], False
+    data = path.read_bytes()
+    torn = bool(data) and not data.endswith(b"\n")
+    if torn:
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        data = data[:keep]
+    records = []
+    for line_number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or "expansion" not in record:
+            raise DataError(
+                "not an expansion record",
+                path=path,
+                line=line_number,
+                hint="the file was edited or corrupted; fix or delete that line, or use a new --out folder",
+            )
+        records.append((line_number, record))
+    return records, torn
+
+
+class CorpusAugmentationJob:
+    """Expand ``items`` (``{id: text}``) into ``out_dir``; :meth:`run` is resumable and idempotent.
+
+    ``engine`` is a :class:`GenerationEngine` or a zero-argument callable returning one (called
+    only if there is work left, so a finished job never loads a model). ``model_name`` and
+    ``engine_name`` identify the generator in the manifest; ``source`` is free-form provenance
+    (data folder, split). ``shard`` keeps one stable-hash shard of the items and ``limit`` the
+    first ``limit`` of those. The settings that decide the output — role, policy, prompts,
+    model, engine, shard and a hash of the items — must match the manifest of an earlier run
+    in ``out_dir``, or :meth:`run` raises :class:`ConfigError`; batch size and limit may change.
+    """
+
+    def __init__(
+        self,
+        items: Mapping[str, str],
+        out_dir: str | Path,
+        *,
+        role: Role,
+        policy: ExpansionPolicy | None = None,
+        engine: GenerationEngine | Callable[[], GenerationEngine],
+        model_name: str | None = None,
+        engine_name: str | None = None,
+        source: Mapping[str, Any] | None = None,
+        batch_size: int = 16,
+        shard: tuple[int, int] | None = None,
+        limit: int | None = None,
+        keep_completions: bool = True,
+    ) -> None:
+        if role not in ("query", "document"):
+            raise ConfigError(f"unknown expansion role {role!r}", hint="use 'query' or 'document'")
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        if limit is not None and limit < 0:
+            raise ConfigError(f"limit must be positive, got {limit}")
+        self.items = dict(items)
+        self.out_dir = Path(out_dir)
+        self.role = role
+        self.policy = policy or ExpansionPolicy()
+        self._engine = engine
+        if isinstance(engine, GenerationEngine):
+            model_name = model_name or engine.model_name
+            engine_name = engine_name or type(engine).__name__
+        self.model_name = model_name or "unknown"
+        self.engine_name = engine_name or "unknown"
+        self.source = dict(source or {})
+        self.batch_size = batch_size
+        self.shard = shard
+        self.limit = limit
+        self.keep_completions = keep_completions
+
+    @property
+    def expansions_path(self) -> Path:
+        return self.out_dir / EXPANSIONS_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out_dir / MANIFEST_FILE
+
+    def selected_ids(self) -> list[str]:
+        """The ids this job covers: its shard of the items, then the first ``limit`` of them."""
+        ids = select_shard(list(self.items), self.shard)
+        return ids if self.limit is None else ids[: self.limit]
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides the output; must match between runs into one folder."""
+        return {
+            "role": self.role,
+            "model": self.model_name,
+            "engine": self.engine_name,
+            "policy": self.policy.model_dump(mode="json"),
+            "prompt": expansion_prompt_template(self.role, self.policy.retriever, think=self.policy.think),
+            "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
+            "inputs": _fingerprint(self.items),
+        }
+
+    # -- resuming -------------------------------------------------------------------------
+
+    def _check_previous_manifest(self, settings: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.manifest_path.exists():
+            if self.expansions_path.exists() and self.expansions_path.stat().st_size > 0:
+                raise ConfigError(
+                    f"{EXPANSIONS_FILE} exists without a {MANIFEST_FILE}, so its settings are unknown",
+                    path=self.out_dir,
+                    hint="use a new --out folder, or delete this one to start over",
+                )
+            return None
+        try:
+            previous = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(
+                f"unreadable manifest: {err}", path=self.manifest_path, hint="delete the --out folder to start over"
+            ) from None
+        if not isinstance(previous, dict) or previous.get("format") != MANIFEST_FORMAT:
+            raise ConfigError(
+                "not a searchrl expansions manifest", path=self.manifest_path, hint="use a new --out folder"
+            )
+        saved = _flatten(previous.get("settings", {}))
+        wanted = _flatten(json.loads(json.dumps(settings)))
+        differences = [
+            f"{key}: {saved.get(key, '<absent>')!r} before, {wanted.get(key, '<absent>')!r} now"
+            for key in sorted(set(saved) | set(wanted))
+            if saved.get(key, "<absent>") != wanted.get(key, "<absent>")
+        ]
+        if differences:
+            shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+            raise ConfigError(
+                f"this folder holds expansions made with different settings ({shown})",
+                path=self.manifest_path,
+                hint="rerun with the original settings to resume, or choose a new --out folder",
+            )
+        return previous
+
+    def _recover(self, selected: set[str]) -> tuple[dict[str, dict], bool]:
+        records, torn = _read_finished_records(self.expansions_path)
+        done: dict[str, dict] = {}
+        for line_number, record in records:
+            item_id = record["id"]
+            if item_id in done:
+                raise DataError(
+                    f"id {item_id!r} written twice",
+                    path=self.expansions_path,
+                    line=line_number,
+                    hint="the file was edited; use a new --out folder",
+                )
+            if item_id not in selected:
+                raise DataError(
+                    f"id {item_id!r} is not among this job's items",
+                    path=self.expansions_path,
+                    line=line_number,
+                    hint="the folder belongs to another job; use a new --out folder",
+                )
+            done[item_id] = record
+        return done, torn
+
+    # -- running --------------------------------------------------------------------------
+
+    def _counts(self, done: Mapping[str, dict], selected: int) -> dict[str, Any]:
+        reasons = Counter(str(record.get("reason", "unknown")) for record in done.values())
+        ok = reasons.get("ok", 0)
+        empty = sum(1 for record in done.values() if not record.get("expansion"))
+        return {
+            "selected": selected,
+            "done": len(done),
+            "remaining": selected - len(done),
+            "ok": ok,
+            "malformed": len(done) - ok,
+            "recovered": sum(1 for r in done.values() if r.get("reason") != "ok" and r.get("expansion")),
+            "empty": empty,
+            "truncated": sum(1 for r in done.values() if r.get("truncated")),
+            "reasons": dict(sorted(reasons.items())),
+        }
+
+    def _engine_instance(self) -> GenerationEngine:
+        if isinstance(self._engine, GenerationEngine):
+            return self._engine
+        engine = self._engine()
+        if not isinstance(engine, GenerationEngine):
+            raise EngineError(f"engine factory returned {type(engine).__name__}, not a GenerationEngine")
+        self._engine = engine
+        return engine
+
+    def run(self, *, show_progress: bool | None = None) -> dict[str, Any]:
+        """Expand every selected item not yet in ``expansions.jsonl``; returns the final manifest.
+
+        An interruption (Ctrl-C, an engine error) leaves a consistent folder and a manifest
+        marked ``"interrupted"``; calling :meth:`run` again continues where it stopped.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        settings = self.settings()
+        previous = self._check_previous_manifest(settings)
+        selected_ids = self.selected_ids()
+        done, torn = self._recover(set(select_shard(list(self.items), self.shard)))
+        remaining = [item_id for item_id in selected_ids if item_id not in done]
+
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "settings": settings,
+            "source": self.source,
+            "run": {"batch_size": self.batch_size, "limit": self.limit, "keep_completions": self.keep_completions},
+            "status": "running",
+            "started_at": (previous or {}).get("started_at") or _now(),
+            "resumed_at": list((previous or {}).get("resumed_at", [])) + ([_now()] if previous else []),
+            "finished_at": None,
+            "elapsed_s": float((previous or {}).get("elapsed_s", 0.0)),
+            "torn_lines_dropped": int((previous or {}).get("torn_lines_dropped", 0)) + int(torn),
+            "counts": self._counts(done, len(selected_ids)),
+        }
+        _write_json_atomic(self.manifest_path, manifest)
+
+        started = time.perf_counter()
+        interrupted = True
+        try:
+            if remaining:
+                self._generate(remaining, done, show_progress)
+            interrupted = False
+        finally:
+            elapsed = time.perf_counter() - started
+            finished = {item_id: done[item_id] for item_id in selected_ids if item_id in done}
+            generated_now = len(finished) - (len(selected_ids) - len(remaining))
+            complete = len(finished) == len(selected_ids)
+            manifest["status"] = "complete" if complete else "interrupted" if interrupted else "partial"
+            manifest["elapsed_s"] = round(manifest["elapsed_s"] + elapsed, 3)
+            manifest["counts"] = self._counts(finished, len(selected_ids))
+            manifest["last_run"] = {
+                "generated": generated_now,
+                "seconds": round(elapsed, 3),
+                "items_per_s": round(generated_now / elapsed, 3) if elapsed > 0 and generated_now > 0 else None,
+            }
+            if complete:
+                manifest["finished_at"] = _now()
+            _write_json_atomic(self.manifest_path, manifest)
+        return manifest
+
+    def _generate(self, remaining: list[str], done: dict[str, dict], show_progress: bool | None) -> None:
+        engine = self._engine_instance()
+        disable = None if show_progress is None else not show_progress
+        with open(self.expansions_path, "ab") as sink, progress_bar(
+            f"expanding {self.role}s", total=len(remaining), unit=self.role[:3] + "s", disable=disable
+        ) as advance:
+            for start in range(0, len(remaining), self.batch_size):
+                batch = remaining[start : start + self.batch_size]
+                completions = self.policy.complete(engine, self.role, [self.items[i] for i in batch])
+                lines, records = [], {}
+                for item_id, (completion,) in zip(batch, completions):
+                    parsed = self.policy.parse(completion)
+                    record: dict[str, Any] = {
+                        "id": item_id,
+                        "expansion": parsed.text,
+                        "ok": parsed.ok,
+                        "reason": parsed.reason,
+                    }
+                    if parsed.truncated:
+                        record["truncated"] = True
+                    if self.keep_completions:
+                        record["completion"] = completion
+                    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+                    records[item_id] = record
+                # One write per batch, then fsync: after a kill the file holds whole batches
+                # plus at most one torn line, which the next run cuts off.
+                sink.write("".join(lines).encode("utf-8"))
+                sink.flush()
+                os.fsync(sink.fileno())
+                done.update(records)
+                advance(len(batch))
