@@ -1,0 +1,445 @@
+"""Supervised warm-start: teach a small model the ``<search>``/``<answer>`` protocol before RL.
+
+SmolLM2-135M-Instruct never writes ``<search>`` on its own, and GRPO gets no signal from an agent
+that never searches. So, before RL, the policy imitates synthetic transcripts built from the
+training questions:
+
+* direct: ``<think>…</think><search>keywords of the question</search>`` → real results from the
+  search tool → ``<think>Passage [n] …</think><answer>gold answer</answer>``;
+* retry (what ReZero rewards): a first search with only a few of the keywords that misses the gold
+  chunk → results → a second search with all the keywords that finds it → results → the answer.
+
+The transcripts are *played* through :func:`~searchrl.agent.episode.run_episodes` by a
+:class:`~searchrl.agent.episode.ScriptedPolicy` with the real search tool, so their token ids and
+loss masks come from exactly the code path RL episodes use: loss on every model-written token
+(including the end-of-turn token), none on the prompt, the search results or the template tokens
+around them. Training is a short plain loop (masked next-token loss, LoRA, AdamW) — TRL's
+SFTTrainer would re-tokenise the chat and compute its own assistant mask, which could disagree with
+the RL masks at the turn boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from searchrl.agent.episode import EpisodeConfig, EpisodeResult, ScriptedPolicy, run_episodes
+from searchrl.agent.protocol import user_prompt
+from searchrl.agent.tool import SearchTool
+from searchrl.data.types import QAExample
+from searchrl.errors import ConfigError, DataError
+from searchrl.progress import progress_bar
+
+TranscriptKind = Literal["direct", "retry"]
+
+# Function words dropped when a question becomes a keyword query ("What did the crew see?" ->
+# "crew see"): a small list on purpose, so numbers, codes and names always survive.
+QUERY_STOPWORDS = frozenset(
+    """a an the of in on at to for by with from and or that this these those it its be been being has have had
+    is was were are do does did what which who whom whose when where why how according during as into than then
+    there their they them he she his her we our you your i me my can could would should will shall may might
+    must about after before between under over not no any some all each other such only also""".split()
+)
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-./']*")
+
+_SEARCH_THOUGHTS = (
+    "I need to look this up.",
+    "I should search the documents for this.",
+    "Let me search for the key terms.",
+)
+_RETRY_THOUGHTS = (
+    "The passages do not answer the question. I will search again with different words.",
+    "None of these passages has the answer. Let me rephrase the search.",
+)
+
+
+class SFTConfig(BaseModel):
+    """The supervised warm-start stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    epochs: float = Field(1.0, gt=0, description="passes over the transcripts (fractions allowed)")
+    max_steps: int | None = Field(None, ge=1, description="optimiser steps at most (overrides epochs when smaller)")
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    retry_fraction: float = Field(0.3, ge=0, le=1, description="share of transcripts that search twice")
+    max_transcripts: int | None = Field(None, ge=1, description="train on at most this many transcripts")
+    max_tokens: int = Field(2048, ge=16, description="transcripts longer than this are left out")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The assistant turns of one synthetic episode and why it looks the way it does."""
+
+    example: QAExample
+    turns: tuple[str, ...]
+    kind: TranscriptKind
+    queries: tuple[str, ...]
+
+
+def question_keywords(question: str) -> list[str]:
+    """The content words of a question, in order, for a keyword query.
+
+    >>> question_keywords("On what date did the mission PA-1 experience a first pad abort?")
+    ['date', 'mission', 'PA-1', 'experience', 'first', 'pad', 'abort']
+    """
+    words = [w.rstrip(".'/-") for w in _WORD.findall(question)]
+    return [w for w in words if w and w.lower() not in QUERY_STOPWORDS]
+
+
+def keyword_query(question: str) -> str:
+    """All content words of ``question`` joined by spaces (the question itself if none are left).
+
+    >>> keyword_query("Who was the commander of Apollo 13?")
+    'commander Apollo 13'
+    """
+    words = question_keywords(question)
+    return " ".join(words) if words else question.strip()
+
+
+def partial_query(question: str, rng: np.random.Generator) -> str | None:
+    """A vaguer query: about a third of the keywords (at least one), in order; ``None`` if too short."""
+    words = question_keywords(question)
+    if len(words) < 2:
+        return None
+    size = max(1, len(words) // 3)
+    chosen = sorted(rng.choice(len(words), size=size, replace=False).tolist())
+    return " ".join(words[i] for i in chosen)
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def answer_shown(answers: Sequence[str], passages: str) -> bool:
+    """Whether any reference answer occurs in the passages (case and spacing ignored).
+
+    >>> answer_shown(["Jim  Lovell"], "[1] Commander jim lovell said ..."), answer_shown(["Haise"], "[1] Lovell")
+    (True, False)
+    """
+    text = _squash(passages)
+    return any(_squash(a) and _squash(a) in text for a in answers)
+
+
+def _search_turn(query: str, thought: str) -> str:
+    return f"<think>{thought}</think>\n<search>{query}</search>"
+
+
+def _answer_turn(answer: str, rank: int) -> str:
+    return f"<think>Passage [{rank}] gives the answer.</think>\n<answer>{answer}</answer>"
+
+
+def build_transcripts(
+    examples: Sequence[QAExample],
+    tool: SearchTool,
+    *,
+    retry_fraction: float = 0.3,
+    seed: int = 0,
+) -> tuple[list[Transcript], dict[str, int]]:
+    """Synthetic transcripts for ``examples`` whose gold chunk the keyword query finds.
+
+    A transcript is kept only if the gold answer can be read in the passages the model is shown
+    (the tool may truncate passages). Every candidate query is run once through ``tool`` (batched) to see whether it finds a gold
+    document. A question becomes a *retry* transcript (with probability ``retry_fraction``, when
+    possible) if a partial query misses and the full keyword query hits; otherwise a *direct* one
+    if the full query hits. Questions that no query answers are skipped — a transcript answering
+    without evidence would teach the model to make answers up. Returns the transcripts and counts.
+    """
+    if not examples:
+        raise DataError("no training questions for the warm-start transcripts")
+    missing_gold = [e.id for e in examples if not e.gold_ids]
+    if len(missing_gold) == len(examples):
+        raise DataError(
+            "the training questions have no gold_ids, so retrieved results cannot be checked",
+            hint="the warm-start needs gold_ids (the source documents) in the QA file",
+        )
+    rng = np.random.default_rng(seed)
+    full_queries = [keyword_query(e.question) for e in examples]
+    partial_queries = [partial_query(e.question, rng) for e in examples]
+    wants_retry = rng.random(len(examples)) < retry_fraction
+    thought_picks = rng.integers(0, 1 << 16, size=(len(examples), 2))
+
+    queries = full_queries + [q for q in partial_queries if q is not None]
+    results = tool.search_batch(queries, keys=[f"sft:{i}" for i in range(len(queries))])
+    full_results = results[: len(examples)]
+    partial_iter = iter(results[len(examples) :])
+    partial_results = [next(partial_iter) if q is not None else None for q in partial_queries]
+
+    transcripts: list[Transcript] = []
+    counts = {"questions": len(examples), "direct": 0, "retry": 0, "skipped_not_found": 0, "skipped_answer_not_shown": 0}
+    for i, example in enumerate(examples):
+        gold = set(example.gold_ids)
+        hit_ranks = [r for r, d in enumerate(full_results[i].doc_ids, start=1) if d in gold]
+        if not hit_ranks:
+            counts["skipped_not_found"] += 1
+            continue
+        if not answer_shown(example.answers, full_results[i].text):
+            counts["skipped_answer_not_shown"] += 1
+            continue
+        answer_turn = _answer_turn(example.answers[0], hit_ranks[0])
+        first_thought = _SEARCH_THOUGHTS[thought_picks[i, 0] % len(_SEARCH_THOUGHTS)]
+        partial = partial_results[i]
+        if wants_retry[i] and partial is not None and not gold.intersection(partial.doc_ids):
+            retry_thought = _RETRY_THOUGHTS[thought_picks[i, 1] % len(_RETRY_THOUGHTS)]
+            turns = (
+                _search_turn(partial.query, first_thought),
+                _search_turn(full_queries[i], retry_thought),
+                answer_turn,
+            )
+            transcripts.append(Transcript(example, turns, "retry", (partial.query, full_queries[i])))
+            counts["retry"] += 1
+        else:
+            turns = (_search_turn(full_queries[i], first_thought), answer_turn)
+            transcripts.append(Transcript(example, turns, "direct", (full_queries[i],)))
+            counts["direct"] += 1
+    return transcripts, counts
+
+
+def play_transcripts(
+    transcripts: Sequence[Transcript],
+    tokenizer: Any,
+    tool: SearchTool,
+    config: EpisodeConfig | None = None,
+) -> list[EpisodeResult]:
+    """Run each transcript as an episode with the real tool; returns episodes with ids and masks.
+
+    The loop, the chat-template pieces between turns and the masks are those of RL episodes, so
+    what the warm-start trains on is token for token what GRPO later scores.
+    """
+    config = (config or EpisodeConfig()).model_copy(update={"temperature": 0.0})
+    longest_turn = max((len(tokenizer.encode(t, add_special_tokens=False)) for s in transcripts for t in s.turns), default=1)
+    updates: dict[str, Any] = {
+        "max_turns": max(config.max_turns, max((len(s.turns) for s in transcripts), default=1)),
+        "max_turn_tokens": max(config.max_turn_tokens, longest_turn + 8),
+    }
+    updates["max_model_tokens"] = max(config.max_model_tokens, updates["max_turns"] * updates["max_turn_tokens"])
+    config = config.model_copy(update=updates)
+    scripts = {user_prompt(s.example.question): list(s.turns) for s in transcripts}
+    policy = ScriptedPolicy(tokenizer, scripts)
+    return run_episodes(policy, tool, [s.example for s in transcripts], config)
+
+
+def check_played(transcripts: Sequence[Transcript], episodes: Sequence[EpisodeResult]) -> list[bool]:
+    """Whether each played episode went as scripted: answered, and its last search found a gold document."""
+    keep = []
+    for transcript, episode in zip(transcripts, episodes):
+        gold = set(transcript.example.gold_ids)
+        ok = (
+            episode.finish_reason == "answered"
+            and len(episode.searches) == len(transcript.queries)
+            and bool(gold.intersection(episode.searches[-1]["doc_ids"]))
+        )
+        keep.append(ok)
+    return keep
+
+
+# ----------------------------------------------------------------------------------------
+# The training loop
+
+
+def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def masked_batch(episodes: Sequence[EpisodeResult], pad_token_id: int):
+    """``(input_ids, attention_mask, labels)`` tensors; labels are -100 wherever the mask is 0.
+
+    Right padding; the causal-LM loss shifts labels by one itself, so ``labels[i]`` is the
+    target predicted from position ``i - 1``.
+    """
+    import torch
+
+    width = max(len(e.token_ids) for e in episodes)
+    input_ids = torch.full((len(episodes), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(episodes), width), dtype=torch.long)
+    labels = torch.full((len(episodes), width), -100, dtype=torch.long)
+    for row, episode in enumerate(episodes):
+        ids = torch.tensor(episode.token_ids, dtype=torch.long)
+        mask = torch.tensor(episode.mask, dtype=torch.bool)
+        n = len(episode.token_ids)
+        input_ids[row, :n] = ids
+        attention_mask[row, :n] = 1
+        labels[row, :n] = torch.where(mask, ids, torch.full_like(ids, -100))
+    return input_ids, attention_mask, labels
+
+
+def masked_lm_loss(model: Any, input_ids, attention_mask, labels):
+    """Mean next-token cross-entropy over positions whose label is not -100.
+
+    The vocabulary projection is applied only to the hidden states that predict a labelled token
+    (a few percent of a transcript: the search results are masked) instead of to every position
+    as ``model(labels=...)`` would: on a 49k-word vocabulary that full logits tensor, and its
+    gradient, dominate the memory of a step.
+    """
+    import torch
+
+    network = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = network.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    selected = targets != -100
+    if not bool(selected.any()):
+        raise DataError("a warm-start batch has no model-written tokens to learn from")
+    logits = network.get_output_embeddings()(hidden[:, :-1][selected])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[selected])
+
+
+def train_on_episodes(
+    model: Any,
+    episodes: Sequence[EpisodeResult],
+    config: SFTConfig,
+    *,
+    pad_token_id: int,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[float]:
+    """Minimise the next-token loss on model-written tokens of ``episodes``; returns per-step losses.
+
+    ``model`` is trained in place (only its parameters with ``requires_grad``, e.g. a LoRA
+    adapter). Linear warm-up then linear decay of the learning rate; gradients clipped.
+    """
+    import torch
+
+    if not episodes:
+        raise DataError("no transcripts to train on", hint="check that the search tool finds the gold documents")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("the model has no trainable parameters", hint="enable LoRA or unfreeze the model")
+    rng = np.random.default_rng(config.seed)
+    steps_per_epoch = math.ceil(len(episodes) / config.batch_size)
+    total = max(1, math.ceil(config.epochs * steps_per_epoch))
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    warmup = int(config.warmup_fraction * total)
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)),
+    )
+    device = next(model.parameters()).device
+    batches: list[np.ndarray] = []
+    while len(batches) < total:
+        batches += _batches(rng.permutation(len(episodes)), config.batch_size)
+    losses: list[float] = []
+    model.train()
+    with progress_bar("warm-start", total=total, unit="step") as advance:
+        for step, indices in enumerate(batches[:total], start=1):
+            input_ids, attention_mask, labels = masked_batch([episodes[i] for i in indices], pad_token_id)
+            loss = masked_lm_loss(model, input_ids.to(device), attention_mask.to(device), labels.to(device))
+            if not torch.isfinite(loss):
+                raise ConfigError(f"warm-start loss is {loss.item()} at step {step}", hint="lower sft.learning_rate")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.item()))
+            if on_step is not None:
+                on_step(step, {"loss": losses[-1], "learning_rate": schedule.get_last_lr()[0]})
+            advance()
+    model.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------------------
+# The stage inside a run directory
+
+
+SFT_DONE = "sft.json"
+
+
+def sft_adapter_dir(stage_dir: str | Path) -> Path:
+    """Where the warm-start stage keeps its trained adapter."""
+    return Path(stage_dir) / "adapter"
+
+
+def sft_finished(stage_dir: str | Path) -> bool:
+    """True when the stage completed (its summary is written last, after the adapter)."""
+    return (Path(stage_dir) / SFT_DONE).is_file() and (sft_adapter_dir(stage_dir) / "adapter_config.json").is_file()
+
+
+def run_sft_stage(
+    stage_dir: str | Path,
+    model: Any,
+    tokenizer: Any,
+    tool: SearchTool,
+    examples: Sequence[QAExample],
+    config: SFTConfig,
+    episode_config: EpisodeConfig | None = None,
+    *,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Build, play and train on the warm-start transcripts; save the adapter to ``stage_dir/adapter``.
+
+    ``model`` must already carry a trainable adapter (e.g. ``peft.get_peft_model``). The
+    transcripts are written to ``stage_dir/transcripts.jsonl``, per-step losses to
+    ``stage_dir/metrics.jsonl`` and a summary to ``sft.json``
+    (written last: its presence marks the stage as done, see :func:`sft_finished`). A stage cut
+    short is simply run again — it takes minutes.
+    """
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    transcripts, counts = build_transcripts(examples, tool, retry_fraction=config.retry_fraction, seed=config.seed)
+    if not transcripts:
+        raise DataError(
+            "the search tool showed the gold answer for none of the training questions",
+            hint="check that the corpus matches the questions' gold_ids, or raise tool.k / tool.max_chars",
+        )
+    if config.max_transcripts is not None and len(transcripts) > config.max_transcripts:
+        picks = np.random.default_rng(config.seed).choice(len(transcripts), size=config.max_transcripts, replace=False)
+        transcripts = [transcripts[i] for i in np.sort(picks)]
+    episodes = play_transcripts(transcripts, tokenizer, tool, episode_config)
+    kept = check_played(transcripts, episodes)
+    counts["dropped_unplayable"] = len(kept) - sum(kept)
+    pairs = [(t, e) for t, e, ok in zip(transcripts, episodes, kept) if ok and len(e.token_ids) <= config.max_tokens]
+    counts["dropped_too_long"] = sum(kept) - len(pairs)
+    if not pairs:
+        raise DataError("no usable warm-start transcripts", hint=f"counts: {counts}; raise sft.max_tokens?")
+    with (stage_dir / "transcripts.jsonl").open("w", encoding="utf-8") as handle:
+        for transcript, episode in pairs:
+            record = episode.to_dict(tokens=False)
+            record["kind"] = transcript.kind
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    train_episodes = [e for _, e in pairs]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    metrics_path = stage_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)  # a stage cut short starts over
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        with metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        if log is not None:
+            log(step, metrics)
+
+    losses = train_on_episodes(model, train_episodes, config, pad_token_id=pad, on_step=on_step)
+    adapter = sft_adapter_dir(stage_dir)
+    model.save_pretrained(str(adapter))
+    tokenizer.save_pretrained(str(adapter))
+    summary = {
+        "transcripts": counts,
+        "trained_on": len(train_episodes),
+        "retry_transcripts": sum(t.kind == "retry" for t, _ in pairs),
+        "model_tokens": int(sum(sum(e.mask) for e in train_episodes)),
+        "total_tokens": int(sum(len(e.token_ids) for e in train_episodes)),
+        "steps": len(losses),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "loss_last10_mean": float(np.mean(losses[-10:])),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (stage_dir / SFT_DONE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

@@ -1,0 +1,306 @@
+"""Chunk-disjoint splits, the GRPO rollout function and a whole (tiny) agent training run."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from searchrl.agent.episode import ChatFormat, EpisodeConfig, ScriptedPolicy
+from searchrl.agent.protocol import format_information, user_prompt
+from searchrl.agent.splits import load_split, make_split, source_groups, split_by_source
+from searchrl.agent.tool import SearchTool
+from searchrl.agent.train import AgentRollout, AgentTrainConfig, agent_dataset_rows, load_agent_config, run_agent_training
+from searchrl.data.types import Document, QAExample
+from searchrl.errors import ConfigError
+from searchrl.retrieval import build_retriever
+
+DOCS = {
+    "c1": "The oxygen tank number two failed at 55 hours into the flight.",
+    "c2": "The commander of the crew was James Lovell, a Navy captain.",
+    "c3": "The lunar module served as a lifeboat with batteries and water.",
+    "c4": "Splashdown happened in the Pacific Ocean near Samoa.",
+    "c5": "The command module pilot was John Swigert after a late crew change.",
+    "c6": "Carbon dioxide filters were adapted with tape and cardboard.",
+}
+QUESTIONS = [
+    QAExample("q1", "When did the oxygen tank fail?", ("55 hours",), ("c1",)),
+    QAExample("q2", "Which oxygen tank failed?", ("number two",), ("c1",)),
+    QAExample("q3", "Who was the commander of the crew?", ("James Lovell",), ("c2",)),
+    QAExample("q4", "What rank did the commander hold?", ("Navy captain",), ("c2",)),
+    QAExample("q5", "What served as a lifeboat?", ("lunar module",), ("c3",)),
+    QAExample("q6", "Where was the splashdown?", ("Pacific Ocean",), ("c4",)),
+    QAExample("q7", "Who was the command module pilot?", ("John Swigert",), ("c5",)),
+    QAExample("q8", "How were the carbon dioxide filters adapted?", ("tape and cardboard",), ("c6",)),
+]
+
+
+# ----------------------------------------------------------------------------------------
+# Splits
+
+
+def _gold(examples):
+    return {g for e in examples for g in e.gold_ids}
+
+
+def test_groups_follow_shared_gold_ids_transitively():
+    examples = [
+        QAExample("a", "?", ("x",), ("c1",)),
+        QAExample("b", "?", ("x",), ("c2", "c3")),
+        QAExample("c", "?", ("x",), ("c3", "c1")),  # links a and b
+        QAExample("d", "?", ("x",), ()),
+        QAExample("e", "?", ("x",), ("c9",)),
+    ]
+    assert source_groups(examples) == [[0, 1, 2], [3], [4]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_split_is_disjoint_by_source_and_deterministic(seed):
+    # Three questions per chunk; every ninth question also cites the next chunk, chaining groups.
+    examples = [
+        QAExample(f"q{i}", "?", ("a",), (f"c{i // 3}",) + ((f"c{i // 3 + 1}",) if i % 9 == 0 else ())) for i in range(30)
+    ]
+    split = split_by_source(examples, dev_size=6, seed=seed)
+    assert not _gold(split.train) & _gold(split.dev)
+    assert len(split.train) + len(split.dev) == 30 and split.dev
+    again = split_by_source(examples, dev_size=6, seed=seed)
+    assert [e.id for e in again.dev] == [e.id for e in split.dev]
+
+
+def test_split_seeds_differ_and_sizes_are_respected():
+    examples = [QAExample(f"q{i}", "?", ("a",), (f"c{i // 2}",)) for i in range(40)]
+    dev_sets = {tuple(e.id for e in split_by_source(examples, dev_size=8, seed=s).dev) for s in range(4)}
+    assert len(dev_sets) > 1 and all(len(d) == 8 for d in dev_sets)
+
+
+def test_make_split_writes_reuses_and_refuses_another_seed(tmp_path):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        "".join(json.dumps({"id": e.id, "question": e.question, "answers": list(e.answers), "gold_ids": list(e.gold_ids)}) + "\n" for e in QUESTIONS)
+    )
+    first = make_split(questions, tmp_path / "split", dev_size=2, seed=5)
+    assert (tmp_path / "split" / "train.jsonl").exists() and (tmp_path / "split" / "dev.jsonl").exists()
+    reloaded = load_split(tmp_path / "split")
+    assert [e.id for e in reloaded.dev] == [e.id for e in first.dev]
+    assert [e.id for e in make_split(questions, tmp_path / "split", dev_size=2, seed=5).dev] == [e.id for e in first.dev]
+    with pytest.raises(ConfigError, match="seed"):
+        make_split(questions, tmp_path / "split", dev_size=2, seed=6)
+
+
+def test_apollo_split_is_chunk_disjoint(shared_data):
+    from searchrl.data.qa import load_qa
+
+    split = split_by_source(load_qa(shared_data / "apollo13" / "questions.jsonl"), dev_size=40, seed=0)
+    assert len(split.dev) == 40 and not _gold(split.train) & _gold(split.dev)
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration
+
+
+def test_config_rejects_unknown_keys_and_drops_retry_for_the_ablation(tmp_path):
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"grpo": {"steps": 3}, "retry_reward": False}))
+    config = load_agent_config(path)
+    assert config.grpo.steps == 3 and config.reward_weights().retry == 0.0 and config.rewards.retry == 1.0
+    assert config.rollout_episode_config().temperature == config.grpo.temperature
+    assert config.eval_episode_config().temperature == 0.0
+    with pytest.raises(ConfigError, match="stepz"):
+        load_agent_config(path, ["grpo.stepz=4"])
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("agent-cpu.yaml", "agent-gpu.yaml"):
+        config = load_agent_config(root / name)
+        assert config.rewards.correctness == 4.0 and config.grpo.num_generations >= 2
+
+
+# ----------------------------------------------------------------------------------------
+# The rollout function
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread; on a shared CPU, more threads oversubscribe it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+@pytest.fixture(scope="module")
+def tool() -> SearchTool:
+    corpus = {k: Document(k, v) for k, v in DOCS.items()}
+    return SearchTool(build_retriever("bm25").index(list(corpus.values()), show_progress=False), corpus, k=2)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_lm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+
+
+def _scripted(tokenizer):
+    """Search once, then answer correctly for even question numbers and wrongly for odd ones."""
+
+    def script(prompt_text: str, turn: int) -> str:
+        example = next(e for e in QUESTIONS if user_prompt(e.question) in prompt_text)
+        if turn == 0:
+            return f"<think>look</think>\n<search>{example.question}</search>"
+        right = int(example.id[1:]) % 2 == 0
+        return f"<answer>{example.answers[0] if right else 'no idea'}</answer>"
+
+    return ScriptedPolicy(tokenizer, script)
+
+
+def _fake_trainer(step: int = 0):
+    model = SimpleNamespace(training=True, train=lambda mode=True: None, eval=lambda: None)
+    return SimpleNamespace(
+        state=SimpleNamespace(global_step=step),
+        model=model,
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m, is_main_process=True),
+    )
+
+
+def test_rollout_output_matches_what_trl_expects(tool, tokenizer):
+    rollout = AgentRollout(
+        tool, QUESTIONS, EpisodeConfig(max_turns=3), policy_factory=lambda trainer: _scripted(tokenizer)
+    )
+    rows = agent_dataset_rows(QUESTIONS[:2])
+    prompts = [rows[0]["prompt"]] * 3 + [rows[1]["prompt"]] * 3  # TRL repeats each prompt per generation
+    out = rollout(prompts, _fake_trainer())
+    assert set(out) >= {"prompt_ids", "completion_ids", "logprobs", "env_mask", "episode"}
+    assert len(out["completion_ids"]) == len(out["env_mask"]) == len(out["prompt_ids"]) == len(out["episode"]) == 6
+
+    fmt = ChatFormat(tokenizer)
+    for i, (ids, mask, episode) in enumerate(zip(out["completion_ids"], out["env_mask"], out["episode"])):
+        assert len(ids) == len(mask)
+        example = QUESTIONS[i // 3]
+        assert episode["question_id"] == example.id and episode["num_turns"] == 2
+        assert out["prompt_ids"][i] == fmt.prompt_ids(fmt.initial_messages(example.question))
+        # Masked-out tokens are exactly the tool results (with their template tokens).
+        env_tokens = [t for t, m in zip(ids, mask) if m == 0]
+        results = [format_information(s["text"]) for s in episode["searches"]]
+        assert env_tokens == [t for content in results for t in fmt.user_turn_ids(content)]
+        # The model's tokens end each turn with the end-of-turn token, which keeps its gradient.
+        assert ids[-1] == fmt.end_of_turn_ids[-1] and mask[-1] == 1
+        # An end-of-turn token appended after a stop string has no sampling logprob, so TRL
+        # gets None and computes its own.
+        assert out["logprobs"] is None or len(out["logprobs"][i]) == len(ids)
+
+
+def test_rollout_rejects_unknown_prompts(tool, tokenizer):
+    from searchrl.errors import DataError
+
+    rollout = AgentRollout(tool, QUESTIONS[:1], EpisodeConfig(), policy_factory=lambda trainer: _scripted(tokenizer))
+    with pytest.raises(DataError, match="not in the training set"):
+        rollout([agent_dataset_rows(QUESTIONS[1:2])[0]["prompt"]], _fake_trainer())
+
+
+def test_two_grpo_steps_with_the_rollout_function(tool, tokenizer, tiny_lm_dir, tmp_path):
+    """TRL scores the scripted episodes with our rewards; the loss counts model tokens only."""
+    import warnings
+
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOTrainer
+
+    from searchrl.agent.rewards import RewardWeights, build_reward_functions
+    from searchrl.training import LoraSettings, build_grpo_config, build_lora_config
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), build_lora_config(LoraSettings(r=4)))
+    rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3), policy_factory=lambda trainer: _scripted(tokenizer))
+    functions, weights = build_reward_functions(RewardWeights(metric="em"))
+    args = build_grpo_config(
+        output_dir=tmp_path, max_steps=2, num_generations=2, prompts_per_step=2, device="cpu", save_steps=100,
+        extra={"reward_weights": weights},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=functions, args=args, processing_class=tokenizer, rollout_func=rollout,
+            train_dataset=Dataset.from_list(agent_dataset_rows(QUESTIONS)),
+        )
+        trainer.train()
+    assert trainer.state.global_step == 2
+    logs = [entry for entry in trainer.state.log_history if "reward" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        # Every scripted episode searches once and answers in a well-formed way.
+        assert entry["rewards/format_reward/mean"] == 1.0
+        assert entry["rewards/retrieval_reward/mean"] == 1.0
+    # TRL counts only env_mask == 1 tokens as completion length: the model's tokens, not the results.
+    episodes = rollout.last_episodes
+    model_tokens = [sum(e.completion_mask) for e in episodes]
+    assert logs[-1]["completions/mean_length"] == pytest.approx(sum(model_tokens) / len(model_tokens))
+    assert all(sum(e.completion_mask) < len(e.completion_ids) for e in episodes)
+
+
+# ----------------------------------------------------------------------------------------
+# A whole run, then a resume
+
+
+def _write_data(directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "corpus.jsonl", "w") as handle:
+        for key, text in DOCS.items():
+            handle.write(json.dumps({"_id": key, "title": "", "text": text}) + "\n")
+    with open(directory / "questions.jsonl", "w") as handle:
+        for e in QUESTIONS:
+            handle.write(json.dumps({"id": e.id, "question": e.question, "answers": list(e.answers), "gold_ids": list(e.gold_ids)}) + "\n")
+
+
+def test_run_agent_training_end_to_end_and_resume(tmp_path, tiny_lm_dir):
+    _write_data(tmp_path / "data")
+    config = {
+        "model": str(tiny_lm_dir),
+        "output_dir": str(tmp_path / "run"),
+        "device": "cpu",
+        "data": {"questions": str(tmp_path / "data" / "questions.jsonl"), "corpus": str(tmp_path / "data" / "corpus.jsonl"), "dev_size": 2},
+        "tool": {"k": 2},
+        "episode": {"max_turns": 2, "max_turn_tokens": 6, "max_model_tokens": 16},
+        "lora": {"r": 4, "alpha": 8},
+        "sft": {"enabled": True, "max_steps": 2, "batch_size": 2, "max_tokens": 4096},
+        "grpo": {"steps": 2, "prompts_per_step": 1, "num_generations": 2, "save_steps": 1},
+        "eval": {"every": 1},
+    }
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = run_agent_training(path, [])
+
+    assert (run / "sft" / "sft.json").exists() and (run / "sft" / "adapter" / "adapter_config.json").exists()
+    assert (run / "best" / "adapter_config.json").exists() and (run / "final" / "adapter_config.json").exists()
+    assert (run / "report.md").exists()
+    split = load_split(run / "split")
+    assert len(split.dev) == 2 and not _gold(split.train) & _gold(split.dev)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in records if "dev/f1" in r) == [0, 1, 2]  # before, during and after RL
+    assert sorted(r["step"] for r in records if "rollout/episodes" in r) == [1, 2]
+    assert any("sft/loss_last" in r for r in records)
+    assert sorted(p.name for p in (run / "dev").iterdir()) == ["step-000000.jsonl", "step-000001.jsonl", "step-000002.jsonl"]
+
+    # Extending the same run resumes from its last checkpoint: the warm-start is not redone.
+    sft_time = (run / "sft" / "sft.json").stat().st_mtime
+    assert run_agent_training(path, ["grpo.steps=3"]) == run
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in records if "rollout/episodes" in r) == [1, 2, 3]
+    assert (run / "sft" / "sft.json").stat().st_mtime == sft_time
+    assert (run / "checkpoints" / "checkpoint-3").exists()
+
+    # Any other change to a finished run's configuration is refused.
+    with pytest.raises(ConfigError, match="different configuration"):
+        run_agent_training(path, ["grpo.learning_rate=0.1"])
+
+
+def test_training_config_refuses_judge_without_model():
+    with pytest.raises(ValueError, match="judge_model"):
+        AgentTrainConfig.model_validate({"rewards": {"metric": "judge"}})
