@@ -180,7 +180,12 @@ def test_rollout_batch_splits_prompt_and_completion(tokenizer):
     for r, prompt, completion, env_mask in zip(results, batch["prompt_ids"], batch["completion_ids"], batch["env_mask"]):
         assert prompt + completion == r.token_ids and len(env_mask) == len(completion)
         assert sum(env_mask) == r.num_model_tokens
-    assert batch["logprobs"] is None  # an appended end-of-turn token has no sampled logprob
+    # Sampled tokens keep their log-probability; tool results and the end-of-turn token the
+    # environment appended after a stop string have none (TRL reads None as "not sampled").
+    for r, logprobs, env_mask in zip(results, batch["logprobs"], batch["env_mask"]):
+        assert len(logprobs) == len(env_mask)
+        assert all(lp is None for lp, m in zip(logprobs, env_mask) if not m)
+        assert any(lp is not None for lp in logprobs)
     assert batch["episode"][0]["answer"] == "Jim Lovell" and "token_ids" not in batch["episode"][0]
     record = EpisodeResult.from_dict(json.loads(json.dumps(results[0].to_dict())))
     assert record.token_ids == results[0].token_ids and record.assistant_turns == results[0].assistant_turns

@@ -462,16 +462,16 @@ def _run_searches(
 def rollout_batch(results: Sequence[EpisodeResult]) -> dict[str, list]:
     """Episodes in the shape TRL's ``GRPOTrainer`` expects back from a ``rollout_func``.
 
-    ``env_mask`` is the completion part of each mask; ``logprobs`` is ``None`` unless every
-    model-written token has one (TRL then computes its own); ``episode`` carries each episode's
-    record (without token arrays) to the reward functions.
+    ``env_mask`` is the completion part of each mask; ``logprobs`` holds the policy's sampling
+    log-probability of each completion token, ``None`` where there is none (tool results, the
+    end-of-turn token added after a stop string) — TRL turns those into NaN and leaves them out
+    of its importance-sampling correction. It is ``None`` altogether when the policy gave no
+    log-probabilities (TRL then computes its own). ``episode`` carries each episode's record
+    (without token arrays) to the reward functions.
     """
-    complete = all(
-        r.logprobs is not None and all(lp is not None for lp, m in zip(r.logprobs, r.mask) if m) for r in results
-    )
     logprobs = (
-        [[0.0 if lp is None else float(lp) for lp in r.logprobs[r.prompt_length :]] for r in results]  # type: ignore[index]
-        if complete
+        [[None if lp is None else float(lp) for lp in r.logprobs[r.prompt_length :]] for r in results]  # type: ignore[index]
+        if all(r.logprobs is not None for r in results)
         else None
     )
     return {

@@ -556,11 +556,6 @@ def run_agent_training(config_path: str | Path | None, overrides: Sequence[str] 
     functions, weights = build_reward_functions(config.reward_weights(), judge=_judge(config))
     grpo = config.grpo
     extra = {"reward_weights": weights, "mask_truncated_completions": grpo.mask_truncated_completions}
-    if grpo.use_vllm is not False:
-        # episode.rollout_batch returns logprobs=None whenever a model-written token has none (the
-        # end-of-turn token appended after a stop string), and TRL's vLLM importance-sampling
-        # correction cannot run without them: TRL then recomputes log-probs with the trained model.
-        extra["vllm_importance_sampling_correction"] = False
     extra.update(grpo.extra)
     args = build_grpo_config(
         output_dir=run.checkpoints_dir,
