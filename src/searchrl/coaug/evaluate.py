@@ -1,0 +1,220 @@
+"""Cheap dev evaluation of an expansion policy while it trains, with the training scorer.
+
+Evaluating on the whole corpus means expanding every document with the current policy — hours
+on a CPU. During training the question is only "is the policy getting better?", so the dev
+evaluation ranks a fixed *candidate slice* of the corpus: every document relevant to a dev
+query, the unexpanded-BM25 top ``candidate_depth`` of each dev query (the hard part of the
+ranking), and random documents up to ``candidate_docs``. ``candidate_docs=None`` uses the whole
+corpus (sensible on a GPU).
+
+Queries are expanded in ``query``/``coaug`` mode and the slice's documents in
+``document``/``coaug`` mode, greedily, with the same :class:`~searchrl.augment.ExpansionPolicy`
+prompts and parser as training; texts are joined with :func:`~searchrl.data.query_text` /
+:func:`~searchrl.data.document_text`, and scored with :class:`BatchScorer` — BM25 with the full
+corpus's statistics, or dense cosine — exactly as the training reward scores them. Numbers are
+therefore comparable across steps of one run (and with the unexpanded baseline on the same
+slice), not with full-corpus evaluations: use ``searchrl augment`` + ``searchrl eval`` for those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from searchrl.augment import ExpansionPolicy
+from searchrl.coaug.bm25 import CorpusStatistics, InBatchBM25
+from searchrl.coaug.reward import cosine_score_matrix
+from searchrl.data.types import Document, Qrels, document_text, query_text
+from searchrl.errors import ConfigError
+
+Mode = Literal["query", "document", "coaug"]
+
+
+class BatchScorer:
+    """Scores expanded query texts against expanded document texts: BM25 (corpus IDF) or cosine.
+
+    ``retriever="sparse"`` uses :class:`~searchrl.coaug.bm25.InBatchBM25` with ``statistics``
+    of the indexed (unexpanded) corpus; ``"dense"`` encodes with a
+    :class:`~searchrl.retrieval.dense.DenseRetriever` (no embedding cache: texts change every step).
+
+    >>> stats = CorpusStatistics.from_documents([Document("d1", "vitamin d and bone"), Document("d2", "heart")])
+    >>> scorer = BatchScorer("sparse", statistics=stats)
+    >>> scorer.score(["bone vitamin"], ["vitamin d and bone", "heart"]).argmax()
+    np.int64(0)
+    """
+
+    def __init__(
+        self,
+        retriever: Literal["sparse", "dense"],
+        *,
+        statistics: CorpusStatistics | None = None,
+        dense_model: str | None = None,
+        k1: float = 1.2,
+        b: float = 0.75,
+        device: str | None = None,
+    ) -> None:
+        self.retriever = retriever
+        if retriever == "sparse":
+            if statistics is None:
+                raise ConfigError("sparse scoring needs corpus statistics")
+            self.bm25 = InBatchBM25(statistics, k1=k1, b=b)
+        elif retriever == "dense":
+            from searchrl.retrieval.dense import DenseRetriever
+            from searchrl.resolver import DEFAULT_ENCODER
+
+            self.dense = DenseRetriever(dense_model or DEFAULT_ENCODER, cache_dir=False, device=device)
+        else:
+            raise ConfigError(f"unknown retriever {retriever!r}", hint="use sparse or dense")
+
+    def score(self, query_texts: Sequence[str], doc_texts: Sequence[str]) -> np.ndarray:
+        """``[len(query_texts), len(doc_texts)]`` scores, higher = more relevant."""
+        if self.retriever == "sparse":
+            return self.bm25.score(list(query_texts), list(doc_texts))
+        return cosine_score_matrix(self.dense.encode_queries(list(query_texts)), self.dense.encode_passages(list(doc_texts)))
+
+
+def select_candidates(
+    corpus: Mapping[str, Document],
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    scorer: BatchScorer,
+    *,
+    candidate_docs: int | None,
+    candidate_depth: int = 20,
+    seed: int = 0,
+) -> list[str]:
+    """The evaluation slice: relevant documents, each query's top ``candidate_depth``, random fill.
+
+    With ``candidate_docs=None`` the whole corpus, in corpus order. The top documents come from
+    unexpanded BM25/cosine over the whole corpus, so the slice holds the documents that compete
+    with the relevant ones.
+    """
+    if candidate_docs is None:
+        return list(corpus)
+    chosen: dict[str, None] = {}
+    for query_id in queries:
+        for doc_id, grade in qrels.get(query_id, {}).items():
+            if grade > 0 and doc_id in corpus:
+                chosen[doc_id] = None
+    if candidate_depth > 0 and queries:
+        doc_ids = list(corpus)
+        texts = [document_text(corpus[d]) for d in doc_ids]
+        scores = scorer.score([query_text(queries[q]) for q in queries], texts)
+        depth = min(candidate_depth, len(doc_ids))
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        for row in top:
+            for index in row:
+                if len(chosen) >= candidate_docs:
+                    break
+                chosen[doc_ids[index]] = None
+    rest = [d for d in corpus if d not in chosen]
+    rng = np.random.default_rng(seed)
+    fill = max(0, candidate_docs - len(chosen))
+    for index in sorted(rng.choice(len(rest), size=min(fill, len(rest)), replace=False)):
+        chosen[rest[index]] = None
+    return list(chosen)
+
+
+@dataclass
+class DevEvaluator:
+    """Dev nDCG@10 of a policy on a fixed query subset and candidate slice (see module docstring).
+
+    Call :meth:`baseline` for the unexpanded retriever, :meth:`evaluate_engine` with any
+    :class:`~searchrl.llm.engine.GenerationEngine`, or use the instance as the evaluation
+    function of :class:`searchrl.training.DevEvaluationCallback` (``evaluator(model, tokenizer, step)``).
+    """
+
+    corpus: Mapping[str, Document]
+    queries: dict[str, str]
+    qrels: Qrels
+    candidate_ids: list[str]
+    scorer: BatchScorer
+    policy: ExpansionPolicy
+    mode: Mode = "coaug"
+    batch_size: int = 16
+    measures: tuple[str, ...] = ("ndcg@10", "recall@10", "mrr@10")
+
+    @classmethod
+    def build(
+        cls,
+        corpus: Mapping[str, Document],
+        queries: Mapping[str, str],
+        qrels: Qrels,
+        scorer: BatchScorer,
+        policy: ExpansionPolicy,
+        *,
+        mode: Mode = "coaug",
+        max_queries: int | None = None,
+        candidate_docs: int | None = 500,
+        candidate_depth: int = 20,
+        seed: int = 0,
+        batch_size: int = 16,
+    ) -> "DevEvaluator":
+        """Pick ``max_queries`` judged dev queries (seeded) and the candidate slice for them."""
+        judged = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
+        if not judged:
+            raise ConfigError("the dev split has no query with a relevant document", hint="check dev qrels")
+        if max_queries is not None and max_queries < len(judged):
+            rng = np.random.default_rng(seed)
+            judged = [judged[i] for i in sorted(rng.choice(len(judged), size=max_queries, replace=False))]
+        dev_queries = {q: queries[q] for q in judged}
+        dev_qrels = {q: dict(qrels[q]) for q in judged}
+        candidates = select_candidates(
+            corpus, dev_queries, dev_qrels, scorer, candidate_docs=candidate_docs, candidate_depth=candidate_depth, seed=seed
+        )
+        return cls(corpus, dev_queries, dev_qrels, candidates, scorer, policy, mode, batch_size)
+
+    # -- scoring -------------------------------------------------------------------------
+    def _rank(self, query_expansions: Mapping[str, str], doc_expansions: Mapping[str, str]) -> dict[str, float]:
+        from searchrl.metrics import evaluate_run
+
+        query_ids = list(self.queries)
+        q_texts = [query_text(self.queries[q], query_expansions.get(q)) for q in query_ids]
+        d_texts = [document_text(self.corpus[d], doc_expansions.get(d)) for d in self.candidate_ids]
+        scores = self.scorer.score(q_texts, d_texts)
+        depth = min(100, len(self.candidate_ids))
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        run = {
+            q: {self.candidate_ids[j]: float(scores[row, j]) for j in top[row]} for row, q in enumerate(query_ids)
+        }
+        aggregate, _ = evaluate_run(self.qrels, run, self.measures)
+        return aggregate
+
+    def baseline(self) -> dict[str, float]:
+        """The retriever without any expansion, on the same queries and slice."""
+        return self._rank({}, {})
+
+    def evaluate_engine(self, engine: Any) -> dict[str, float]:
+        """Expand (greedy) with ``engine`` under this policy, score, and return the metrics.
+
+        Adds ``query_empty_rate`` / ``doc_empty_rate``: the share of expansions that came out empty.
+        """
+        from searchrl.augment import augment_items
+
+        metrics: dict[str, float] = {}
+        query_expansions: dict[str, str] = {}
+        doc_expansions: dict[str, str] = {}
+        if self.mode in ("query", "coaug"):
+            parsed = augment_items(engine, self.policy, "query", self.queries, batch_size=self.batch_size, show_progress=False)
+            query_expansions = {q: p.text for q, p in parsed.items()}
+            metrics["query_empty_rate"] = float(np.mean([not p.text for p in parsed.values()]))
+        if self.mode in ("document", "coaug"):
+            items = {d: document_text(self.corpus[d]) for d in self.candidate_ids}
+            parsed = augment_items(engine, self.policy, "document", items, batch_size=self.batch_size, show_progress=False)
+            doc_expansions = {d: p.text for d, p in parsed.items()}
+            metrics["doc_empty_rate"] = float(np.mean([not p.text for p in parsed.values()]))
+        metrics.update(self._rank(query_expansions, doc_expansions))
+        return metrics
+
+    def __call__(self, model: Any, tokenizer: Any, step: int) -> dict[str, float]:
+        """Evaluate the in-memory policy being trained (no reload from disk)."""
+        from searchrl.llm.transformers_engine import TransformersEngine
+
+        engine = TransformersEngine.from_model(model, tokenizer, batch_size=self.batch_size)
+        return self.evaluate_engine(engine)
+
+
+__all__ = ["BatchScorer", "DevEvaluator", "select_candidates"]

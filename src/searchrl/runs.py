@@ -1,0 +1,438 @@
+"""Run directories: everything needed to reproduce, inspect and resume one training run.
+
+A run is a directory::
+
+    RUN/
+      config.yaml        the resolved configuration (after YAML + ``--set`` overrides)
+      inputs.json        sha256 of every input file (data files, streamed)
+      environment.json   searchrl / Python / key library versions
+      metrics.jsonl      one JSON object per logged step: {"step", "time", ...metrics}
+      tb/                TensorBoard event files (the same metrics)
+      checkpoints/       trainer checkpoints (``checkpoint-<step>/``), used to resume
+      best/              the best checkpoint so far (e.g. a LoRA adapter folder)
+      best.json          {"metric", "value", "step"} of ``best/``
+      report.md          a human-readable summary
+
+``RunDirectory.create_or_resume(path, config)`` creates a new run, or reopens an existing one
+after checking that its configuration and inputs are the same (``force=True`` overrides).
+
+Example:
+
+>>> import tempfile
+>>> run = RunDirectory.create_or_resume(tempfile.mkdtemp() + "/run", {"lr": 1e-5, "steps": 10})
+>>> run.log_metrics(1, {"loss": 0.5})
+>>> run.read_metrics()[0]["loss"]
+0.5
+>>> run.update_best(1, "dev_ndcg@10", 0.3)
+True
+>>> run.best()["value"]
+0.3
+>>> run.close()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from searchrl.errors import ConfigError, DataError
+
+#: Libraries whose versions are recorded in ``environment.json``.
+TRACKED_LIBRARIES = (
+    "searchrl", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm",
+    "sentence-transformers", "bm25s", "numpy", "scipy", "pydantic",
+)
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# --------------------------------------------------------------------------------------
+# helpers usable on their own
+# --------------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | Path, *, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (never the whole file in memory)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(chunk_size), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise DataError(f"cannot read input file: {err.strerror}", path=path) from None
+    return digest.hexdigest()
+
+
+def hash_inputs(files: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
+    """``{absolute path: {"sha256", "bytes"}}`` for each file; directories are walked (sorted)."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in files:
+        entry = Path(entry).expanduser().resolve()
+        if not entry.exists():
+            raise DataError("input file not found", path=entry, hint="check the data paths in the config")
+        members = sorted(p for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else [entry]
+        for member in members:
+            out[str(member)] = {"sha256": sha256_file(member), "bytes": member.stat().st_size}
+    return out
+
+
+def library_versions(names: Sequence[str] = TRACKED_LIBRARIES) -> dict[str, str | None]:
+    """Installed version of each distribution (``None`` when not installed), plus Python's."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def config_to_dict(config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    """A plain, YAML/JSON-safe dict of a pydantic config or a mapping."""
+    if isinstance(config, BaseModel):
+        return config.model_dump(mode="json")
+    return json.loads(json.dumps(dict(config), default=str))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ: ``{"train.lr": (old, new)}`` (missing keys show as ``None``)."""
+    a, b = _flatten(old), _flatten(new)
+    return {key: (a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)}
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder name, else ``None``."""
+    match = _CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def last_checkpoint(directory: str | Path) -> Path | None:
+    """The complete ``checkpoint-<step>`` folder with the highest step in ``directory``, if any.
+
+    A folder counts as complete when it holds ``trainer_state.json`` (written last by the
+    trainer), so a checkpoint cut short by a kill is skipped rather than resumed from.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    complete = [
+        (checkpoint_step(p), p)
+        for p in directory.iterdir()
+        if p.is_dir() and checkpoint_step(p) is not None and (p / "trainer_state.json").exists()
+    ]
+    return max(complete)[1] if complete else None
+
+
+# --------------------------------------------------------------------------------------
+# the run directory
+# --------------------------------------------------------------------------------------
+
+
+class RunDirectory:
+    """One training run on disk; see the module docstring for the layout.
+
+    Create with :meth:`create_or_resume`. ``resumed`` tells whether the directory already
+    existed with the same configuration.
+    """
+
+    CONFIG = "config.yaml"
+    INPUTS = "inputs.json"
+    ENVIRONMENT = "environment.json"
+    METRICS = "metrics.jsonl"
+    BEST_JSON = "best.json"
+    REPORT = "report.md"
+
+    def __init__(self, path: str | Path, *, resumed: bool = False) -> None:
+        self.path = Path(path)
+        self.resumed = resumed
+        self._tb_writer = None
+        self._tb_failed = False
+
+    # -- layout -------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.path / "best"
+
+    @property
+    def best_json_path(self) -> Path:
+        return self.path / self.BEST_JSON
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / self.REPORT
+
+    # -- creation -----------------------------------------------------------------------
+    @classmethod
+    def create_or_resume(
+        cls,
+        path: str | Path,
+        config: BaseModel | Mapping[str, Any],
+        *,
+        input_files: Iterable[str | Path] = (),
+        force: bool = False,
+        mutable_keys: Iterable[str] = (),
+    ) -> "RunDirectory":
+        """Open ``path`` as a run of ``config``: create it, or resume it if it holds the same config.
+
+        Resuming with a different configuration raises :class:`ConfigError` naming every
+        differing key, unless ``force`` (then the new config replaces the old one and the change
+        is noted in ``config-history.jsonl``). Keys in ``mutable_keys`` (dotted, e.g. ``"steps"``
+        to extend a finished run) may change without ``force``. Input files whose sha256 changed
+        are refused the same way.
+        """
+        path = Path(path).expanduser()
+        new_config = config_to_dict(config)
+        inputs = hash_inputs(input_files)
+        run = cls(path)
+        if path.exists() and not path.is_dir():
+            raise ConfigError("run path exists and is not a directory", path=path, hint="choose another --out")
+        if run.config_path.exists():
+            old_config = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
+            mutable = set(mutable_keys)
+            differences = config_differences(old_config, new_config)
+            blocking = {k: v for k, v in differences.items() if k not in mutable}
+            old_inputs = json.loads((path / cls.INPUTS).read_text()) if (path / cls.INPUTS).exists() else {}
+            changed_inputs = sorted(
+                name for name in set(old_inputs) & set(inputs) if old_inputs[name]["sha256"] != inputs[name]["sha256"]
+            )
+            if (blocking or changed_inputs) and not force:
+                parts = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in blocking.items()]
+                parts += [f"input file changed: {name}" for name in changed_inputs]
+                raise ConfigError(
+                    "run directory holds a different configuration: " + "; ".join(parts),
+                    path=run.config_path,
+                    hint="use another output directory, or force to overwrite the stored config",
+                )
+            if differences:
+                with (path / "config-history.jsonl").open("a", encoding="utf-8") as handle:
+                    record = {"time": _now(), "changed": {k: list(v) for k, v in differences.items()}, "forced": force}
+                    handle.write(json.dumps(record) + "\n")
+            run.resumed = True
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+        run.checkpoints_dir.mkdir(exist_ok=True)
+        run.tb_dir.mkdir(exist_ok=True)
+        run.config_path.write_text(yaml.safe_dump(new_config, sort_keys=False), encoding="utf-8")
+        _write_json(path / cls.INPUTS, inputs)
+        _write_json(path / cls.ENVIRONMENT, {"time": _now(), "argv": sys.argv, "versions": library_versions()})
+        return run
+
+    def config(self) -> dict[str, Any]:
+        """The stored resolved configuration."""
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+
+    # -- metrics ------------------------------------------------------------------------
+    def log_metrics(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "") -> None:
+        """Append ``{"step", "time", **metrics}`` to metrics.jsonl and write numbers to TensorBoard."""
+        record: dict[str, Any] = {"step": int(step), "time": _now()}
+        for key, value in metrics.items():
+            record[prefix + key] = _jsonable(value)
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if math.isfinite(value):
+                        writer.add_scalar(key, value, int(step))
+            writer.flush()
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every record of metrics.jsonl, in order (a line cut by a kill is skipped)."""
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def _tensorboard(self):
+        if self._tb_writer is None and not self._tb_failed:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional at run time; metrics.jsonl is the record
+                self._tb_failed = True
+                return None
+            self._tb_writer = SummaryWriter(log_dir=str(self.tb_dir))
+        return self._tb_writer
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        if self._tb_writer is not None:
+            self._tb_writer.close()
+            self._tb_writer = None
+
+    # -- checkpoints --------------------------------------------------------------------
+    def last_checkpoint(self) -> Path | None:
+        """The latest complete ``checkpoints/checkpoint-<step>`` folder, or ``None``."""
+        return last_checkpoint(self.checkpoints_dir)
+
+    def best(self) -> dict[str, Any] | None:
+        """``{"metric", "value", "step", "higher_is_better", ...}`` of the best checkpoint, or ``None``."""
+        if not self.best_json_path.exists():
+            return None
+        return json.loads(self.best_json_path.read_text(encoding="utf-8"))
+
+    def update_best(
+        self,
+        step: int,
+        metric: str,
+        value: float,
+        *,
+        save: Callable[[Path], None] | None = None,
+        higher_is_better: bool = True,
+        extra: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Keep ``best/`` if ``value`` beats the stored best; returns whether it did.
+
+        ``save(directory)`` writes the checkpoint; it is called on a temporary folder that then
+        replaces ``best/``, so a kill never leaves a half-written best checkpoint.
+        """
+        current = self.best()
+        if current is not None and current.get("metric") == metric:
+            old = float(current["value"])
+            if not (value > old if higher_is_better else value < old):
+                return False
+        if save is not None:
+            staging = self.path / "best.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            save(staging)
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+            os.replace(staging, self.best_dir)
+        record = {"metric": metric, "value": float(value), "step": int(step), "higher_is_better": higher_is_better}
+        record.update({k: _jsonable(v) for k, v in (extra or {}).items()})
+        _write_json(self.best_json_path, record)
+        return True
+
+    # -- report -------------------------------------------------------------------------
+    def write_report(self, title: str, sections: Mapping[str, str | Mapping[str, Any]] | None = None) -> Path:
+        """Write report.md: config, inputs, versions, best checkpoint, last metrics, plus ``sections``.
+
+        A section value that is a mapping is rendered as a two-column table.
+        """
+        lines = [f"# {title}", "", f"Run directory: `{self.path}`  ", f"Written: {_now()}", ""]
+        for name, body in (sections or {}).items():
+            lines += [f"## {name}", ""]
+            lines += _table(body) if isinstance(body, Mapping) else [str(body)]
+            lines.append("")
+        best = self.best()
+        lines += ["## Best checkpoint", ""]
+        lines += _table(best) if best else ["(none yet)"]
+        lines.append("")
+        metrics = self.read_metrics()
+        if metrics:
+            lines += ["## Last logged metrics", ""]
+            lines += _table(metrics[-1])
+            lines.append("")
+        lines += ["## Configuration", "", "```yaml", self.config_path.read_text(encoding="utf-8").rstrip(), "```", ""]
+        inputs_path = self.path / self.INPUTS
+        if inputs_path.exists():
+            inputs = json.loads(inputs_path.read_text())
+            if inputs:
+                lines += ["## Inputs (sha256)", ""]
+                lines += [f"- `{name}`: {info['sha256'][:16]}… ({info['bytes']:,} bytes)" for name, info in inputs.items()]
+                lines.append("")
+        env_path = self.path / self.ENVIRONMENT
+        if env_path.exists():
+            versions = json.loads(env_path.read_text())["versions"]
+            lines += ["## Versions", ""]
+            lines += _table({k: v for k, v in versions.items() if v is not None})
+            lines.append("")
+        self.report_path.write_text("\n".join(lines), encoding="utf-8")
+        return self.report_path
+
+
+# --------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            pass
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _table(mapping: Mapping[str, Any]) -> list[str]:
+    rows = ["| key | value |", "| --- | --- |"]
+    for key, value in mapping.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        rows.append(f"| {key} | {value} |")
+    return rows
+
+
+__all__ = [
+    "RunDirectory",
+    "TRACKED_LIBRARIES",
+    "checkpoint_step",
+    "config_differences",
+    "config_to_dict",
+    "hash_inputs",
+    "last_checkpoint",
+    "library_versions",
+    "sha256_file",
+]

@@ -1,0 +1,258 @@
+"""Co-augmentation GRPO training on CPU with the tiny model and a tiny BEIR folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from transformers import TrainerCallback
+
+from searchrl.coaug.advantages import role_scaled_advantages
+from searchrl.coaug.train import (
+    CoAugConfig,
+    ensure_dev_split,
+    download_beir_dataset,
+    prepare_coaug,
+    quickstart_config,
+    train_coaug,
+)
+from searchrl.errors import ConfigError, DataError
+from searchrl.training import train_with_resume
+
+REPO = Path(__file__).resolve().parents[1]
+
+TOPICS = ["vitamin bone fracture", "heart attack aspirin", "protein folding cells", "oxygen tank explosion",
+          "virus infection immune", "brain neuron memory", "cancer tumour growth", "diabetes insulin sugar"]
+
+
+def write_tiny_beir(directory: Path, *, with_dev: bool = True) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    docs = []
+    for t, topic in enumerate(TOPICS):
+        for j in range(2):
+            docs.append({"_id": f"d{t}-{j}", "title": f"Study {t}.{j}", "text": f"{topic} evidence report {j}"})
+    for n in range(16):
+        docs.append({"_id": f"n{n}", "title": "", "text": f"unrelated filler words about subject {n} weather"})
+    (directory / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    queries = [{"_id": f"q{t}", "text": f"does {topic.split()[0]} matter"} for t, topic in enumerate(TOPICS)]
+    (directory / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (directory / "qrels").mkdir(exist_ok=True)
+    header = "query-id\tcorpus-id\tscore\n"
+    train_ids = range(0, 6) if with_dev else range(0, 8)
+    train = "".join(f"q{t}\td{t}-{j}\t1\n" for t in train_ids for j in range(2))
+    (directory / "qrels" / "train.tsv").write_text(header + train)
+    if with_dev:
+        dev = "".join(f"q{t}\td{t}-0\t1\n" for t in range(6, 8))
+        (directory / "qrels" / "dev.tsv").write_text(header + dev)
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny model is faster on one thread, and the shared CPU is not oversubscribed."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def tiny_beir(tmp_path) -> Path:
+    return write_tiny_beir(tmp_path / "beir")
+
+
+def tiny_config(model: Path, data: Path, out: Path, **changes) -> CoAugConfig:
+    raw = {
+        "model": str(model),
+        "data": str(data),
+        "mode": "coaug",
+        "batch": {"queries_per_step": 2, "group_size": 3, "relevant_per_query": 1, "samples_per_prompt": 2,
+                  "micro_batch_size": 6},
+        "reward": {"rounds": 8},
+        "optim": {"steps": 3, "learning_rate": 1e-3},
+        "generation": {"max_new_tokens": 8},
+        "lora": {"r": 4, "alpha": 8},
+        "eval": {"every": 2, "max_queries": 2, "candidate_docs": 8, "candidate_depth": 2, "batch_size": 8},
+        "save_every": 1,
+        "device": "cpu",
+        "output_dir": str(out),
+    }
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return CoAugConfig.model_validate(raw)
+
+
+class KillAfterCheckpoint(TrainerCallback):
+    """Simulates a kill right after the checkpoint of ``step`` is written."""
+
+    class Killed(Exception):
+        pass
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise self.Killed()
+
+
+def test_training_kill_and_resume_continues_from_checkpoint(tiny_lm_dir, tiny_beir, tmp_path):
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run")
+    with pytest.raises(KillAfterCheckpoint.Killed):
+        train_coaug(config, callbacks=[KillAfterCheckpoint(1)])
+    run_dir = tmp_path / "run"
+    assert (run_dir / "checkpoints" / "checkpoint-1" / "trainer_state.json").exists()
+    assert not (run_dir / "checkpoints" / "checkpoint-2").exists()
+
+    setup = prepare_coaug(config)
+    assert setup.run.resumed
+    seen_steps = []
+    original = setup.reward.__call__
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        seen_steps.append(setup.reward.last.step)
+        return out
+
+    setup.trainer.reward_funcs[0] = type("R", (), {"__call__": staticmethod(recording), "__name__": "coaug_ndcg"})()
+    resumed_from = train_with_resume(setup.trainer, setup.run)
+    assert resumed_from.name == "checkpoint-1"
+    assert seen_steps == [1, 2]  # steps 0 is not regenerated: the data position was restored
+    assert setup.trainer.state.global_step == 3
+    train_steps = sorted({r["step"] for r in setup.run.read_metrics() if "train/loss" in r})
+    assert train_steps == [1, 2, 3]
+    # dev evaluated at 0 (untrained), 2 (every) and 3 (end); best kept as a loadable adapter folder
+    dev_steps = [r["step"] for r in setup.run.read_metrics() if "dev/ndcg@10" in r]
+    assert dev_steps == [0, 2, 3]
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["metric"] == "ndcg@10" and best["step"] in (0, 2, 3)
+    assert (run_dir / "best" / "adapter_config.json").exists()
+    assert json.loads((run_dir / "baseline.json").read_text())["ndcg@10"] >= 0.0
+
+
+def test_reward_sees_whole_step_and_advantages_are_role_scaled_std_free(tiny_lm_dir, tiny_beir, tmp_path):
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=2, eval__at_start=False,
+                         eval__every=100, batch__group_size=4, batch__hard_negatives=1, batch__micro_batch_size=8)
+    setup = prepare_coaug(config)
+    trainer = setup.trainer
+    captured = []
+    original = trainer._generate_and_score_completions
+
+    def capture(inputs):
+        out = original(inputs)
+        captured.append((setup.reward.last, out["advantages"].detach().cpu().numpy()))
+        return out
+
+    trainer._generate_and_score_completions = capture
+    train_with_resume(trainer, setup.run)
+    assert [call.step for call, _ in captured] == [0, 1]
+    assert "hard_negative" in captured[0][0].prompt_kinds
+    for call, advantages in captured:
+        batch = setup.builder.build(call.step)
+        # every expanded prompt of the step, G times, in one call
+        assert len(call.prompt_of_completion) == len(batch.prompts) * 2 == config.prompts_per_step() * 2
+        assert np.array_equal(np.bincount(call.prompt_of_completion), np.full(len(batch.prompts), 2))
+        expected = role_scaled_advantages(call.raw_rewards, call.prompt_of_completion, call.prompt_kinds)
+        np.testing.assert_allclose(advantages, expected, atol=1e-6)
+        kinds = np.array(call.prompt_kinds)[call.prompt_of_completion]
+        scale = np.where(kinds == "query", 1.0, np.where(kinds == "relevant", 0.2, 0.1))
+        np.testing.assert_allclose(
+            np.nan_to_num(call.scaled_rewards), np.nan_to_num(call.raw_rewards * scale), atol=1e-12
+        )
+    assert any(np.abs(adv).max() > 0 for _, adv in captured) or all(
+        np.nanstd(call.raw_rewards) == 0 for call, _ in captured
+    )
+
+
+def test_reward_refuses_a_partial_or_mixed_step(tiny_lm_dir, tiny_beir, tmp_path):
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1)
+    setup = prepare_coaug(config)
+    prompts = setup.builder.build(0).prompts
+    columns = {
+        "step": [0, 0],
+        "prompt_index": [0, 0],
+        "item_id": [prompts[0].item_id] * 2,
+    }
+    with pytest.raises(ConfigError, match="exactly"):
+        setup.reward(prompts=[None] * 2, completions=["<answer>x</answer>"] * 2, **columns)
+    n = len(prompts) * 2
+    mixed = {"step": [0] * (n - 1) + [1], "prompt_index": list(np.repeat(range(len(prompts)), 2)),
+             "item_id": [p.item_id for p in prompts for _ in range(2)]}
+    with pytest.raises(ConfigError, match="mixes"):
+        setup.reward(prompts=[None] * n, completions=["x"] * n, **mixed)
+    # a full, well-formed step is accepted and returns one reward (or None) per completion
+    full = dict(mixed, step=[0] * n)
+    rewards = setup.reward(prompts=[None] * n, completions=["<answer>vitamin bone</answer>"] * n, **full)
+    assert len(rewards) == n and all(r is None or 0.0 <= r <= 1.0 for r in rewards)
+
+
+def test_resume_with_different_config_is_refused(tiny_lm_dir, tiny_beir, tmp_path):
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, eval__at_start=False)
+    train_coaug(config)
+    changed = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, optim__learning_rate=5e-4,
+                          eval__at_start=False)
+    with pytest.raises(ConfigError, match="optim.learning_rate"):
+        prepare_coaug(changed)
+    # extending the number of steps is allowed and continues the same run
+    longer = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=2, eval__at_start=False)
+    setup = prepare_coaug(longer)
+    train_with_resume(setup.trainer, setup.run)
+    assert setup.trainer.state.global_step == 2
+
+
+def test_best_adapter_loads_in_the_generation_engine(tiny_lm_dir, tiny_beir, tmp_path):
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, eval__every=1)
+    run_dir = train_coaug(config)
+    from searchrl.augment import ExpansionPolicy
+    from searchrl.llm.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(run_dir / "best", device="cpu")
+    out = ExpansionPolicy().expand(engine, "query", ["does vitamin matter"])
+    assert len(out) == 1 and isinstance(out[0].text, str)
+    assert "Co-augmentation training" in (run_dir / "report.md").read_text()
+
+
+def test_cli_train_coaug(tiny_lm_dir, tiny_beir, tmp_path, capsys):
+    from searchrl.cli import main
+
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "unused")
+    path = tmp_path / "coaug.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    main(["train", "coaug", "--config", str(path), "--set", "optim.steps=1", "--set", "eval.at_start=false",
+          "--out", str(tmp_path / "cli-run")])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "cli-run")
+    assert (tmp_path / "cli-run" / "checkpoints" / "checkpoint-1").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "coaug", "--config", str(path), "--set", "optim.stepz=1"])
+    assert exit_.value.code == 2
+
+
+def test_config_files_validate_and_quickstart_yaml_matches_code(tmp_path):
+    for name in ("coaug-cpu.yaml", "coaug-gpu.yaml", "coaug-quickstart.yaml"):
+        raw = yaml.safe_load((REPO / "configs" / name).read_text())
+        CoAugConfig.model_validate(raw)
+    quick = yaml.safe_load((REPO / "configs" / "coaug-quickstart.yaml").read_text())
+    code = quickstart_config(quick["data"], quick["output_dir"])
+    assert quick == code
+
+
+def test_ensure_dev_split_and_offline_download(tmp_path):
+    folder = write_tiny_beir(tmp_path / "beir", with_dev=False)
+    assert ensure_dev_split(folder, dev_queries=2)
+    from searchrl.data.beir import load_qrels
+
+    dev, train = load_qrels(folder / "qrels" / "dev.tsv"), load_qrels(folder / "qrels" / "train.tsv")
+    full = load_qrels(folder / "qrels" / "train-full.tsv")
+    assert len(dev) == 2 and not set(dev) & set(train) and {**dev, **train} == full
+    assert not ensure_dev_split(folder)  # idempotent
+    with pytest.raises(DataError, match="--data"):
+        download_beir_dataset("scifact", cache=tmp_path / "cache", url="http://127.0.0.1:9/scifact.zip")

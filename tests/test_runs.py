@@ -1,0 +1,235 @@
+"""Run directories (config check on resume, hashes, metrics, best checkpoint) and the shared GRPO glue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from searchrl.errors import ConfigError, DataError
+from searchrl.runs import RunDirectory, config_differences, last_checkpoint, sha256_file
+from searchrl.training import (
+    DevEvaluationCallback,
+    LoraSettings,
+    build_grpo_config,
+    build_lora_config,
+    train_with_resume,
+)
+
+
+class Inner(BaseModel):
+    lr: float = 1e-5
+    steps: int = 10
+
+
+class Cfg(BaseModel):
+    model: str = "tiny"
+    train: Inner = Inner()
+
+
+def test_create_writes_layout(tmp_path):
+    data = tmp_path / "corpus.jsonl"
+    data.write_text('{"_id": "d1", "text": "x"}\n')
+    run = RunDirectory.create_or_resume(tmp_path / "run", Cfg(), input_files=[data])
+    assert not run.resumed
+    assert yaml.safe_load(run.config_path.read_text()) == {"model": "tiny", "train": {"lr": 1e-5, "steps": 10}}
+    inputs = json.loads((run.path / "inputs.json").read_text())
+    assert inputs[str(data.resolve())]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    versions = json.loads((run.path / "environment.json").read_text())["versions"]
+    assert versions["searchrl"] and versions["python"] and "trl" in versions
+    assert run.checkpoints_dir.is_dir() and run.tb_dir.is_dir()
+
+
+def test_resume_same_config(tmp_path):
+    RunDirectory.create_or_resume(tmp_path / "run", Cfg())
+    again = RunDirectory.create_or_resume(tmp_path / "run", Cfg())
+    assert again.resumed
+
+
+def test_resume_with_different_config_is_refused_naming_keys(tmp_path):
+    RunDirectory.create_or_resume(tmp_path / "run", Cfg())
+    changed = Cfg(model="other", train=Inner(lr=3e-5))
+    with pytest.raises(ConfigError) as info:
+        RunDirectory.create_or_resume(tmp_path / "run", changed)
+    message = str(info.value)
+    assert "model" in message and "train.lr" in message and "train.steps" not in message
+    # the stored config is untouched by the refused attempt
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"] == "tiny"
+
+
+def test_force_and_mutable_keys(tmp_path):
+    RunDirectory.create_or_resume(tmp_path / "run", Cfg())
+    # extending training is allowed when the key is declared mutable
+    run = RunDirectory.create_or_resume(tmp_path / "run", Cfg(train=Inner(steps=20)), mutable_keys=["train.steps"])
+    assert run.resumed and run.config()["train"]["steps"] == 20
+    history = (tmp_path / "run" / "config-history.jsonl").read_text().splitlines()
+    assert json.loads(history[-1])["changed"] == {"train.steps": [10, 20]}
+    run = RunDirectory.create_or_resume(tmp_path / "run", Cfg(model="other"), force=True)
+    assert run.config()["model"] == "other"
+
+
+def test_changed_input_file_is_refused(tmp_path):
+    data = tmp_path / "qrels.tsv"
+    data.write_text("q1\td1\t1\n")
+    RunDirectory.create_or_resume(tmp_path / "run", Cfg(), input_files=[data])
+    data.write_text("q1\td2\t1\n")
+    with pytest.raises(ConfigError, match="input file changed"):
+        RunDirectory.create_or_resume(tmp_path / "run", Cfg(), input_files=[data])
+
+
+def test_missing_input_file(tmp_path):
+    with pytest.raises(DataError):
+        RunDirectory.create_or_resume(tmp_path / "run", Cfg(), input_files=[tmp_path / "nope.jsonl"])
+
+
+def test_sha256_streams_large_files(tmp_path):
+    big = tmp_path / "big.bin"
+    payload = bytes(range(256)) * 20_000  # ~5 MB, several chunks
+    big.write_bytes(payload)
+    assert sha256_file(big, chunk_size=4096) == hashlib.sha256(payload).hexdigest()
+
+
+def test_config_differences_nested():
+    diff = config_differences({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1, "c": 5}, "e": 4})
+    assert diff == {"a.c": (2, 5), "d": (3, None), "e": (None, 4)}
+
+
+def test_metrics_jsonl_and_tensorboard(tmp_path):
+    run = RunDirectory.create_or_resume(tmp_path / "run", {"x": 1})
+    run.log_metrics(1, {"loss": 0.5, "note": "text"})
+    run.log_metrics(2, {"loss": 0.25}, prefix="train/")
+    with run.metrics_path.open("a") as handle:
+        handle.write('{"step": 3, "lo')  # a line cut by a kill
+    run.close()
+    records = run.read_metrics()
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["loss"] == 0.5 and records[1]["train/loss"] == 0.25
+    assert any(p.name.startswith("events.out.tfevents") for p in run.tb_dir.iterdir())
+
+
+def test_best_checkpoint_kept_only_when_better(tmp_path):
+    run = RunDirectory.create_or_resume(tmp_path / "run", {"x": 1})
+
+    def saver(tag):
+        return lambda directory: (directory / "weights.txt").write_text(tag)
+
+    assert run.update_best(5, "ndcg", 0.30, save=saver("a"))
+    assert not run.update_best(10, "ndcg", 0.25, save=saver("b"))
+    assert (run.best_dir / "weights.txt").read_text() == "a"
+    assert run.update_best(15, "ndcg", 0.40, save=saver("c"))
+    assert (run.best_dir / "weights.txt").read_text() == "c"
+    assert run.best() == {"metric": "ndcg", "value": 0.40, "step": 15, "higher_is_better": True}
+    assert not (run.path / "best.tmp").exists()
+    report = run.write_report("test run", {"Result": {"dev ndcg@10": 0.4}}).read_text()
+    assert "dev ndcg@10" in report and "## Configuration" in report and "| step | 15 |" in report
+
+
+def test_last_checkpoint_skips_incomplete(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path).name == "checkpoint-4"
+    assert last_checkpoint(tmp_path / "missing") is None
+
+
+# -- training glue ---------------------------------------------------------------------
+
+
+def test_grpo_config_layout_one_generation_batch_per_step(tmp_path):
+    cfg = build_grpo_config(
+        output_dir=tmp_path, max_steps=3, num_generations=4, prompts_per_step=6, micro_batch_size=8, device="cpu"
+    )
+    assert cfg.generation_batch_size == 24
+    assert cfg.steps_per_generation == 3 and cfg.gradient_accumulation_steps == 3  # one optimiser update per step
+    assert cfg.scale_rewards == "none" and cfg.loss_type == "dapo"
+    assert (cfg.epsilon, cfg.epsilon_high, cfg.beta) == (0.2, 0.28, 0.0)
+    assert cfg.use_cpu and not cfg.bf16 and not cfg.use_vllm and not cfg.shuffle_dataset
+    two_updates = build_grpo_config(
+        output_dir=tmp_path, max_steps=3, num_generations=4, prompts_per_step=6, micro_batch_size=4,
+        updates_per_step=2, device="cpu",
+    )
+    assert two_updates.steps_per_generation == 6 and two_updates.gradient_accumulation_steps == 3
+
+
+def test_grpo_config_rejects_uneven_micro_batches(tmp_path):
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        build_grpo_config(output_dir=tmp_path, max_steps=1, num_generations=3, prompts_per_step=2, micro_batch_size=4,
+                          device="cpu")
+    with pytest.raises(ConfigError, match="vllm"):
+        build_grpo_config(output_dir=tmp_path, max_steps=1, num_generations=2, prompts_per_step=2, device="cpu",
+                          use_vllm=True)
+
+
+def test_lora_defaults_target_llama_qwen_projections():
+    config = build_lora_config(LoraSettings())
+    assert {"q_proj", "v_proj", "down_proj"} <= set(config.target_modules)
+    assert build_lora_config(LoraSettings(enabled=False)) is None
+
+
+class _Model:
+    training = True
+
+    def eval(self):
+        self.training = False
+
+    def train(self):
+        self.training = True
+
+    def save_pretrained(self, directory):
+        (__import__("pathlib").Path(directory) / "adapter.txt").write_text("w")
+
+
+def _state(step):
+    return SimpleNamespace(global_step=step, is_world_process_zero=True)
+
+
+def test_dev_evaluation_callback_keeps_best_and_stops_early(tmp_path):
+    run = RunDirectory.create_or_resume(tmp_path / "run", {"x": 1})
+    scores = {0: 0.1, 2: 0.3, 4: 0.2, 6: 0.25}
+    seen_training_flags = []
+
+    def evaluate(model, tokenizer, step):
+        seen_training_flags.append(model.training)
+        return {"ndcg@10": scores[step]}
+
+    callback = DevEvaluationCallback(run, evaluate, metric="ndcg@10", every=2, patience=2)
+    model, control = _Model(), SimpleNamespace(should_training_stop=False, should_save=False)
+    callback.on_train_begin(None, _state(0), control, model=model)
+    for step in range(1, 7):
+        callback.on_step_end(None, _state(step), control, model=model)
+        if control.should_training_stop:
+            break
+    assert step == 6 and control.should_training_stop
+    assert seen_training_flags == [False] * 4 and model.training  # evaluated in eval mode, restored
+    assert run.best()["step"] == 2 and (run.best_dir / "adapter.txt").exists()
+    assert [r["dev/ndcg@10"] for r in run.read_metrics()] == [0.1, 0.3, 0.2, 0.25]
+    # patience survives a restart: rebuilt from metrics.jsonl
+    fresh = DevEvaluationCallback(run, evaluate, metric="ndcg@10", every=2, patience=2)
+    assert fresh.evaluations_without_improvement() == 2
+
+
+def test_dev_evaluation_must_return_metric(tmp_path):
+    run = RunDirectory.create_or_resume(tmp_path / "run", {"x": 1})
+    callback = DevEvaluationCallback(run, lambda m, t, s: {"other": 1.0}, metric="ndcg@10", every=1)
+    with pytest.raises(ConfigError, match="ndcg@10"):
+        callback.on_step_end(None, _state(1), SimpleNamespace(should_training_stop=False), model=_Model())
+
+
+def test_train_with_resume_passes_last_checkpoint_and_trims_metrics(tmp_path):
+    run = RunDirectory.create_or_resume(tmp_path / "run", {"x": 1})
+    (run.checkpoints_dir / "checkpoint-2").mkdir()
+    (run.checkpoints_dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    for step in (1, 2, 3):
+        run.log_metrics(step, {"loss": float(step)})
+    calls = []
+    trainer = SimpleNamespace(train=lambda resume_from_checkpoint=None: calls.append(resume_from_checkpoint))
+    assert train_with_resume(trainer, run).name == "checkpoint-2"
+    assert calls == [str(run.checkpoints_dir / "checkpoint-2")]
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
