@@ -41,7 +41,7 @@ from searchrl.agent.splits import make_split
 from searchrl.agent.tool import SearchTool, SearchToolConfig, build_search_tool
 from searchrl.config import load_config
 from searchrl.data.types import QAExample
-from searchrl.errors import ConfigError, DataError, EngineError, ModelError
+from searchrl.errors import ConfigError, DataError, ModelError
 from searchrl.llm.engine import SamplingParams
 from searchrl.progress import progress_bar
 from searchrl.resolver import DEFAULT_LLM

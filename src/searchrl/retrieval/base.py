@@ -89,7 +89,8 @@ def documents_to_texts(
 ) -> tuple[list[str], list[str]]:
     """``(doc_ids, texts)`` for indexing: each text is :func:`document_text` with its expansion.
 
-    Duplicate ids raise :class:`DataError` (a second copy would silently shadow the first).
+    Duplicate ids and an empty corpus raise :class:`DataError` (a second copy would silently
+    shadow the first).
     Expansions whose id is not among the documents are reported with a warning: usually the
     expansion file belongs to another corpus.
     """
@@ -103,6 +104,8 @@ def documents_to_texts(
         seen.add(doc.id)
         doc_ids.append(doc.id)
         texts.append(document_text(doc, expansions.get(doc.id)))
+    if not doc_ids:
+        raise DataError("no documents to index", hint="check the corpus file is not empty")
     unmatched = len(set(expansions) - seen)
     if unmatched:
         import warnings

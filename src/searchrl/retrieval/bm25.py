@@ -181,8 +181,6 @@ class BM25Retriever(Retriever):
         import bm25s
 
         doc_ids, texts = documents_to_texts(documents, doc_expansions)
-        if not doc_ids:
-            raise DataError("no documents to index", hint="check the corpus file is not empty")
         corpus_tokens: list[list[str]] = []
         chunk = 2048
         with progress_bar("Tokenising documents", len(texts), unit="doc", disable=None if show_progress else True) as advance:

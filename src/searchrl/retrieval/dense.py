@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from searchrl.data.types import Document
-from searchrl.errors import ConfigError, DataError, IndexFileError, ModelError
+from searchrl.errors import ConfigError, IndexFileError, ModelError
 from searchrl.progress import progress_bar
 from searchrl.retrieval.base import (
     REBUILD_HINT,
@@ -303,8 +303,6 @@ class DenseRetriever(Retriever):
     ) -> "DenseRetriever":
         """Encode ``document_text(doc, expansion)`` of every document (cached texts are reused)."""
         doc_ids, texts = documents_to_texts(documents, doc_expansions)
-        if not doc_ids:
-            raise DataError("no documents to index", hint="check the corpus file is not empty")
         self._embeddings = self.encode_passages(texts, show_progress=show_progress)
         self._doc_ids = doc_ids
         self._index_fingerprint = self.fingerprint
