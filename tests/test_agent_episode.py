@@ -287,3 +287,24 @@ def test_cli_lists_the_agent_commands(capsys):
         assert exit_.code in (0, None)
     help_text = capsys.readouterr().out
     assert "ask" in help_text and "eval" in help_text
+
+
+def test_eval_cli_uses_the_training_runs_search_settings_for_its_checkpoints(tiny_lm_dir, tmp_path, capsys):
+    import shutil
+
+    questions = _write_tiny_data(tmp_path / "data")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_lm_dir, run / "best")
+    (run / "config.yaml").write_text(
+        "tool: {retriever: bm25, k: 1, max_chars: 40}\n"
+        "episode: {max_turns: 1, max_turn_tokens: 4, max_model_tokens: 8}\n"
+    )
+    base = ["agent", "eval", "--questions", str(questions), "--data", str(tmp_path / "data"),
+            "--model", str(run / "best"), "--json", "--limit", "1", "--device", "cpu"]
+    main(base)
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)
+    assert metrics["k"] == 1 and metrics["turns_per_episode"] <= 1
+    assert "settings of the training run" in captured.err
+    main(base + ["--k", "3"])  # an explicit option wins over the run's setting
+    assert json.loads(capsys.readouterr().out)["k"] == 3
