@@ -7,7 +7,10 @@ Run (from the project root):
 
 Writes benchmarks/results/generation.json and prints it. Tokens are counted with the model's
 tokenizer on the completions (stop string included); prompts are the document-expansion prompts
-of :class:`searchrl.augment.ExpansionPolicy` (sparse, think off, greedy, 48 new tokens).
+of :class:`searchrl.augment.ExpansionPolicy` (sparse, think off, answer prefill, greedy), with
+documents cut to ``--max-input-words``. Each batch size is timed twice — with one new token
+(prompt prefill alone) and with ``--max-new-tokens`` — which splits the cost into prefill
+(prompt tokens per second) and decoding (seconds per decoding step of a batch).
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--max-input-words", type=int, default=48)
+    parser.add_argument("--prefill", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -60,21 +65,23 @@ def main() -> None:
     corpus = iter_corpus(shared_data_dir() / "scifact" / "corpus.jsonl")
     texts = [document_text(doc) for _, doc in zip(range(args.items), corpus)]
     policy = ExpansionPolicy(
-        sampling=default_expansion_sampling().model_copy(update={"max_new_tokens": args.max_new_tokens})
+        prefill=args.prefill,
+        max_input_words=args.max_input_words,
+        sampling=default_expansion_sampling().model_copy(update={"max_new_tokens": args.max_new_tokens}),
     )
+    prefill_only = policy.model_copy(update={"sampling": policy.sampling.model_copy(update={"max_new_tokens": 1})})
     engine, engine_name = load_engine(batch_size=max(args.batch_sizes))
-    tokenizer = engine.tokenizer  # type: ignore[attr-defined]
-    prompt_tokens = [
-        len(tokenizer(tokenizer.apply_chat_template(policy.prompt("document", t), tokenize=False, add_generation_prompt=True),
-                      add_special_tokens=False)["input_ids"])
-        for t in texts
-    ]
+    prompt_tokens = [len(engine.encode_chat(policy.prompt("document", t))) for t in texts]  # type: ignore[attr-defined]
     policy.expand(engine, "document", texts[:2])  # warm-up
 
     runs = []
     for batch_size in args.batch_sizes:
         if hasattr(engine, "batch_size"):
             engine.batch_size = batch_size  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        for start in range(0, len(texts), batch_size):
+            prefill_only.complete(engine, "document", texts[start : start + batch_size])
+        prefill_seconds = time.perf_counter() - started
         completions: list[str] = []
         started = time.perf_counter()
         for start in range(0, len(texts), batch_size):
@@ -83,11 +90,17 @@ def main() -> None:
         seconds = time.perf_counter() - started
         generated = _token_count(engine, completions)
         parsed = [policy.parse(c) for c in completions]
+        batches = -(-len(texts) // batch_size)
         runs.append(
             {
                 "batch_size": batch_size,
                 "items": len(texts),
                 "seconds": round(seconds, 2),
+                "prefill_seconds": round(prefill_seconds, 2),
+                "prompt_tokens_per_s_prefill": round(sum(prompt_tokens) / prefill_seconds, 1),
+                "seconds_per_decoding_step": round(
+                    max(seconds - prefill_seconds, 0.0) / (batches * max(args.max_new_tokens - 1, 1)), 3
+                ),
                 "items_per_s": round(len(texts) / seconds, 3),
                 "generated_tokens": generated,
                 "generated_tokens_per_s": round(generated / seconds, 1),
@@ -112,7 +125,10 @@ def main() -> None:
         "note": "2 CPU cores shared with other processes while measuring; absolute figures are pessimistic",
         "machine": platform.processor() or platform.machine(),
         "task": "SciFact document expansion prompts (sparse, think off), greedy decoding, stop at </answer>",
+        "policy": policy.model_dump(mode="json"),
         "max_new_tokens": args.max_new_tokens,
+        "note_decoding": "a batch decodes until every row has stopped, so each batch costs about max_new_tokens "
+        "decoding steps when one row runs to the limit",
         "mean_prompt_tokens": round(sum(prompt_tokens) / len(prompt_tokens), 1),
         "runs": runs,
         "speedup_batched_vs_single": round(runs[-1]["items_per_s"] / runs[0]["items_per_s"], 2) if len(runs) > 1 else None,

@@ -2,7 +2,8 @@
 
 The starting point RL has to beat: plain BM25, query-only, document-only and both, with the
 expansions parsed strictly (the training rule: exactly one <answer> block, else nothing) and
-leniently (salvage untagged text). Greedy decoding, think off, sparse prompts.
+leniently (salvage untagged text). Greedy decoding, think off, sparse prompts, answer prefill on
+(the prompt opens the assistant turn with ``<answer>``; ``--no-prefill`` for the old behaviour).
 
 Run (from the project root):
 
@@ -33,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generation import MODEL, load_engine  # noqa: E402
 
 from searchrl.augment import CorpusAugmentationJob, ExpansionPolicy, default_expansion_sampling  # noqa: E402
-from searchrl.augment.parse import parse_expansion  # noqa: E402
 from searchrl.data.beir import load_beir  # noqa: E402
 from searchrl.data.types import document_text, query_text  # noqa: E402
 from searchrl.metrics import evaluate_run  # noqa: E402
@@ -48,24 +48,37 @@ def _read_completions(path: Path) -> dict[str, str]:
     return {r["id"]: r.get("completion", "") for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
 
 
-def _expansions(completions: dict[str, str], *, lenient: bool, max_words: int) -> dict[str, str]:
-    return {i: parse_expansion(c, max_words=max_words, lenient=lenient).text for i, c in completions.items()}
+def _expansions(completions: dict[str, str], policy: ExpansionPolicy, *, lenient: bool) -> dict[str, str]:
+    parser = policy.model_copy(update={"lenient": lenient})
+    return {i: parser.parse(c).text for i, c in completions.items()}
 
 
-def _format_stats(completions: dict[str, str], max_words: int) -> dict:
-    strict = [parse_expansion(c, max_words=max_words) for c in completions.values()]
-    lenient = [parse_expansion(c, max_words=max_words, lenient=True) for c in completions.values()]
+def _format_stats(completions: dict[str, str], policy: ExpansionPolicy) -> dict:
+    strict = [policy.model_copy(update={"lenient": False}).parse(c) for c in completions.values()]
+    lenient = [policy.model_copy(update={"lenient": True}).parse(c) for c in completions.values()]
     reasons: dict[str, int] = {}
     for p in strict:
         reasons[p.reason] = reasons.get(p.reason, 0) + 1
     return {
         "items": len(strict),
         "well_formed": sum(p.ok for p in strict),
+        "closed_with_answer_tag": sum("</answer>" in c for c in completions.values()),
         "non_empty_strict": sum(bool(p.text) for p in strict),
         "non_empty_lenient": sum(bool(p.text) for p in lenient),
+        "mean_words_strict": round(sum(len(p.text.split()) for p in strict) / max(len(strict), 1), 1),
         "mean_words_lenient": round(sum(len(p.text.split()) for p in lenient) / max(len(lenient), 1), 1),
         "reasons": dict(sorted(reasons.items())),
     }
+
+
+def _prompt_tokens(engine, policy: ExpansionPolicy, role: str, texts: list[str]) -> dict:
+    """Prompt length in the model's tokens: the fixed part (template) and the mean over ``texts``."""
+    encode = getattr(engine, "encode_chat", None)
+    if encode is None:
+        return {}
+    template = [dict(m, content=m["content"].replace("{text}", "")) for m in policy.prompt_template(role)]
+    lengths = [len(encode(policy.prompt(role, text))) for text in texts]
+    return {"fixed": len(encode(template)), "mean": round(sum(lengths) / max(len(lengths), 1), 1), "max": max(lengths, default=0)}
 
 
 def main() -> None:
@@ -76,6 +89,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--max-words", type=int, default=64)
+    parser.add_argument("--max-input-words", type=int, default=None, help="inputs cut to this many words (default: policy's)")
+    parser.add_argument("--prefill", action=argparse.BooleanOptionalAction, default=True, help="open the answer in the prompt")
     parser.add_argument("--out", type=Path, default=cache_dir() / "bench" / "untrained_expansion")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
@@ -102,7 +117,9 @@ def main() -> None:
     policy = ExpansionPolicy(
         retriever="sparse",
         think=False,
+        prefill=args.prefill,
         max_words=args.max_words,
+        **({"max_input_words": args.max_input_words} if args.max_input_words else {}),
         sampling=default_expansion_sampling().model_copy(update={"max_new_tokens": args.max_new_tokens}),
     )
     engine_holder: dict = {}
@@ -113,9 +130,11 @@ def main() -> None:
         return engine_holder["engine"]
 
     timings = {}
+    # One cache folder per prompt/parse setting: a job refuses to mix settings in one folder.
+    tag = f"{'prefill' if policy.prefill else 'noprefill'}-in{policy.max_input_words}-new{args.max_new_tokens}"
     jobs = {
-        "query": ({qid: data.queries[qid] for qid in data.queries}, args.out / f"queries-{args.queries or 'all'}"),
-        "document": ({doc_id: document_text(data.corpus[doc_id]) for doc_id in doc_ids}, args.out / f"documents-{args.doc_scope}-{args.pool_depth}-queries-{args.queries or 'all'}"),
+        "query": ({qid: data.queries[qid] for qid in data.queries}, args.out / f"queries-{args.queries or 'all'}-{tag}"),
+        "document": ({doc_id: document_text(data.corpus[doc_id]) for doc_id in doc_ids}, args.out / f"documents-{args.doc_scope}-{args.pool_depth}-queries-{args.queries or 'all'}-{tag}"),
     }
     manifests = {}
     for role, (items, out) in jobs.items():
@@ -134,8 +153,8 @@ def main() -> None:
     results = {}
     for mode in ("strict", "lenient"):
         lenient = mode == "lenient"
-        query_exp = _expansions(query_completions, lenient=lenient, max_words=args.max_words)
-        doc_exp = _expansions(doc_completions, lenient=lenient, max_words=args.max_words)
+        query_exp = _expansions(query_completions, policy, lenient=lenient)
+        doc_exp = _expansions(doc_completions, policy, lenient=lenient)
         expanded_queries = {qid: query_text(text, query_exp.get(qid)) for qid, text in data.queries.items()}
         expanded_index = BM25Retriever().index(documents, doc_exp, show_progress=False)
         conditions = {
@@ -166,7 +185,11 @@ def main() -> None:
         "documents_expanded": len(doc_ids),
         "generation_seconds_this_run": timings,
         "generation_items_per_s": {role: m["last_run"]["items_per_s"] for role, m in manifests.items()},
-        "format": {"query": _format_stats(query_completions, args.max_words), "document": _format_stats(doc_completions, args.max_words)},
+        "format": {"query": _format_stats(query_completions, policy), "document": _format_stats(doc_completions, policy)},
+        "prompt_tokens": {
+            "query": _prompt_tokens(engine_holder.get("engine"), policy, "query", list(jobs["query"][0].values())),
+            "document": _prompt_tokens(engine_holder.get("engine"), policy, "document", list(jobs["document"][0].values())),
+        },
         "ndcg@10": {
             "bm25": round(baseline["ndcg@10"], 4),
             **{f"{cond}_{mode}": round(results[mode][cond]["ndcg@10"], 4) for mode in results for cond in results[mode]},

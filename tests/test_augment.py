@@ -40,7 +40,8 @@ class ScriptedEngine(GenerationEngine):
     """Answers each prompt with a completion derived from the text inside it (deterministic).
 
     ``fail_after`` raises KeyboardInterrupt on that call (0-based), as a Ctrl-C mid-run would;
-    ``script`` maps an input text to a fixed completion.
+    ``script`` maps an input text to a fixed model output. Like a real engine it continues a
+    final assistant message: the prefilled part of the output is not returned again.
     """
 
     model_name = "scripted"
@@ -53,9 +54,9 @@ class ScriptedEngine(GenerationEngine):
 
     @staticmethod
     def input_of(chat) -> str:
-        user = chat[-1]["content"]
-        label = "Document: " if "Document: " in user else "Search query: "
-        return user.split(label, 1)[1].split("\n\n", 1)[0]
+        user = next(m["content"] for m in chat if m["role"] == "user")
+        label = "Document: " if "Document: " in user else "Query: "
+        return user.split(label, 1)[1]
 
     def generate(self, prompts, params: SamplingParams) -> list[list[str]]:
         if self.fail_after is not None and self.calls == self.fail_after:
@@ -65,7 +66,9 @@ class ScriptedEngine(GenerationEngine):
         for chat in prompts:
             text = self.input_of(chat)
             self.prompts_seen.append(text)
-            completion = self.script.get(text, f"<answer>about {text.lower()}</answer>")
+            output = self.script.get(text, f"<answer>about {text.lower()}</answer>")
+            prefill = chat[-1]["content"] if chat[-1]["role"] == "assistant" else ""
+            completion = output[len(prefill):] if output.startswith(prefill) else output
             out.append([completion] * params.n)
         return out
 
@@ -80,16 +83,19 @@ def make_items(count: int) -> dict[str, str]:
 @pytest.mark.parametrize("role", ["query", "document"])
 @pytest.mark.parametrize("retriever", ["sparse", "dense"])
 @pytest.mark.parametrize("think", [False, True])
-def test_prompts_for_every_role_and_retriever(role, retriever, think):
-    chat = build_expansion_prompt(role, retriever, "Vitamin {D} and\n  bones", think=think)
-    assert [m["role"] for m in chat] == ["system", "user"]
+@pytest.mark.parametrize("prefill", [False, True])
+def test_prompts_for_every_role_and_retriever(role, retriever, think, prefill):
+    chat = build_expansion_prompt(role, retriever, "Vitamin {D} and\n  bones", think=think, prefill=prefill)
+    assert [m["role"] for m in chat] == ["system", "user"] + (["assistant"] if prefill else [])
     user = chat[1]["content"]
-    assert "Vitamin {D} and bones" in user  # braces kept, whitespace collapsed
+    assert user.endswith("Vitamin {D} and bones")  # braces kept, whitespace collapsed, text last
     assert "<answer>" in user and "</answer>" in user
     assert ("<think>" in user) is think
-    assert ("BM25" in user) is (retriever == "sparse")
-    assert ("Search query:" in user) is (role == "query")
+    assert ("key terms" in user) is (retriever == "sparse")
+    assert ("Query:" in user) is (role == "query")
     assert ("Document:" in user) is (role == "document")
+    if prefill:
+        assert chat[-1]["content"] == ("<think>" if think else "<answer>")
 
 
 def test_the_four_prompts_differ():
@@ -111,7 +117,7 @@ def test_unknown_role_or_retriever_raises_config_error():
 def test_policy_truncates_long_inputs():
     policy = ExpansionPolicy(max_input_words=3)
     user = policy.prompt("document", "one two three four five")[1]["content"]
-    assert "one two three\n" in user and "four" not in user
+    assert user.endswith("Document: one two three") and "four" not in user
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -166,7 +172,7 @@ def test_parse_expansion_caps_words():
 
 
 def test_expansion_is_appended_identically_for_training_and_eval():
-    parsed = ExpansionPolicy().parse("<answer>platelet inhibition</answer>")
+    parsed = ExpansionPolicy().parse("platelet inhibition</answer>")
     assert query_text("aspirin heart", parsed.text) == "aspirin heart platelet inhibition"
     doc = Document(id="1", title="Aspirin", text="Reduces risk.")
     assert document_text(doc, parsed.text) == "Aspirin Reduces risk. platelet inhibition"
@@ -177,15 +183,20 @@ def test_expansion_is_appended_identically_for_training_and_eval():
 
 
 def test_policy_expand_and_sample_use_the_engine():
-    engine = ScriptedEngine(script={"b": "no tags here"})
-    policy = ExpansionPolicy()
+    engine = ScriptedEngine(script={"b": "no tags here", "c": "<answer>a</answer><answer>b</answer>"})
+    # Without prefill, untagged text is malformed (strict) or salvaged (lenient).
+    policy = ExpansionPolicy(prefill=False)
     parsed = policy.expand(engine, "query", ["a", "b"])
     assert [p.text for p in parsed] == ["about a", ""]
     assert [p.reason for p in parsed] == [OK, NO_ANSWER]
     samples = policy.sample(engine, "document", ["a"], n=3)
     assert len(samples) == 1 and len(samples[0]) == 3
-    lenient = ExpansionPolicy(lenient=True).expand(engine, "query", ["b"])
+    lenient = ExpansionPolicy(prefill=False, lenient=True).expand(engine, "query", ["b"])
     assert lenient[0].text == "no tags here" and not lenient[0].ok
+    # With prefill the model is already inside <answer>: text ended by the end of the turn is its answer.
+    prefilled = ExpansionPolicy().expand(engine, "query", ["a", "b", "c"])
+    assert [p.text for p in prefilled] == ["about a", "no tags here", ""]
+    assert [p.reason for p in prefilled] == [OK, OK, MULTIPLE_ANSWERS]
 
 
 def test_policy_rejects_an_engine_returning_the_wrong_shape():
@@ -264,7 +275,7 @@ def test_job_writes_expansions_readable_by_load_expansions_and_a_manifest(tmp_pa
     from searchrl.data.expansions import load_expansions
 
     items = make_items(10)
-    engine = ScriptedEngine(script={items["d3"]: "no tags", items["d5"]: "<answer>x</answer><answer>y</answer>"})
+    engine = ScriptedEngine(script={items["d3"]: "<answer> </answer>", items["d5"]: "<answer>x</answer><answer>y</answer>"})
     job = CorpusAugmentationJob(
         items, tmp_path, role="document", engine=engine, batch_size=4, model_name="m", engine_name="scripted",
         source={"data": "somewhere"},
@@ -286,10 +297,12 @@ def test_job_writes_expansions_readable_by_load_expansions_and_a_manifest(tmp_pa
     assert saved["settings"]["policy"]["retriever"] == "sparse"
     assert saved["counts"]["done"] == 10 and saved["counts"]["ok"] == 8
     assert saved["counts"]["malformed"] == 2 and saved["counts"]["empty"] == 2
-    assert saved["counts"]["reasons"] == {OK: 8, NO_ANSWER: 1, MULTIPLE_ANSWERS: 1}
+    assert saved["counts"]["reasons"] == {OK: 8, EMPTY_ANSWER: 1, MULTIPLE_ANSWERS: 1}
+    assert saved["settings"]["policy"]["prefill"] is True
+    assert saved["settings"]["prompt"][-1] == {"role": "assistant", "content": "<answer>"}
     assert saved["source"] == {"data": "somewhere"}
     records = read_records(job.expansions_path)
-    assert records[3]["completion"] == "no tags" and records[3]["reason"] == NO_ANSWER
+    assert records[3]["completion"] == " </answer>" and records[3]["reason"] == EMPTY_ANSWER
 
 
 def test_job_without_completions_and_with_limit(tmp_path):
@@ -347,6 +360,7 @@ def test_job_with_different_settings_is_refused(tmp_path):
     before = (tmp_path / "expansions.jsonl").read_bytes()
     changes = [
         dict(policy=ExpansionPolicy(think=True)),
+        dict(policy=ExpansionPolicy(prefill=False)),
         dict(policy=ExpansionPolicy(retriever="dense")),
         dict(policy=ExpansionPolicy(sampling={"temperature": 0.7, "stop": ["</answer>"]})),
         dict(model_name="another-model"),
@@ -494,3 +508,18 @@ def test_job_with_the_transformers_engine_on_a_tiny_model(request, tmp_path):
     assert [r["id"] for r in records] == list(make_items(5))
     assert all(isinstance(r["expansion"], str) and r["reason"] in REASONS for r in records)
     assert manifest["counts"]["done"] == 5
+
+
+def test_cli_prefill_flag_and_openai_continuation(beir_folder, tmp_path, fake_build_engine, capsys):
+    out = tmp_path / "openai"
+    assert run_cli(["augment", "queries", "--data", str(beir_folder), "--out", str(out), "--model", "m",
+                    "--engine", "openai", "--base-url", "http://localhost:1/v1", "--no-progress"]) == 0
+    # A server must continue the prefilled assistant message, not open a new turn after it.
+    assert fake_build_engine[-1][1]["extra_body"] == {"continue_final_message": True, "add_generation_prompt": False}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["policy"]["prefill"] is True
+    plain = tmp_path / "plain"
+    assert run_cli(["augment", "queries", "--data", str(beir_folder), "--out", str(plain), "--model", "m",
+                    "--engine", "openai", "--base-url", "http://localhost:1/v1", "--no-prefill", "--no-progress"]) == 0
+    assert "extra_body" not in fake_build_engine[-1][1]
+    assert json.loads((plain / "manifest.json").read_text())["settings"]["prompt"][-1]["role"] == "user"

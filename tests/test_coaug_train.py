@@ -256,3 +256,144 @@ def test_ensure_dev_split_and_offline_download(tmp_path):
     assert not ensure_dev_split(folder)  # idempotent
     with pytest.raises(DataError, match="--data"):
         download_beir_dataset("scifact", cache=tmp_path / "cache", url="http://127.0.0.1:9/scifact.zip")
+
+
+# ----------------------------------------------------------------------------- answer prefill
+
+
+def trl_tokenize(tokenizer, prompts):
+    """Prompt ids exactly as TRL 1.16's GRPOTrainer tokenises a batch of prompts before generating."""
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    trainer_like = SimpleNamespace(processing_class=tokenizer, _is_vlm=False, environment_factories=None,
+                                   tools=None, chat_template=None, chat_template_kwargs={})
+    prompt_ids, _, _ = GRPOTrainer._tokenize_prompts(trainer_like, prompts)
+    return [list(ids) for ids in prompt_ids]
+
+
+def bos_adding_tokenizer():
+    """The tiny tokenizer, changed to add a BOS token itself and to write one in its chat template (Llama-style)."""
+    from tokenizers.processors import TemplateProcessing
+
+    from searchrl.testing import CHATML_TEMPLATE, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    bos = tokenizer.bos_token
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)]
+    )
+    tokenizer.chat_template = "{{ bos_token }}" + CHATML_TEMPLATE
+    assert tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
+    return tokenizer
+
+
+@pytest.mark.parametrize("think", [False, True])
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_training_prompt_tokenises_like_the_generation_engine(tiny_lm_dir, think, adds_bos):
+    from transformers import AutoTokenizer
+
+    from searchrl.augment import ExpansionPolicy
+    from searchrl.coaug.train import render_training_prompt
+    from searchrl.llm.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(str(tiny_lm_dir), device="cpu")
+    tokenizer = bos_adding_tokenizer() if adds_bos else AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    engine.tokenizer = tokenizer
+    policy = ExpansionPolicy(think=think)
+    chats = [policy.prompt("query", "does vitamin d matter"), policy.prompt("document", "Aspirin. Reduces {risk}.")]
+    assert chats[0][-1] == {"role": "assistant", "content": "<think>" if think else "<answer>"}
+    texts = [render_training_prompt(tokenizer, chat) for chat in chats]
+    trainer_ids = trl_tokenize(tokenizer, texts)
+    assert trainer_ids == [engine.encode_chat(chat) for chat in chats]
+    # The prompt ends inside the opened answer, not with a fresh assistant turn.
+    assert tokenizer.decode(trainer_ids[0]).endswith("<|im_start|>assistant\n" + chats[0][-1]["content"])
+    # Why rows hold rendered text: TRL renders a chat with add_generation_prompt whatever its last
+    # message, which closes the prefill and opens a new turn.
+    assert trl_tokenize(tokenizer, chats)[0] != trainer_ids[0]
+
+
+def test_training_dataset_rows_hold_the_engine_prompt(tiny_lm_dir, tiny_beir, tmp_path):
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, eval__at_start=False)
+    setup = prepare_coaug(config)
+    rows = setup.trainer.train_dataset
+    batch = setup.builder.build(0)
+    assert len(rows) == len(batch.prompts)
+    from searchrl.llm.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine.from_model(setup.trainer.model, setup.trainer.processing_class)
+    policy = config.expansion_policy()
+    assert policy.prefill and rows[0]["prompt"].endswith("<answer>")
+    for row, item in zip(rows, batch.prompts):
+        expected = engine.encode_chat(policy.prompt(item.role, item.text))
+        assert trl_tokenize(setup.trainer.processing_class, [row["prompt"]])[0] == expected
+    # The reward reads prefill-style completions: text ended by </answer> or by the end of the turn.
+    n = len(batch.prompts) * config.batch.samples_per_prompt
+    columns = {"step": [0] * n, "prompt_index": [i for i in range(len(batch.prompts)) for _ in range(2)],
+               "item_id": [p.item_id for p in batch.prompts for _ in range(2)]}
+    setup.reward(prompts=[None] * n, completions=[" vitamin bone</answer>", " vitamin bone"] * (n // 2), **columns)
+    assert setup.reward.last.metrics["coaug/format_ok_rate"] == 1.0
+    assert setup.reward.last.expansions[:2] == ["vitamin bone", "vitamin bone"]
+
+
+def test_dev_evaluator_expands_only_the_top_documents_and_says_so(tiny_beir):
+    from searchrl.augment import ExpansionPolicy
+    from searchrl.coaug.bm25 import CorpusStatistics
+    from searchrl.coaug.evaluate import BatchScorer, DevEvaluator, top_documents
+    from searchrl.data.beir import load_beir
+
+    data = load_beir(tiny_beir, "dev")
+    scorer = BatchScorer("sparse", statistics=CorpusStatistics.from_documents(data.corpus.values()))
+    evaluator = DevEvaluator.build(data.corpus, data.queries, data.qrels, scorer, ExpansionPolicy(), mode="coaug",
+                                   candidate_docs=None, expand_depth=2)
+    assert evaluator.candidate_ids == list(data.corpus)  # the whole corpus is ranked
+    assert evaluator.expanded_ids == top_documents(data.corpus, evaluator.queries, scorer, 2)
+    assert 2 <= len(evaluator.expanded_ids) <= 2 * len(evaluator.queries)
+
+    class Recorder:
+        seen: list[str] = []
+
+        def generate(self, prompts, params):
+            self.seen.extend(chat[1]["content"] for chat in prompts)
+            return [[" extra words</answer>"] * params.n for _ in prompts]
+
+    from searchrl.llm.engine import GenerationEngine
+
+    engine = type("R", (Recorder, GenerationEngine), {})()
+    metrics = evaluator.evaluate_engine(engine)
+    documents_prompted = [text for text in engine.seen if "Document:" in text]
+    assert len(documents_prompted) == len(evaluator.expanded_ids)
+    assert metrics["doc_format_ok_rate"] == metrics["query_format_ok_rate"] == 1.0
+    assert metrics["doc_expansion_words"] == 2.0
+    line = evaluator.describe(expand_depth=2)
+    assert f"{len(evaluator.queries)} dev queries" in line and "whole corpus" in line
+    assert f"{len(evaluator.expanded_ids)} documents expanded" in line and "top-2" in line
+
+
+def test_quickstart_trains_both_sides_with_hard_negatives():
+    config = CoAugConfig.model_validate(quickstart_config("data", "out"))
+    assert config.mode == "coaug" and config.batch.hard_negatives > 0
+    assert config.expansion.prefill and not config.expansion.lenient
+    assert config.eval.candidate_docs is None and config.eval.expand_depth is not None
+
+
+def test_quickstart_printout_says_what_was_evaluated_and_the_format_figures(tmp_path):
+    from searchrl.coaug.train import QuickstartSummary, _format_lines
+
+    config = CoAugConfig.model_validate(quickstart_config("data", "out"))
+    records = [
+        {"step": 0, "dev/ndcg@10": 0.6, "dev/query_format_ok_rate": 1.0, "dev/query_expansion_words": 11.0,
+         "dev/doc_format_ok_rate": 0.5, "dev/doc_expansion_words": 12.25},
+        {"step": 1, "train/coaug/format_ok_rate": 0.75},
+        {"step": 6, "train/coaug/format_ok_rate": 1.0},
+    ]
+    lines = _format_lines(config, {"query": 64.6, "document": 104.2}, records)
+    assert lines[0].startswith("prompts: query ~65 tokens, document ~104 tokens (answer prefill on, strict parsing")
+    assert "queries 100% well formed, 11.0 words; documents 50% well formed, 12.2 words" in lines[1]
+    assert lines[2] == "  training samples well formed: 75% at step 1, 100% at step 6"
+    summary = QuickstartSummary(tmp_path, 0.65, 0.6, 0.62, 6, 600.0, 25, 0, evaluated="25 dev queries; whole corpus",
+                                formats=lines)
+    table = summary.table()
+    assert table.startswith("dev nDCG@10 (25 dev queries; whole corpus)")
+    assert "0.6200  (step 6)" in table and lines[2] in table and "10.0 min" in table

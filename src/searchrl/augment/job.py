@@ -1,8 +1,8 @@
 """Running the expansion policy: in memory (:func:`augment_items`) or as a resumable job on disk.
 
 :class:`ExpansionPolicy` holds everything that decides what an expansion is — retriever kind,
-``think``, the word cap, strict or lenient parsing and the sampling settings — so the trainer
-and the augmentation job build prompts and parse completions identically.
+``think``, answer prefill, the word caps, strict or lenient parsing and the sampling settings —
+so the trainer and the augmentation job build prompts and parse completions identically.
 
 :class:`CorpusAugmentationJob` expands many items into ``OUT/expansions.jsonl`` (one
 ``{"id", "expansion", "ok", "reason"[, "completion"]}`` per line, readable by
@@ -38,6 +38,7 @@ from searchrl.augment.prompts import (
     Role,
     build_expansion_prompt,
     expansion_prompt_template,
+    prefill_text,
     truncate_words,
 )
 from searchrl.errors import ConfigError, DataError, EngineError
@@ -57,15 +58,23 @@ def default_expansion_sampling() -> SamplingParams:
 class ExpansionPolicy(BaseModel):
     """What an expansion is: prompts, parsing and sampling, shared by training and augmentation.
 
+    With ``prefill`` (the default) the prompt ends with an assistant message ``<answer>``
+    (``<think>`` when thinking) that the engine continues, so a completion is the answer text
+    itself, ended by ``</answer>`` or the end of the turn; :meth:`parse` puts the prefill back
+    in front before applying the (strict by default) rules of :func:`parse_expansion`.
+
     >>> policy = ExpansionPolicy(retriever="sparse", think=False, max_words=4)
-    >>> policy.parse("<answer>one two three four five</answer>").text
+    >>> policy.parse(" one two three four five</answer>").text
     'one two three four'
+    >>> ExpansionPolicy(prefill=False).parse("<answer>one two</answer>").text
+    'one two'
     """
 
     model_config = ConfigDict(extra="forbid")
 
     retriever: RetrieverKind = "sparse"
     think: bool = False
+    prefill: bool = Field(True, description="open the assistant turn with <answer> (<think> when thinking)")
     max_words: int = Field(DEFAULT_MAX_WORDS, ge=1, description="expansions are cut to this many words")
     max_input_words: int | None = Field(
         384, ge=1, description="the query or document shown to the model is cut to this many words"
@@ -75,15 +84,26 @@ class ExpansionPolicy(BaseModel):
 
     def prompt(self, role: Role, text: str) -> Chat:
         """The chat that asks for an expansion of ``text`` in ``role``."""
-        return build_expansion_prompt(role, self.retriever, truncate_words(text, self.max_input_words), think=self.think)
+        return build_expansion_prompt(
+            role, self.retriever, truncate_words(text, self.max_input_words), think=self.think, prefill=self.prefill
+        )
+
+    def prompt_template(self, role: Role) -> Chat:
+        """The template for ``role`` (``{text}`` marks the input), as recorded in manifests."""
+        return expansion_prompt_template(role, self.retriever, think=self.think, prefill=self.prefill)
 
     def prompt_templates(self) -> dict[str, Chat]:
-        """Both roles' templates (``{text}`` marks the input), as recorded in manifests."""
-        return {role: expansion_prompt_template(role, self.retriever, think=self.think) for role in ("query", "document")}
+        """Both roles' templates (``{text}`` marks the input)."""
+        return {role: self.prompt_template(role) for role in ("query", "document")}
+
+    @property
+    def prefill_text(self) -> str:
+        """What the prompt puts at the start of the assistant turn (``""`` without prefill)."""
+        return prefill_text(think=self.think, prefill=self.prefill)
 
     def parse(self, completion: str) -> ParsedExpansion:
-        """The expansion in ``completion`` under this policy's cap and strictness."""
-        return parse_expansion(completion, max_words=self.max_words, lenient=self.lenient)
+        """The expansion in ``completion`` under this policy's cap, strictness and prefill."""
+        return parse_expansion(completion, max_words=self.max_words, lenient=self.lenient, prefill=self.prefill_text)
 
     def complete(self, engine: GenerationEngine, role: Role, texts: Sequence[str], *, n: int = 1) -> list[list[str]]:
         """Raw completions, ``n`` per text, from ``engine`` with this policy's sampling settings."""
@@ -299,7 +319,7 @@ class CorpusAugmentationJob:
             "model": self.model_name,
             "engine": self.engine_name,
             "policy": self.policy.model_dump(mode="json"),
-            "prompt": expansion_prompt_template(self.role, self.policy.retriever, think=self.policy.think),
+            "prompt": self.policy.prompt_template(self.role),
             "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
             "inputs": _fingerprint(self.items),
         }

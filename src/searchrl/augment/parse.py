@@ -11,6 +11,16 @@ usable tags —
 while still reporting the completion as malformed (``ok=False``) so it is counted. Reasoning
 is never salvaged: an unclosed ``<think>`` yields an empty expansion in both modes.
 
+Answer prefill: when the prompt already opened the assistant turn with ``<answer>`` (or
+``<think>``), pass that text as ``prefill``; it is put back in front of the completion before
+parsing, so the same rules apply to what the model saw as its own output. In that case an
+``<answer>`` still open at the end of the completion counts as closed: generation stops at
+``</answer>`` or at the end of the turn, and the engines drop the end-of-turn token, so a model
+that ends its turn right after the answer text has given a well-formed answer. (A completion cut
+by the token budget reads the same way; its words are kept, like any answer cut to
+``max_words``.) Writing a second ``<answer>`` tag, or reasoning that never closes, is still
+malformed.
+
 Strict is the default because a trained policy must learn the format, and because the reward
 seen in training must come from the same string that evaluation indexes. Use lenient only to
 measure or deploy models that were never trained on the format.
@@ -21,6 +31,8 @@ ParsedExpansion(text='aspirin platelets', ok=True, reason='ok', truncated=False)
 'no_answer'
 >>> parse_expansion("aspirin platelets", lenient=True).text
 'aspirin platelets'
+>>> parse_expansion(" aspirin platelets", prefill="<answer>")
+ParsedExpansion(text='aspirin platelets', ok=True, reason='ok', truncated=False)
 """
 
 from __future__ import annotations
@@ -103,16 +115,23 @@ def _clean(text: str, max_words: int | None) -> tuple[str, bool]:
 
 
 def parse_expansion(
-    completion: str, *, max_words: int | None = DEFAULT_MAX_WORDS, lenient: bool = False
+    completion: str, *, max_words: int | None = DEFAULT_MAX_WORDS, lenient: bool = False, prefill: str = ""
 ) -> ParsedExpansion:
     """Extract the expansion from ``completion`` (see the module docstring for the rules).
 
+    ``prefill`` is the text the prompt put at the start of the assistant turn (``"<answer>"``,
+    ``"<think>"`` or ``""``); when given, the end of the completion closes an open answer.
     Whitespace is collapsed and the result is cut to ``max_words`` words (``None``: no cap).
     Never raises, whatever the input.
     """
     if not isinstance(completion, str):
         return ParsedExpansion("", False, NOT_TEXT)
-    visible, think_unclosed = _visible_text(completion)
+    visible, think_unclosed = _visible_text(prefill + completion)
+    if prefill and not think_unclosed:
+        opens = list(_ANSWER_OPEN.finditer(visible))
+        if len(opens) == 1 and not _ANSWER_CLOSE.search(visible):
+            # The turn ended inside the prefilled (or self-opened) answer: that is its end.
+            visible += "</answer>"
     opens = list(_ANSWER_OPEN.finditer(visible))
     closes = list(_ANSWER_CLOSE.finditer(visible))
 

@@ -1,7 +1,8 @@
 """Expansion prompts: two roles (query, document) × two retriever kinds (sparse, dense).
 
 The model is asked to put its expansion inside ``<answer>…</answer>``; with ``think=True`` it
-first reasons inside ``<think>…</think>``. Only the answer is used (see
+first reasons inside ``<think>…</think>``. Prompts are deliberately short (prompt prefill
+dominates generation cost on a CPU). Only the answer is used (see
 :mod:`searchrl.augment.parse`). The wording here is the single source of every prompt: the
 augmentation job records the templates in its manifest and the trainer uses the same ones.
 
@@ -10,6 +11,13 @@ augmentation job records the templates in its manifest and the trainer uses the 
 ['system', 'user']
 >>> "aspirin and heart attacks" in chat[1]["content"]
 True
+>>> build_expansion_prompt("query", "sparse", "aspirin", prefill=True)[-1]
+{'role': 'assistant', 'content': '<answer>'}
+
+With ``prefill`` the chat ends with an assistant message that opens the answer (``<answer>``, or
+``<think>`` when thinking): every engine continues a final assistant message instead of opening
+a new turn, so even a model that ignores the format instruction writes its text inside the
+answer block, and the prompt needs no example of the format.
 """
 
 from __future__ import annotations
@@ -28,45 +36,35 @@ RETRIEVER_KINDS: tuple[str, ...] = get_args(RetrieverKind)
 TEXT_PLACEHOLDER = "{text}"
 """Where the query or document goes in a user template (replaced literally, not with ``str.format``)."""
 
-SYSTEM_PROMPT = (
-    "You help a search engine match questions with the documents that answer them. "
-    "You add useful words to a text; you never repeat the instructions."
-)
+SYSTEM_PROMPT = "You help a search engine."
 
+# Kept short on purpose: on a CPU, prompt prefill dominates the cost of expanding a corpus, and a
+# small model follows a one-line task no worse than a paragraph. With SmolLM2's tokenizer the
+# whole fixed prompt (chat markup, system prompt, task, format line and answer prefill) is about
+# 50 tokens; see tests/test_augment.py for the bound that is checked.
 _TASKS: dict[tuple[str, str], str] = {
-    ("query", "sparse"): (
-        "A keyword search engine (BM25) will look for documents that answer the search query below. "
-        "Write the words that a relevant document is likely to contain: key terms, synonyms, technical "
-        "names and closely related concepts. End with one short sentence explaining what the query is "
-        "looking for."
-    ),
-    ("document", "sparse"): (
-        "A keyword search engine (BM25) indexes the document below. Write the words that someone searching "
-        "for this document would type: its key terms, synonyms, technical names and the questions it "
-        "answers. End with one short sentence saying what the document is about."
-    ),
-    ("query", "dense"): (
-        "A semantic search engine compares the meaning of queries and documents. Rewrite the search query "
-        "below as a short passage stating what a document that answers it would say, in plain, specific "
-        "language."
-    ),
-    ("document", "dense"): (
-        "A semantic search engine compares the meaning of queries and documents. Summarise the document "
-        "below in a few sentences: its main topic, its findings and the questions it answers."
-    ),
+    ("query", "sparse"): "List key terms, synonyms and related concepts that a document answering this query contains.",
+    ("document", "sparse"): "List key terms, synonyms and questions that someone looking for this document would search.",
+    ("query", "dense"): "Write a short passage that a document answering this query would contain.",
+    ("document", "dense"): "Summarise this document: its topic, findings and the questions it answers.",
 }
 
-_LABELS = {"query": "Search query", "document": "Document"}
+_LABELS = {"query": "Query", "document": "Document"}
 
-_FORMAT_DIRECT = (
-    "Reply with the added words only, inside <answer> and </answer>, for example:\n"
-    "<answer>your words here</answer>"
-)
-_FORMAT_THINK = (
-    "First think briefly inside <think> and </think>, then give the added words inside <answer> and "
-    "</answer>, for example:\n"
-    "<think>your reasoning</think>\n<answer>your words here</answer>"
-)
+_FORMAT_DIRECT = "Answer inside <answer></answer>."
+_FORMAT_THINK = "Think inside <think></think>, then answer inside <answer></answer>."
+
+ANSWER_PREFILL = "<answer>"
+"""Start of the assistant turn when ``think`` is off: the model continues straight into its answer."""
+THINK_PREFILL = "<think>"
+"""Start of the assistant turn when ``think`` is on: the model continues into its reasoning."""
+
+
+def prefill_text(*, think: bool, prefill: bool) -> str:
+    """What the assistant turn starts with (``""`` when ``prefill`` is off)."""
+    if not prefill:
+        return ""
+    return THINK_PREFILL if think else ANSWER_PREFILL
 
 
 def _check(role: str, retriever: str) -> None:
@@ -76,29 +74,39 @@ def _check(role: str, retriever: str) -> None:
         raise ConfigError(f"unknown retriever kind {retriever!r}", hint=f"use one of: {', '.join(RETRIEVER_KINDS)}")
 
 
-def expansion_prompt_template(role: Role, retriever: RetrieverKind, *, think: bool = False) -> Chat:
+def expansion_prompt_template(
+    role: Role, retriever: RetrieverKind, *, think: bool = False, prefill: bool = False
+) -> Chat:
     """The chat for ``role``/``retriever`` with :data:`TEXT_PLACEHOLDER` where the text goes.
 
-    Recorded verbatim in augmentation manifests, so a change of wording is detected on resume.
+    With ``prefill`` the chat ends with an assistant message holding :func:`prefill_text`, which
+    the engines continue instead of opening a new turn. Recorded verbatim in augmentation
+    manifests, so a change of wording is detected on resume.
     """
     _check(role, retriever)
     user = (
-        f"{_TASKS[(role, retriever)]}\n\n"
-        f"{_LABELS[role]}: {TEXT_PLACEHOLDER}\n\n"
-        f"{_FORMAT_THINK if think else _FORMAT_DIRECT}"
+        f"{_TASKS[(role, retriever)]} {_FORMAT_THINK if think else _FORMAT_DIRECT}\n"
+        f"{_LABELS[role]}: {TEXT_PLACEHOLDER}"
     )
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    chat: Chat = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    if prefill:
+        chat.append({"role": "assistant", "content": prefill_text(think=think, prefill=True)})
+    return chat
 
 
-def build_expansion_prompt(role: Role, retriever: RetrieverKind, text: str, *, think: bool = False) -> Chat:
+def build_expansion_prompt(
+    role: Role, retriever: RetrieverKind, text: str, *, think: bool = False, prefill: bool = False
+) -> Chat:
     """The chat asking the model to expand ``text`` (a query, or a document's ``title text``).
 
-    ``role`` is ``"query"`` or ``"document"``; ``retriever`` is ``"sparse"`` (keywords plus one
-    explaining sentence) or ``"dense"`` (a semantic rewrite / summary). With ``think=True`` the
-    model is asked to reason in ``<think>…</think>`` before the ``<answer>…</answer>`` block.
-    Unknown roles or kinds raise :class:`~searchrl.errors.ConfigError`.
+    ``role`` is ``"query"`` or ``"document"``; ``retriever`` is ``"sparse"`` (key terms and
+    synonyms) or ``"dense"`` (a semantic rewrite / summary). With ``think=True`` the model is
+    asked to reason in ``<think>…</think>`` before the ``<answer>…</answer>`` block. With
+    ``prefill=True`` the assistant turn is already opened with ``<answer>`` (``<think>`` when
+    thinking), so the completion is the answer itself. Unknown roles or kinds raise
+    :class:`~searchrl.errors.ConfigError`.
     """
-    template = expansion_prompt_template(role, retriever, think=think)
+    template = expansion_prompt_template(role, retriever, think=think, prefill=prefill)
     # str.replace, not str.format: documents routinely contain braces.
     return [
         {"role": m["role"], "content": m["content"].replace(TEXT_PLACEHOLDER, " ".join(str(text).split()))}

@@ -31,6 +31,13 @@ EngineOption = Annotated[str, typer.Option("--engine", help="transformers, vllm 
 BaseUrlOption = Annotated[Optional[str], typer.Option("--base-url", help="Server URL for --engine openai.")]
 RetrieverOption = Annotated[str, typer.Option("--retriever", help="sparse (keywords) or dense (semantic rewrite).")]
 ThinkOption = Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason in <think> first.")]
+PrefillOption = Annotated[
+    bool,
+    typer.Option(
+        "--prefill/--no-prefill",
+        help="Open the model's answer in the prompt (<answer>, or <think> with --think) so it continues into it.",
+    ),
+]
 LenientOption = Annotated[
     bool,
     typer.Option("--lenient/--strict", help="Salvage text from completions without a proper <answer> block."),
@@ -74,6 +81,7 @@ def _run(
     base_url: str | None,
     retriever: str,
     think: bool,
+    prefill: bool,
     lenient: bool,
     batch_size: int,
     max_new_tokens: int,
@@ -101,6 +109,7 @@ def _run(
     policy = ExpansionPolicy(
         retriever=retriever,  # type: ignore[arg-type]
         think=think,
+        prefill=prefill,
         lenient=lenient,
         max_words=max_words,
         max_input_words=max_input_words,
@@ -115,6 +124,10 @@ def _run(
             options["base_url"] = base_url
         if engine == "transformers":
             options["batch_size"] = batch_size
+        if engine == "openai" and prefill:
+            # OpenAI-compatible servers open a new assistant turn unless told to continue the
+            # final message; vLLM and SGLang accept these chat-template options.
+            options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         return build_engine(engine, model=model, **options)
 
     job = CorpusAugmentationJob(
@@ -158,6 +171,7 @@ def augment_corpus(
     base_url: BaseUrlOption = None,
     retriever: RetrieverOption = "sparse",
     think: ThinkOption = False,
+    prefill: PrefillOption = True,
     lenient: LenientOption = False,
     batch_size: BatchOption = 16,
     max_new_tokens: MaxNewOption = 128,
@@ -181,7 +195,7 @@ def augment_corpus(
         source["ids_file"] = str(ids.resolve())
     _run(
         role="document", items=items, source=source, out=out, model=model, engine=engine, base_url=base_url,
-        retriever=retriever, think=think, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        retriever=retriever, think=think, prefill=prefill, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
         temperature=temperature, max_words=max_words, max_input_words=max_input_words, shard=shard, limit=limit,
         keep_completions=keep_completions, progress=progress,
     )
@@ -197,6 +211,7 @@ def augment_queries(
     base_url: BaseUrlOption = None,
     retriever: RetrieverOption = "sparse",
     think: ThinkOption = False,
+    prefill: PrefillOption = True,
     lenient: LenientOption = False,
     batch_size: BatchOption = 16,
     max_new_tokens: MaxNewOption = 128,
@@ -222,7 +237,7 @@ def augment_queries(
         source["ids_file"] = str(ids.resolve())
     _run(
         role="query", items=queries, source=source, out=out, model=model, engine=engine, base_url=base_url,
-        retriever=retriever, think=think, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        retriever=retriever, think=think, prefill=prefill, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
         temperature=temperature, max_words=max_words, max_input_words=max_input_words, shard=shard, limit=limit,
         keep_completions=keep_completions, progress=progress,
     )

@@ -5,7 +5,11 @@ on a CPU. During training the question is only "is the policy getting better?", 
 evaluation ranks a fixed *candidate slice* of the corpus: every document relevant to a dev
 query, the unexpanded-BM25 top ``candidate_depth`` of each dev query (the hard part of the
 ranking), and random documents up to ``candidate_docs``. ``candidate_docs=None`` uses the whole
-corpus (sensible on a GPU).
+corpus. ``expand_depth`` makes the document side cheaper still without hiding anything: only the
+union of each dev query's unexpanded top-``expand_depth`` documents is expanded, every other
+ranked document stays unexpanded (relevant documents are *not* added to that set, so the
+evaluation never expands a document because it is relevant). :meth:`DevEvaluator.describe`
+states in one line what is evaluated.
 
 Queries are expanded in ``query``/``coaug`` mode and the slice's documents in
 ``document``/``coaug`` mode, greedily, with the same :class:`~searchrl.augment.ExpansionPolicy`
@@ -76,6 +80,22 @@ class BatchScorer:
         return cosine_score_matrix(self.dense.encode_queries(list(query_texts)), self.dense.encode_passages(list(doc_texts)))
 
 
+def top_documents(
+    corpus: Mapping[str, Document], queries: Mapping[str, str], scorer: BatchScorer, depth: int
+) -> list[str]:
+    """Union of each query's top-``depth`` documents under the unexpanded retriever, in corpus order."""
+    doc_ids = list(corpus)
+    if depth <= 0 or not queries or not doc_ids:
+        return []
+    texts = [document_text(corpus[d]) for d in doc_ids]
+    scores = scorer.score([query_text(queries[q]) for q in queries], texts)
+    depth = min(depth, len(doc_ids))
+    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+    chosen = np.zeros(len(doc_ids), dtype=bool)
+    chosen[top.ravel()] = True
+    return [doc_ids[i] for i in np.flatnonzero(chosen)]
+
+
 def select_candidates(
     corpus: Mapping[str, Document],
     queries: Mapping[str, str],
@@ -136,6 +156,10 @@ class DevEvaluator:
     mode: Mode = "coaug"
     batch_size: int = 16
     measures: tuple[str, ...] = ("ndcg@10", "recall@10", "mrr@10")
+    expanded_ids: list[str] | None = None
+    """Documents expanded in ``document``/``coaug`` mode (``None``: every candidate)."""
+    total_queries: int | None = None
+    """Judged dev queries the ``queries`` were sampled from (for :meth:`describe`)."""
 
     @classmethod
     def build(
@@ -150,13 +174,15 @@ class DevEvaluator:
         max_queries: int | None = None,
         candidate_docs: int | None = 500,
         candidate_depth: int = 20,
+        expand_depth: int | None = None,
         seed: int = 0,
         batch_size: int = 16,
     ) -> "DevEvaluator":
-        """Pick ``max_queries`` judged dev queries (seeded) and the candidate slice for them."""
+        """Pick ``max_queries`` judged dev queries (seeded), the candidate slice and the documents to expand."""
         judged = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
         if not judged:
             raise ConfigError("the dev split has no query with a relevant document", hint="check dev qrels")
+        total = len(judged)
         if max_queries is not None and max_queries < len(judged):
             rng = np.random.default_rng(seed)
             judged = [judged[i] for i in sorted(rng.choice(len(judged), size=max_queries, replace=False))]
@@ -165,7 +191,41 @@ class DevEvaluator:
         candidates = select_candidates(
             corpus, dev_queries, dev_qrels, scorer, candidate_docs=candidate_docs, candidate_depth=candidate_depth, seed=seed
         )
-        return cls(corpus, dev_queries, dev_qrels, candidates, scorer, policy, mode, batch_size)
+        expanded = None
+        if expand_depth is not None and mode in ("document", "coaug"):
+            in_slice = set(candidates)
+            expanded = [d for d in top_documents(corpus, dev_queries, scorer, expand_depth) if d in in_slice]
+        return cls(
+            corpus, dev_queries, dev_qrels, candidates, scorer, policy, mode, batch_size,
+            expanded_ids=expanded, total_queries=total,
+        )
+
+    def describe(self, *, expand_depth: int | None = None) -> str:
+        """One line saying what is evaluated: queries, ranked documents, what is expanded.
+
+        ``expand_depth`` only names the depth in the text (the set itself is :attr:`expanded_ids`).
+        """
+        ranked = len(self.candidate_ids)
+        whole = ranked == len(self.corpus)
+        retriever = "BM25 with the whole corpus's statistics" if self.scorer.retriever == "sparse" else "dense cosine"
+        of = f" (a seeded sample of {self.total_queries})" if self.total_queries and self.total_queries > len(self.queries) else ""
+        parts = [
+            f"{len(self.queries)} dev queries{of}",
+            f"ranking {'the whole corpus, ' if whole else 'a candidate slice of '}{ranked:,} documents, {retriever}",
+        ]
+        if self.mode in ("query", "coaug"):
+            parts.append("queries expanded")
+        if self.mode in ("document", "coaug"):
+            expanded = ranked if self.expanded_ids is None else len(self.expanded_ids)
+            if self.expanded_ids is None:
+                parts.append(f"all {expanded:,} ranked documents expanded")
+            else:
+                depth = f"top-{expand_depth}" if expand_depth else "top"
+                parts.append(
+                    f"{expanded:,} documents expanded (the union of each dev query's unexpanded {depth}; "
+                    "every other document unexpanded)"
+                )
+        return "; ".join(parts)
 
     # -- scoring -------------------------------------------------------------------------
     def _rank(self, query_expansions: Mapping[str, str], doc_expansions: Mapping[str, str]) -> dict[str, float]:
@@ -190,22 +250,32 @@ class DevEvaluator:
     def evaluate_engine(self, engine: Any) -> dict[str, float]:
         """Expand (greedy) with ``engine`` under this policy, score, and return the metrics.
 
-        Adds ``query_empty_rate`` / ``doc_empty_rate``: the share of expansions that came out empty.
+        Adds, per expanded side (``query_`` / ``doc_``): ``empty_rate`` (share of expansions that
+        came out empty), ``format_ok_rate`` (share of well-formed completions) and
+        ``expansion_words`` (mean words per expansion).
         """
         from searchrl.augment import augment_items
 
         metrics: dict[str, float] = {}
         query_expansions: dict[str, str] = {}
         doc_expansions: dict[str, str] = {}
+
+        def record(prefix: str, parsed: Mapping[str, Any]) -> None:
+            values = list(parsed.values())
+            metrics[f"{prefix}_empty_rate"] = float(np.mean([not p.text for p in values])) if values else 0.0
+            metrics[f"{prefix}_format_ok_rate"] = float(np.mean([p.ok for p in values])) if values else 0.0
+            metrics[f"{prefix}_expansion_words"] = float(np.mean([len(p.text.split()) for p in values])) if values else 0.0
+
         if self.mode in ("query", "coaug"):
             parsed = augment_items(engine, self.policy, "query", self.queries, batch_size=self.batch_size, show_progress=False)
             query_expansions = {q: p.text for q, p in parsed.items()}
-            metrics["query_empty_rate"] = float(np.mean([not p.text for p in parsed.values()]))
+            record("query", parsed)
         if self.mode in ("document", "coaug"):
-            items = {d: document_text(self.corpus[d]) for d in self.candidate_ids}
+            ids = self.candidate_ids if self.expanded_ids is None else self.expanded_ids
+            items = {d: document_text(self.corpus[d]) for d in ids}
             parsed = augment_items(engine, self.policy, "document", items, batch_size=self.batch_size, show_progress=False)
             doc_expansions = {d: p.text for d, p in parsed.items()}
-            metrics["doc_empty_rate"] = float(np.mean([not p.text for p in parsed.values()]))
+            record("doc", parsed)
         metrics.update(self._rank(query_expansions, doc_expansions))
         return metrics
 
@@ -217,4 +287,4 @@ class DevEvaluator:
         return self.evaluate_engine(engine)
 
 
-__all__ = ["BatchScorer", "DevEvaluator", "select_candidates"]
+__all__ = ["BatchScorer", "DevEvaluator", "select_candidates", "top_documents"]

@@ -131,6 +131,7 @@ class ExpansionSettings(_Section):
     """What an expansion is (shared with ``searchrl augment`` through ExpansionPolicy)."""
 
     think: bool = False
+    prefill: bool = Field(True, description="the prompt opens the answer (<answer>, or <think> when thinking)")
     max_words: int = Field(64, ge=1)
     max_input_words: int | None = Field(256, ge=1)
     lenient: bool = False
@@ -143,6 +144,11 @@ class EvalSettings(_Section):
         500, ge=1, description="documents in the evaluation slice (None: the whole corpus)"
     )
     candidate_depth: int = Field(20, ge=0, description="top unexpanded results per dev query put in the slice")
+    expand_depth: int | None = Field(
+        None, ge=1,
+        description="expand only the union of each dev query's top-N unexpanded results; other documents are "
+        "ranked unexpanded (None: expand every document ranked)",
+    )
     batch_size: int = Field(16, ge=1, description="prompts per generation call during evaluation")
     patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")
     at_start: bool = Field(True, description="evaluate the untrained policy at step 0")
@@ -193,6 +199,7 @@ class CoAugConfig(_Section):
         return ExpansionPolicy(
             retriever=self.retriever,
             think=e.think,
+            prefill=e.prefill,
             max_words=e.max_words,
             max_input_words=e.max_input_words,
             lenient=e.lenient,
@@ -258,15 +265,59 @@ def load_coaug_data(config: CoAugConfig) -> CoAugData:
     return CoAugData(train.corpus, queries, train.qrels, dev.queries, dev.qrels, files)
 
 
-def step_rows(batch: CoAugBatch, policy: ExpansionPolicy) -> list[dict[str, Any]]:
+def render_training_prompt(tokenizer: Any, chat: Sequence[Mapping[str, str]]) -> str:
+    """``chat`` as prompt text for TRL, tokenising to exactly the ids the generation engines use.
+
+    TRL 1.16 renders a conversational prompt with ``add_generation_prompt=True`` whatever its
+    last message, so the ``<answer>`` prefill would be closed and followed by a fresh assistant
+    turn. Rows therefore carry the prompt already rendered the way
+    :meth:`searchrl.llm.transformers_engine.TransformersEngine.encode_chat` and the vLLM engine
+    render it (a final assistant message is continued, otherwise the assistant turn is opened),
+    and TRL only tokenises the text, with the tokenizer's special tokens added: a
+    beginning-of-sequence token that the template already wrote is taken off the text when the
+    tokenizer would add it again.
+    """
+    messages = [dict(message) for message in chat]
+    continue_last = messages[-1]["role"] == "assistant"
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=not continue_last, continue_final_message=continue_last
+    )
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):
+        added = tokenizer("", add_special_tokens=True)["input_ids"]
+        if added and added[0] == tokenizer.bos_token_id:
+            text = text[len(bos):]
+    return text
+
+
+def check_training_prompt(tokenizer: Any, chat: Sequence[Mapping[str, str]], text: str) -> None:
+    """Raise :class:`~searchrl.errors.ModelError` unless TRL's tokenisation of ``text`` equals the engine's of ``chat``."""
+    from searchrl.errors import ModelError
+
+    messages = [dict(message) for message in chat]
+    continue_last = messages[-1]["role"] == "assistant"
+    rendered = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=not continue_last, continue_final_message=continue_last
+    )
+    engine_ids = list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    trainer_ids = list(tokenizer(text)["input_ids"])
+    if engine_ids != trainer_ids:
+        raise ModelError(
+            f"training would see a different prompt than generation ({len(trainer_ids)} vs {len(engine_ids)} tokens)",
+            hint="this tokenizer adds special tokens the chat template does not expect; set expansion.prefill=false",
+        )
+
+
+def step_rows(batch: CoAugBatch, policy: ExpansionPolicy, render: Any = None) -> list[dict[str, Any]]:
     """Dataset rows of one step: its expanded prompts, in batch order, with the reward's columns.
 
-    Columns: ``prompt`` (chat), ``step``, ``prompt_index`` (position in the step), ``role``,
-    ``kind``, ``item_id``, ``group``.
+    Columns: ``prompt`` (the chat, or the text ``render(chat)`` returns — see
+    :func:`render_training_prompt`), ``step``, ``prompt_index`` (position in the step),
+    ``role``, ``kind``, ``item_id``, ``group``.
     """
     return [
         {
-            "prompt": policy.prompt(item.role, item.text),
+            "prompt": policy.prompt(item.role, item.text) if render is None else render(policy.prompt(item.role, item.text)),
             "step": batch.step,
             "prompt_index": index,
             "role": item.role,
@@ -278,13 +329,22 @@ def step_rows(batch: CoAugBatch, policy: ExpansionPolicy) -> list[dict[str, Any]
     ]
 
 
-def build_step_dataset(builder: CoAugBatchBuilder, policy: ExpansionPolicy, steps: int):
-    """A ``datasets.Dataset`` holding ``steps`` steps back to back (read in order, never shuffled)."""
+def build_step_dataset(builder: CoAugBatchBuilder, policy: ExpansionPolicy, steps: int, tokenizer: Any = None):
+    """A ``datasets.Dataset`` holding ``steps`` steps back to back (read in order, never shuffled).
+
+    With ``tokenizer`` the prompts are rendered text (:func:`render_training_prompt`), checked
+    on the first step to tokenise exactly as the generation engines tokenise the chats.
+    """
     from datasets import Dataset
 
+    render = None if tokenizer is None else (lambda chat: render_training_prompt(tokenizer, chat))
     rows: list[dict[str, Any]] = []
     for step in range(steps):
-        rows.extend(step_rows(builder.build(step), policy))
+        rows.extend(step_rows(builder.build(step), policy, render))
+    if tokenizer is not None and rows:
+        first = builder.build(0).prompts
+        for item, row in list(zip(first, rows))[:4]:
+            check_training_prompt(tokenizer, policy.prompt(item.role, item.text), row["prompt"])
     return Dataset.from_list(rows)
 
 
@@ -334,7 +394,7 @@ class CoAugReward:
     ...                             queries_per_step=1, group_size=3, relevant_per_query=1)
     >>> reward = CoAugReward(builder, ExpansionPolicy(), BatchScorer("sparse",
     ...     statistics=CorpusStatistics.from_documents(corpus.values())), samples_per_prompt=2, rounds=4)
-    >>> reward(prompts=[None, None], completions=["<answer>fracture</answer>", "no tags"],
+    >>> reward(prompts=[None, None], completions=[" fracture</answer>", " bone fracture"],
     ...        step=[0, 0], prompt_index=[0, 0], role=["query"] * 2, kind=["query"] * 2,
     ...        item_id=["q1", "q1"], group=[0, 0])
     [1.0, 1.0]
@@ -611,6 +671,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         max_queries=config.eval.max_queries,
         candidate_docs=config.eval.candidate_docs,
         candidate_depth=config.eval.candidate_depth,
+        expand_depth=config.eval.expand_depth,
         seed=config.seed,
         batch_size=config.eval.batch_size,
     )
@@ -659,7 +720,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
             hint="TRL scores each process's shard separately, which would split the in-batch pool; use one GPU",
         )
     model, tokenizer = _load_policy_model(config, device)
-    dataset = build_step_dataset(builder, policy, config.optim.steps)
+    dataset = build_step_dataset(builder, policy, config.optim.steps, tokenizer)
     dev_callback = DevEvaluationCallback(
         run,
         evaluator,
@@ -684,7 +745,13 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
 def train_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequence[Any] = ()) -> Path:
     """Train (or resume) the run described by ``config``; returns the run directory."""
     started = time.time()
-    setup = prepare_coaug(config, force=force, callbacks=callbacks)
+    return train_prepared(prepare_coaug(config, force=force, callbacks=callbacks), started=started)
+
+
+def train_prepared(setup: CoAugSetup, *, started: float | None = None) -> Path:
+    """Train (or resume) the run :func:`prepare_coaug` built, save ``final/``, write the report; returns the run directory."""
+    started = time.time() if started is None else started
+    config = setup.config
     run = setup.run
     resumed_from = train_with_resume(setup.trainer, run)
     # Save the final state too, so a finished run is complete on disk whatever save_every was.
@@ -721,6 +788,7 @@ def augment_flags(config: CoAugConfig) -> str:
     flags = [
         f"--retriever {config.retriever}",
         "--think" if e.think else "--no-think",
+        "--prefill" if e.prefill else "--no-prefill",
         "--lenient" if e.lenient else "--strict",
         f"--max-new-tokens {config.generation.max_new_tokens}",
         f"--max-words {e.max_words}",
@@ -750,33 +818,39 @@ BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{
 
 
 def quickstart_config(data: str | Path, output_dir: str | Path, *, model: str | None = None) -> dict[str, Any]:
-    """The quickstart recipe (mirrored by ``configs/coaug-quickstart.yaml``) as a config dict."""
-    # Query side only: on a CPU a document prompt costs ~1.5x a query prompt and a step needs
-    # several documents per query, so coaug mode gets 4x fewer steps in the same time. Hard
-    # negatives (top unexpanded-BM25 non-relevant documents) keep the in-batch ranking from
-    # being trivial: with only random negatives every sample ranks its document first, all
-    # rewards in a group tie and there is nothing to learn.
+    """The quickstart recipe (mirrored by ``configs/coaug-quickstart.yaml``) as a config dict.
+
+    Co-augmentation (queries and documents) sized for under 15 minutes on 2 CPU cores with
+    SmolLM2-135M-Instruct; the sizing is explained in the YAML file's header.
+    """
+    # Hard negatives (top unexpanded-BM25 non-relevant documents) keep the in-batch ranking from
+    # being trivial: with only random negatives every sample ranks its own document first, all
+    # rewards in a group tie and there is nothing to learn. Each query's group is the query, its
+    # relevant document and its 4 hardest negatives (the top-5 non-relevant results), so a step
+    # expands 2 queries and 10 documents. With 2 easier negatives (top-10) per query the
+    # untrained model's samples tied in every group (zero gradient); see the YAML header.
     config: dict[str, Any] = {
         "data": str(data),
-        "mode": "query",
+        "mode": "coaug",
         "retriever": "sparse",
         "batch": {
-            "queries_per_step": 4,
-            "group_size": 8,
+            "queries_per_step": 2,
+            "group_size": 6,
             "relevant_per_query": 1,
-            "hard_negatives": 3,
+            "hard_negatives": 4,
+            "hard_negative_depth": 5,
             "samples_per_prompt": 4,
             "micro_batch_size": 8,
         },
         "reward": {"rounds": 64},
-        "optim": {"steps": 10, "learning_rate": 1e-4},
-        "generation": {"max_new_tokens": 32, "temperature": 1.0},
-        # A 135M model rarely writes the <answer> tags before training: lenient parsing uses its
-        # text anyway, so the first steps already have different rewards to learn from.
-        "expansion": {"max_words": 32, "max_input_words": 64, "lenient": True},
+        "optim": {"steps": 6, "learning_rate": 1e-4},
+        "generation": {"max_new_tokens": 20, "temperature": 1.0},
+        # Answer prefill (the default) makes even the untrained model's completions usable under
+        # strict parsing; documents are cut to their opening 40 words to keep prompts short.
+        "expansion": {"max_words": 20, "max_input_words": 40},
         "lora": {"r": 16, "alpha": 32},
-        "eval": {"every": 5, "max_queries": 50, "candidate_docs": None, "batch_size": 25},
-        "save_every": 5,
+        "eval": {"every": 3, "max_queries": 25, "candidate_docs": None, "expand_depth": 4, "batch_size": 16},
+        "save_every": 3,
         "device": "auto",
         "output_dir": str(output_dir),
     }
@@ -796,25 +870,79 @@ class QuickstartSummary:
     queries: int
     candidates: int
     trained_is_best: bool = True
+    evaluated: str = ""
+    formats: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         def fmt(value: float | None) -> str:
             return "-" if value is None else f"{value:.4f}"
 
+        header = self.evaluated or (
+            f"{self.queries} dev queries, "
+            + (f"{self.candidates}-document candidate slice" if self.candidates else "whole corpus")
+        )
         return "\n".join(
             [
-                f"dev nDCG@10 ({self.queries} dev queries, "
-                + (f"{self.candidates}-document candidate slice" if self.candidates else "whole corpus")
-                + ", BM25 with the corpus's statistics)",
+                f"dev nDCG@10 ({header})",
                 f"  BM25 (no expansion)      {fmt(self.bm25)}",
                 f"  + untrained expansions   {fmt(self.untrained)}",
                 f"  + trained expansions     {fmt(self.trained)}"
                 + (f"  (step {self.trained_step})" if self.trained_step is not None else "")
                 + ("" if self.trained_is_best else "  (no improvement: best/ keeps the untrained policy)"),
+                *self.formats,
                 f"run directory: {self.run_dir}   wall time: {self.seconds / 60:.1f} min",
                 f"trained policy: {self.run_dir / 'best'}",
             ]
         )
+
+
+def _format_lines(config: CoAugConfig, setup_prompt_tokens: dict[str, float], records: list[dict]) -> list[str]:
+    """Prompt sizes and expansion format figures of a run, for the quickstart's printout."""
+    lines = [
+        "prompts: "
+        + ", ".join(f"{role} ~{tokens:.0f} tokens" for role, tokens in setup_prompt_tokens.items())
+        + f" (answer prefill {'on' if config.expansion.prefill else 'off'}, "
+        + ("lenient" if config.expansion.lenient else "strict")
+        + f" parsing; inputs cut to {config.expansion.max_input_words} words)"
+    ]
+    for record in records:
+        if "dev/ndcg@10" not in record:
+            continue
+        parts = []
+        for side, name in (("query", "queries"), ("doc", "documents")):
+            if f"dev/{side}_format_ok_rate" in record:
+                parts.append(
+                    f"{name} {record[f'dev/{side}_format_ok_rate']:.0%} well formed, "
+                    f"{record[f'dev/{side}_expansion_words']:.1f} words"
+                )
+        if parts:
+            lines.append(f"  dev expansions at step {record['step']}: " + "; ".join(parts))
+    key = "train/coaug/format_ok_rate"
+    train = [r for r in records if key in r]
+    if train:
+        first, last = train[0], train[-1]
+        lines.append(
+            f"  training samples well formed: {first[key]:.0%} at step {first['step']}, "
+            f"{last[key]:.0%} at step {last['step']}"
+        )
+    return lines
+
+
+def _mean_prompt_tokens(setup: CoAugSetup) -> dict[str, float]:
+    """Mean prompt length in tokens per expanded role, over the dev queries and (up to 200) dev documents."""
+    config, evaluator, tokenizer = setup.config, setup.evaluator, setup.trainer.processing_class
+    policy = config.expansion_policy()
+    samples: dict[str, list[str]] = {}
+    if config.mode in ("query", "coaug"):
+        samples["query"] = list(evaluator.queries.values())
+    if config.mode in ("document", "coaug"):
+        ids = evaluator.candidate_ids if evaluator.expanded_ids is None else evaluator.expanded_ids
+        samples["document"] = [document_text(setup.data.corpus[d]) for d in ids[:200]]
+    return {
+        role: float(np.mean([len(tokenizer(render_training_prompt(tokenizer, policy.prompt(role, t)))["input_ids"]) for t in texts]))
+        for role, texts in samples.items()
+        if texts
+    }
 
 
 def run_quickstart(
@@ -829,10 +957,14 @@ def run_quickstart(
     if steps is not None:
         raw["optim"]["steps"] = steps
     config = CoAugConfig.model_validate(raw)
-    run_dir = train_coaug(config)
+    setup = prepare_coaug(config)
+    prompt_tokens = _mean_prompt_tokens(setup)
+    evaluated = setup.evaluator.describe(expand_depth=config.eval.expand_depth)
+    run_dir = train_prepared(setup, started=started)
     run = RunDirectory(run_dir)
     baseline = json.loads((run_dir / "baseline.json").read_text())
-    evaluations = [(r["step"], r["dev/ndcg@10"]) for r in run.read_metrics() if "dev/ndcg@10" in r]
+    records = run.read_metrics()
+    evaluations = [(r["step"], r["dev/ndcg@10"]) for r in records if "dev/ndcg@10" in r]
     untrained = next((value for step, value in evaluations if step == 0), None)
     best = run.best()
     trained_records = [(s, v) for s, v in evaluations if s > 0]
@@ -848,9 +980,11 @@ def run_quickstart(
         trained,
         trained_step,
         time.time() - started,
-        queries=config.eval.max_queries or 0,
-        candidates=config.eval.candidate_docs or 0,
+        queries=len(setup.evaluator.queries),
+        candidates=0 if config.eval.candidate_docs is None else len(setup.evaluator.candidate_ids),
         trained_is_best=best is not None and best["step"] > 0,
+        evaluated=evaluated,
+        formats=_format_lines(config, prompt_tokens, records),
     )
 
 
@@ -952,8 +1086,10 @@ __all__ = [
     "load_coaug_data",
     "prepare_coaug",
     "quickstart_config",
+    "render_training_prompt",
     "run_coaug_training",
     "run_quickstart",
     "step_rows",
     "train_coaug",
+    "train_prepared",
 ]
