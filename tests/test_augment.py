@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -432,14 +430,9 @@ def fake_build_engine(monkeypatch):
         built.append((kind, dict(options, model=model)))
         return ScriptedEngine()
 
-    try:
-        import searchrl.llm as llm
+    import searchrl.llm as llm
 
-        monkeypatch.setattr(llm, "build_engine", build_engine, raising=False)
-    except ImportError:  # the package is being written elsewhere; any module with build_engine will do
-        fake = types.ModuleType("searchrl.llm")
-        fake.build_engine = build_engine  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "searchrl.llm", fake)
+    monkeypatch.setattr(llm, "build_engine", build_engine)
     return built
 
 
