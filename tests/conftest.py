@@ -37,3 +37,23 @@ def shared_data() -> Path:
     if not (path / "scifact" / "corpus.jsonl").exists():
         pytest.skip(f"development data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and several threads per process oversubscribe a
+    shared 2-core machine (generation became over ten times slower that way)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_lm_dir):
+    """The tiny model's tokenizer (test modules may override it with their own)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_lm_dir))

@@ -45,27 +45,11 @@ QUESTIONS = [
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, more threads oversubscribe it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def tool() -> SearchTool:
     corpus = {k: Document(k, v) for k, v in DOCS.items()}
     return SearchTool(build_retriever("bm25").index(list(corpus.values()), show_progress=False), corpus, k=1)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_lm_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tiny_lm_dir))
 
 
 def test_keyword_query_keeps_content_words_and_codes():

@@ -125,27 +125,11 @@ def test_shipped_configs_load():
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, more threads oversubscribe it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def tool() -> SearchTool:
     corpus = {k: Document(k, v) for k, v in DOCS.items()}
     return SearchTool(build_retriever("bm25").index(list(corpus.values()), show_progress=False), corpus, k=2)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_lm_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tiny_lm_dir))
 
 
 def _scripted(tokenizer):

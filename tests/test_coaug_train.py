@@ -50,17 +50,6 @@ def write_tiny_beir(directory: Path, *, with_dev: bool = True) -> Path:
     return directory
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny model is faster on one thread, and the shared CPU is not oversubscribed."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def tiny_beir(tmp_path) -> Path:
     return write_tiny_beir(tmp_path / "beir")
