@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchrl.data.io import iter_jsonl, iter_lines, record_id, resolve_data_file, string_field
+from searchrl.data.io import iter_jsonl, iter_lines, resolve_data_file, string_field, unique_record_id
 from searchrl.data.types import Document, Qrels
 from searchrl.errors import DataError
 
@@ -40,15 +40,7 @@ def iter_corpus(path: str | Path) -> Iterator[Document]:
     seen: dict[str, int] = {}
     empty_ids: list[str] = []
     for line, record in iter_jsonl(path):
-        doc_id = record_id(record, path, line)
-        if doc_id in seen:
-            raise DataError(
-                f"duplicate document id {doc_id!r} (first seen on line {seen[doc_id]})",
-                path=path,
-                line=line,
-                hint="document ids must be unique",
-            )
-        seen[doc_id] = line
+        doc_id = unique_record_id(record, path, line, seen, label="document id", hint="document ids must be unique")
         doc = Document(
             id=doc_id,
             text=string_field(record, "text", path, line),
@@ -80,19 +72,11 @@ def load_queries(path: str | Path) -> dict[str, str]:
     lines: dict[str, int] = {}
     empty_ids: list[str] = []
     for line, record in iter_jsonl(path):
-        query_id = record_id(record, path, line)
-        if query_id in queries:
-            raise DataError(
-                f"duplicate query id {query_id!r} (first seen on line {lines[query_id]})",
-                path=path,
-                line=line,
-                hint="query ids must be unique",
-            )
+        query_id = unique_record_id(record, path, line, lines, label="query id", hint="query ids must be unique")
         text = string_field(record, "text", path, line, default=None)
         if not text.strip():
             empty_ids.append(query_id)
         queries[query_id] = text
-        lines[query_id] = line
     if empty_ids:
         warnings.warn(_empty_message(path, "queries", empty_ids), stacklevel=2)
     return queries

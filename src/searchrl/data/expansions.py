@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from searchrl.data.io import iter_jsonl, record_id, string_field, write_jsonl
+from searchrl.data.io import iter_jsonl, string_field, unique_record_id, write_jsonl
 from searchrl.errors import DataError
 
 
@@ -24,14 +24,7 @@ def load_expansions(path: str | Path) -> dict[str, str]:
     expansions: dict[str, str] = {}
     lines: dict[str, int] = {}
     for line, record in iter_jsonl(path):
-        item_id = record_id(record, path, line, keys=("id", "_id"))
-        if item_id in lines:
-            raise DataError(
-                f"duplicate id {item_id!r} (first seen on line {lines[item_id]})",
-                path=path,
-                line=line,
-                hint="keep one expansion per id",
-            )
+        item_id = unique_record_id(record, path, line, lines, hint="keep one expansion per id", keys=("id", "_id"))
         if "expansion" not in record:
             raise DataError(
                 "record has no 'expansion' field",
@@ -40,7 +33,6 @@ def load_expansions(path: str | Path) -> dict[str, str]:
                 hint=f'expected {{"id": ..., "expansion": ...}}; fields present: {sorted(record)}',
             )
         expansions[item_id] = string_field(record, "expansion", path, line)
-        lines[item_id] = line
     return expansions
 
 

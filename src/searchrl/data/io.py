@@ -163,6 +163,29 @@ def record_id(record: dict, path: Path, line: int, keys: tuple[str, ...] = ("_id
     )
 
 
+def unique_record_id(
+    record: dict,
+    path: Path,
+    line: int,
+    first_seen: dict[str, int],
+    *,
+    label: str = "id",
+    hint: str,
+    keys: tuple[str, ...] = ("_id", "id"),
+) -> str:
+    """:func:`record_id`, raising :class:`DataError` when the id already appeared in the file.
+
+    ``first_seen`` maps each id read so far to its line and is updated here.
+    """
+    value = record_id(record, path, line, keys)
+    if value in first_seen:
+        raise DataError(
+            f"duplicate {label} {value!r} (first seen on line {first_seen[value]})", path=path, line=line, hint=hint
+        )
+    first_seen[value] = line
+    return value
+
+
 def string_field(record: dict, key: str, path: Path, line: int, *, default: str | None = "") -> str:
     """``record[key]`` as a string; ``null`` or absent gives ``default`` (absent with ``default=None`` raises)."""
     value = record.get(key)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from searchrl.data.io import iter_jsonl, record_id
+from searchrl.data.io import iter_jsonl, unique_record_id
 from searchrl.data.types import QAExample
 from searchrl.errors import DataError
 
@@ -41,15 +41,7 @@ def load_qa(path: str | Path) -> list[QAExample]:
     examples: list[QAExample] = []
     lines: dict[str, int] = {}
     for line, record in iter_jsonl(path):
-        example_id = record_id(record, path, line, keys=("id", "_id"))
-        if example_id in lines:
-            raise DataError(
-                f"duplicate id {example_id!r} (first seen on line {lines[example_id]})",
-                path=path,
-                line=line,
-                hint="question ids must be unique",
-            )
-        lines[example_id] = line
+        example_id = unique_record_id(record, path, line, lines, hint="question ids must be unique", keys=("id", "_id"))
         question = record.get("question")
         if not isinstance(question, str) or not question.strip():
             raise DataError(
