@@ -107,7 +107,8 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=1)
     parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--grpo-lr", type=float, default=2e-5)
-    parser.add_argument("--sft-transcripts", type=int, default=48)
+    parser.add_argument("--sft-transcripts", type=int, default=None, help="at most this many (default: all usable)")
+    parser.add_argument("--sft-epochs", type=float, default=2.0)
     parser.add_argument("--sft-lr", type=float, default=5e-4)
     parser.add_argument("--sft-max-tokens", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
@@ -130,6 +131,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "config": base,
             "sft_transcripts": args.sft_transcripts,
+            "sft_epochs": args.sft_epochs,
         }
     }
 
@@ -155,7 +157,7 @@ def main() -> None:
     retry_config = json.loads(json.dumps(base))
     retry_config["output_dir"] = str(work / "grpo-retry")
     retry_config["sft"] = {
-        "enabled": True, "epochs": 1.0, "batch_size": 4, "learning_rate": args.sft_lr,
+        "enabled": True, "epochs": args.sft_epochs, "batch_size": 4, "learning_rate": args.sft_lr,
         "retry_fraction": 0.35, "max_transcripts": args.sft_transcripts, "max_tokens": args.sft_max_tokens,
     }
     started = time.perf_counter()

@@ -386,3 +386,33 @@ def test_quickstart_printout_says_what_was_evaluated_and_the_format_figures(tmp_
     table = summary.table()
     assert table.startswith("dev nDCG@10 (25 dev queries; whole corpus)")
     assert "0.6200  (step 6)" in table and lines[2] in table and "10.0 min" in table
+
+
+def test_dense_reward_training_end_to_end(tiny_lm_dir, tiny_st_dir, tiny_beir, tmp_path):
+    """retriever: dense scores every query sample against every document sample by cosine."""
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", retriever="dense", dense_model=str(tiny_st_dir),
+                         optim__steps=1, eval__every=1)
+    setup = prepare_coaug(config)
+    assert setup.reward.scorer.retriever == "dense"
+    seen = []
+    original = setup.reward.scorer.score
+
+    def recording(q_texts, d_texts):
+        scores = original(q_texts, d_texts)
+        seen.append((list(q_texts), list(d_texts), scores))
+        return scores
+
+    setup.reward.scorer.score = recording
+    train_with_resume(setup.trainer, setup.run)
+
+    q_texts, d_texts, scores = seen[0]
+    dense = setup.reward.scorer.dense
+    q = dense.encode_queries(q_texts)
+    d = dense.encode_passages(d_texts)
+    expected = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (d / np.linalg.norm(d, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    raw = setup.reward.last.raw_rewards
+    assert np.all((raw[~np.isnan(raw)] >= 0) & (raw[~np.isnan(raw)] <= 1))
+    rows = setup.run.read_metrics()
+    assert [r["step"] for r in rows if "dev/ndcg@10" in r] == [0, 1]
+    assert any("train/loss" in r for r in rows)
