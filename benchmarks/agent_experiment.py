@@ -11,8 +11,8 @@ searches per episode):
 Run 3 stops after ``--steps`` RL steps or ``--grpo-minutes`` of wall time, whichever comes first;
 run 4 then gets exactly as many steps. Every stage is resumable (rerun the same command).
 
-    python benchmarks/agent_experiment.py                       # defaults sized for 2 CPU cores
-    python benchmarks/agent_experiment.py --steps 30 --grpo-minutes 25
+    python benchmarks/agent_experiment.py                # configs/agent-cpu.yaml as it is
+    python benchmarks/agent_experiment.py --steps 30     # options override the recipe
 
 Writes benchmarks/results/agent_experiment.json and prints it.
 """
@@ -35,30 +35,28 @@ METRIC_KEYS = (
 
 
 def base_config(work: Path, args: argparse.Namespace) -> dict:
-    """The CPU-sized configuration shared by both GRPO runs."""
-    return {
-        "model": args.model,
-        "device": "cpu",
-        "seed": args.seed,
-        "data": {"dev_size": args.dev_size, "split_seed": args.seed, "split_dir": str(work / "split")},
-        # Two passages of at most 400 characters keep an episode to a few hundred tokens: on two
-        # shared CPU cores every token of context costs forward and backward time.
-        "tool": {"retriever": "bm25", "k": 2, "max_chars": 400},
-        "episode": {"max_turns": 3, "max_turn_tokens": 64, "max_model_tokens": 192},
-        "rewards": {"correctness": 4.0, "format": 2.0, "retry": 1.0, "retrieval": 1.0, "metric": "f1"},
-        "lora": {"r": 16, "alpha": 32},
-        "sft": {"enabled": False},
-        "grpo": {
-            "steps": args.steps,
-            "prompts_per_step": args.prompts_per_step,
-            "num_generations": args.num_generations,
-            "learning_rate": args.grpo_lr,
-            "save_steps": 2,
-            "use_vllm": False,
-            "max_minutes": args.grpo_minutes,
-        },
-        "eval": {"every": 1000, "metric": "f1", "batch_size": 20},
-    }
+    """The recipe (``--config``, default configs/agent-cpu.yaml) with the command line's overrides."""
+    config = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    config["data"] = dict(config.get("data") or {}) | {"split_dir": str(work / "split")}
+    if args.dev_size is not None:
+        config["data"]["dev_size"] = args.dev_size
+    if args.model is not None:
+        config["model"] = args.model
+    grpo = dict(config.get("grpo") or {})
+    for key, value in (("steps", args.steps), ("max_minutes", args.grpo_minutes), ("learning_rate", args.grpo_lr),
+                       ("prompts_per_step", args.prompts_per_step), ("num_generations", args.num_generations)):
+        if value is not None:
+            grpo[key] = value
+    config["grpo"] = grpo
+    sft = dict(config.get("sft") or {})
+    for key, value in (("max_transcripts", args.sft_transcripts), ("epochs", args.sft_epochs),
+                       ("learning_rate", args.sft_lr), ("max_tokens", args.sft_max_tokens)):
+        if value is not None:
+            sft[key] = value
+    config["sft"] = sft
+    config["seed"] = args.seed
+    config.pop("output_dir", None)
+    return config
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -96,21 +94,21 @@ def grpo_summary(run: Path) -> dict:
 
 
 def main() -> None:
-    from searchrl.resolver import DEFAULT_LLM
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_LLM)
+    parser.add_argument("--config", type=Path, default=HERE.parent / "configs" / "agent-cpu.yaml",
+                        help="the recipe; the options below override it")
+    parser.add_argument("--model", default=None)
     parser.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "searchrl-agent-experiment")
-    parser.add_argument("--dev-size", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--grpo-minutes", type=float, default=12.0)
-    parser.add_argument("--prompts-per-step", type=int, default=1)
-    parser.add_argument("--num-generations", type=int, default=4)
-    parser.add_argument("--grpo-lr", type=float, default=2e-5)
+    parser.add_argument("--dev-size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--grpo-minutes", type=float, default=None)
+    parser.add_argument("--prompts-per-step", type=int, default=None)
+    parser.add_argument("--num-generations", type=int, default=None)
+    parser.add_argument("--grpo-lr", type=float, default=None)
     parser.add_argument("--sft-transcripts", type=int, default=None, help="at most this many (default: all usable)")
-    parser.add_argument("--sft-epochs", type=float, default=2.0)
-    parser.add_argument("--sft-lr", type=float, default=5e-4)
-    parser.add_argument("--sft-max-tokens", type=int, default=1024)
+    parser.add_argument("--sft-epochs", type=float, default=None)
+    parser.add_argument("--sft-lr", type=float, default=None)
+    parser.add_argument("--sft-max-tokens", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "agent_experiment.json")
     args = parser.parse_args()
@@ -125,13 +123,11 @@ def main() -> None:
     base = base_config(work, args)
     results: dict = {
         "setup": {
-            "model": args.model,
+            "model": base["model"],
             "data": "Apollo 13 questions, chunk-disjoint split by gold chunk",
             "device": "cpu",
             "torch_threads": torch.get_num_threads(),
             "config": base,
-            "sft_transcripts": args.sft_transcripts,
-            "sft_epochs": args.sft_epochs,
         }
     }
 
@@ -139,7 +135,7 @@ def main() -> None:
     started = time.perf_counter()
     config = AgentTrainConfig.model_validate(base)
     config = config.model_copy(update={"data": config.data.resolved(), "lora": config.lora.model_copy(update={"enabled": False})})
-    split = make_split(config.data.questions, work / "split", dev_size=args.dev_size, seed=args.seed)
+    split = make_split(config.data.questions, work / "split", dev_size=config.data.dev_size, seed=config.data.split_seed)
     results["setup"]["train_questions"], results["setup"]["dev_questions"] = len(split.train), len(split.dev)
     cached = work / "untrained.json"
     if cached.exists():
@@ -156,10 +152,7 @@ def main() -> None:
     # 2 + 3. Warm-start, then GRPO with the retry reward, in one run directory.
     retry_config = json.loads(json.dumps(base))
     retry_config["output_dir"] = str(work / "grpo-retry")
-    retry_config["sft"] = {
-        "enabled": True, "epochs": args.sft_epochs, "batch_size": 4, "learning_rate": args.sft_lr,
-        "retry_fraction": 0.35, "max_transcripts": args.sft_transcripts, "max_tokens": args.sft_max_tokens,
-    }
+    retry_config["sft"]["enabled"] = True
     started = time.perf_counter()
     run_a = run_agent_training(write_config(work / "grpo-retry.yaml", retry_config), [])
     seconds_a = time.perf_counter() - started
@@ -174,15 +167,17 @@ def main() -> None:
     ablation["output_dir"] = str(work / "grpo-noretry")
     ablation["init_adapter"] = str(run_a / "sft" / "adapter")
     ablation["retry_reward"] = False
+    ablation["sft"]["enabled"] = False
     ablation["grpo"] |= {"steps": max(steps, 1), "max_minutes": None}
-    ablation["eval"]["at_start"] = False
+    ablation["eval"] = dict(ablation.get("eval") or {}) | {"at_start": False}
     started = time.perf_counter()
     run_b = run_agent_training(write_config(work / "grpo-noretry.yaml", ablation), [])
     results["grpo_no_retry"] = grpo_summary(run_b) | {"wall_seconds_this_invocation": round(time.perf_counter() - started, 1)}
 
     results["notes"] = (
         "CPU-sized: one question x num_generations episodes per RL step, a few dozen steps at most, so "
-        "differences between the two GRPO runs are within noise of a 40-question dev set (one question = 2.5 points). "
+        f"differences between the two GRPO runs are within noise of a {len(split.dev)}-question dev set "
+        f"(one question = {100 / len(split.dev):.1f} points). "
         "ReZero trained a 3B model for 1,000 steps on a GPU."
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
