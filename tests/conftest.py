@@ -57,3 +57,34 @@ def tokenizer(tiny_lm_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+
+
+class FakeWandb:
+    """Stands in for the wandb package: records init arguments and logged metrics."""
+
+    def __init__(self):
+        self.inits, self.logged, self.finished = [], [], 0
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return self
+
+    def log(self, data, step):
+        self.logged.append((step, data))
+
+    def finish(self):
+        self.finished += 1
+
+
+@pytest.fixture()
+def fake_wandb(monkeypatch) -> FakeWandb:
+    """Run directories get a recorder instead of the wandb package (not installed for tests).
+
+    Patched at searchrl's import seam, not in sys.modules: transformers and TRL probe for wandb
+    themselves and would start using a stand-in found there.
+    """
+    import searchrl.runs
+
+    fake = FakeWandb()
+    monkeypatch.setattr(searchrl.runs, "_import_wandb", lambda: fake)
+    return fake

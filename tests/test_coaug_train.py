@@ -210,16 +210,19 @@ def test_best_adapter_loads_in_the_generation_engine(tiny_lm_dir, tiny_beir, tmp
     assert "Co-augmentation training" in (run_dir / "report.md").read_text()
 
 
-def test_cli_train_coaug(tiny_lm_dir, tiny_beir, tmp_path, capsys):
+def test_cli_train_coaug(tiny_lm_dir, tiny_beir, tmp_path, capsys, fake_wandb):
     from searchrl.cli import main
 
+    wandb = fake_wandb
     config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "unused")
     path = tmp_path / "coaug.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     main(["train", "coaug", "--config", str(path), "--set", "optim.steps=1", "--set", "eval.at_start=false",
-          "--out", str(tmp_path / "cli-run")])
+          "--set", "wandb_project=scifact", "--out", str(tmp_path / "cli-run")])
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "cli-run")
     assert (tmp_path / "cli-run" / "checkpoints" / "checkpoint-1").exists()
+    assert wandb.inits[0]["project"] == "scifact"
+    assert any("train/loss" in data for _, data in wandb.logged) and wandb.finished == 1
     with pytest.raises(SystemExit) as exit_:
         main(["train", "coaug", "--config", str(path), "--set", "optim.stepz=1"])
     assert exit_.value.code == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -109,6 +110,30 @@ def test_metrics_jsonl_and_tensorboard(tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["loss"] == 0.5 and records[1]["train/loss"] == 0.25
     assert any(p.name.startswith("events.out.tfevents") for p in run.tb_dir.iterdir())
+
+
+def test_wandb_mirrors_metrics_and_resumes_the_same_wandb_run(tmp_path, fake_wandb):
+    fake = fake_wandb
+    run = RunDirectory.create_or_resume(tmp_path / "run", Cfg())
+    run.enable_wandb("coaug-scifact")
+    run.log_metrics(1, {"loss": 0.5, "note": "text", "nan": float("nan"), "flag": True}, prefix="train/")
+    run.close()
+    assert fake.inits[0]["project"] == "coaug-scifact" and fake.inits[0]["resume"] == "allow"
+    assert fake.inits[0]["config"] == {"model": "tiny", "train": {"lr": 1e-5, "steps": 10}}
+    assert fake.logged == [(1, {"train/loss": 0.5})]
+    assert fake.finished == 1
+
+    resumed = RunDirectory.create_or_resume(tmp_path / "run", Cfg())
+    resumed.enable_wandb("coaug-scifact")
+    assert fake.inits[1]["id"] == fake.inits[0]["id"]
+
+
+def test_wandb_asked_for_but_not_installed_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    run = RunDirectory.create_or_resume(tmp_path / "run", Cfg())
+    with pytest.raises(ConfigError, match="wandb package is not installed") as err:
+        run.enable_wandb("p")
+    assert "pip install" in str(err.value)
 
 
 def test_best_checkpoint_kept_only_when_better(tmp_path):

@@ -40,6 +40,7 @@ import platform
 import re
 import shutil
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
@@ -173,6 +174,7 @@ class RunDirectory:
         self.resumed = resumed
         self._tb_writer = None
         self._tb_failed = False
+        self._wandb = None
 
     # -- layout -------------------------------------------------------------------------
     @property
@@ -279,6 +281,36 @@ class RunDirectory:
                         writer.add_scalar(key, value, int(step))
             writer.flush()
 
+        if self._wandb is not None:
+            numbers = {
+                k: v for k, v in record.items()
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            }
+            if numbers:
+                self._wandb.log(numbers, step=int(step))
+
+    def enable_wandb(self, project: str, *, entity: str | None = None) -> None:
+        """Mirror every metric logged from now on to Weights & Biases (optional extra ``wandb``).
+
+        The wandb run id is kept in ``RUN/wandb_id``, so a resumed run keeps logging to the same
+        wandb run; metrics.jsonl and TensorBoard stay the record either way.
+        """
+        try:
+            wandb = _import_wandb()
+        except ImportError:
+            raise ConfigError(
+                "wandb_project is set but the wandb package is not installed",
+                path=self.config_path,
+                hint='pip install -e ".[wandb]", or remove wandb_project from the config',
+            ) from None
+        id_path = self.path / "wandb_id"
+        run_id = id_path.read_text(encoding="utf-8").strip() if id_path.exists() else uuid.uuid4().hex[:16]
+        id_path.write_text(run_id + "\n", encoding="utf-8")
+        self._wandb = wandb.init(
+            project=project, entity=entity, id=run_id, resume="allow", name=self.path.name,
+            dir=str(self.path), config=self.config(),
+        )
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every record of metrics.jsonl, in order (a line cut by a kill is skipped)."""
         if not self.metrics_path.exists():
@@ -302,10 +334,13 @@ class RunDirectory:
         return self._tb_writer
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
+        """Flush and close the TensorBoard writer and the wandb run, if any."""
         if self._tb_writer is not None:
             self._tb_writer.close()
             self._tb_writer = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     # -- checkpoints --------------------------------------------------------------------
     def last_checkpoint(self) -> Path | None:
@@ -389,6 +424,13 @@ class RunDirectory:
 
 
 # --------------------------------------------------------------------------------------
+
+
+def _import_wandb():
+    """``import wandb``, kept in one place so tests can hand in a recorder."""
+    import wandb
+
+    return wandb
 
 
 def _now() -> str:

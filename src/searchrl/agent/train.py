@@ -132,6 +132,7 @@ class AgentTrainConfig(BaseModel):
     model: str = Field(DEFAULT_LLM, description="policy: a name, folder or .gguf (see searchrl.resolver)")
     init_adapter: Path | None = Field(None, description="start from this LoRA adapter (e.g. another run's sft/adapter)")
     output_dir: Path = Path("runs/agent")
+    wandb_project: str | None = Field(None, description="also log metrics to this Weights & Biases project")
     device: str = "auto"
     seed: int = 0
     data: AgentDataConfig = Field(default_factory=AgentDataConfig)
@@ -518,8 +519,11 @@ def run_agent_training(config_path: str | Path | None, overrides: Sequence[str] 
     if config.init_adapter is not None:
         inputs.append(config.init_adapter)
     run = RunDirectory.create_or_resume(
-        config.output_dir, config, input_files=inputs, mutable_keys=("grpo.steps", "grpo.max_minutes", "eval.patience")
+        config.output_dir, config, input_files=inputs,
+        mutable_keys=("grpo.steps", "grpo.max_minutes", "eval.patience", "wandb_project"),
     )
+    if config.wandb_project:
+        run.enable_wandb(config.wandb_project)
     started = time.perf_counter()
     train, dev = _split(config, run.path)
     tool = build_tool(config)

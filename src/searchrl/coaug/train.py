@@ -182,6 +182,7 @@ class CoAugConfig(_Section):
     )
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     output_dir: str = "runs/coaug"
+    wandb_project: str | None = Field(None, description="also log metrics to this Weights & Biases project")
 
     @model_validator(mode="after")
     def _check_group(self) -> "CoAugConfig":
@@ -215,7 +216,9 @@ class CoAugConfig(_Section):
 
 
 #: Config keys that may change when a run is resumed (extending or re-scheduling training).
-RESUMABLE_KEYS = ("optim.steps", "eval.every", "eval.patience", "save_every", "keep_checkpoints", "output_dir")
+RESUMABLE_KEYS = (
+    "optim.steps", "eval.every", "eval.patience", "save_every", "keep_checkpoints", "output_dir", "wandb_project"
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -627,6 +630,8 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
     run = RunDirectory.create_or_resume(
         config.output_dir, config, input_files=data.files, force=force, mutable_keys=RESUMABLE_KEYS
     )
+    if config.wandb_project:
+        run.enable_wandb(config.wandb_project)
     policy = config.expansion_policy()
     statistics = CorpusStatistics.from_documents(data.corpus.values()) if config.retriever == "sparse" else None
     scorer = BatchScorer(
