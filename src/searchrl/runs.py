@@ -267,33 +267,31 @@ class RunDirectory:
 
     # -- metrics ------------------------------------------------------------------------
     def log_metrics(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "") -> None:
-        """Append ``{"step", "time", **metrics}`` to metrics.jsonl and write numbers to TensorBoard."""
+        """Append ``{"step", "time", **metrics}`` to metrics.jsonl; numbers also go to TensorBoard (and wandb)."""
         record: dict[str, Any] = {"step": int(step), "time": _now()}
         for key, value in metrics.items():
             record[prefix + key] = _jsonable(value)
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        numbers = {
+            key: value for key, value in record.items()
+            if key not in ("step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)
+        }
         writer = self._tensorboard()
         if writer is not None:
-            for key, value in record.items():
-                if key not in ("step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    if math.isfinite(value):
-                        writer.add_scalar(key, value, int(step))
+            for key, value in numbers.items():
+                writer.add_scalar(key, value, int(step))
             writer.flush()
-
-        if self._wandb is not None:
-            numbers = {
-                k: v for k, v in record.items()
-                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            }
-            if numbers:
-                self._wandb.log(numbers, step=int(step))
+        if self._wandb is not None and numbers:
+            self._wandb.log(numbers, step=int(step))
 
     def enable_wandb(self, project: str, *, entity: str | None = None) -> None:
         """Mirror every metric logged from now on to Weights & Biases (optional extra ``wandb``).
 
         The wandb run id is kept in ``RUN/wandb_id``, so a resumed run keeps logging to the same
-        wandb run; metrics.jsonl and TensorBoard stay the record either way.
+        wandb run (wandb ignores steps it has already seen, e.g. those logged after the checkpoint a
+        run resumes from); metrics.jsonl and TensorBoard stay the record either way.
         """
         try:
             wandb = _import_wandb()
