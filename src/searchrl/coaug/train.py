@@ -848,7 +848,7 @@ def quickstart_config(data: str | Path, output_dir: str | Path, *, model: str | 
             "micro_batch_size": 8,
         },
         "reward": {"rounds": 64},
-        "optim": {"steps": 6, "learning_rate": 1e-4},
+        "optim": {"steps": 6, "learning_rate": 5e-4},
         "generation": {"max_new_tokens": 20, "temperature": 1.0},
         # Answer prefill (the default) makes even the untrained model's completions usable under
         # strict parsing; documents are cut to their opening 40 words to keep prompts short.
