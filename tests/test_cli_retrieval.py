@@ -238,3 +238,10 @@ def test_unknown_measure_and_bad_chunking(beir, tmp_path, capsys):
     code, _, err = run_cli(capsys, "index", "--data", tmp_path / "a.txt", "--out", tmp_path / "i",
                            "--chunk-size", "10", "--chunk-overlap", "10")
     assert_user_error(code, err, "chunk overlap must be at least 0 and smaller than the chunk size (10)")
+
+
+def test_error_text_with_brackets_is_printed_as_is(tmp_path, capsys):
+    # rich would read "[v2]" as markup and drop it; messages are paths and hints, not markup
+    missing = tmp_path / "corpus[v2]"
+    code, _, err = run_cli(capsys, "eval", "--data", missing, "--split", "dev")
+    assert code == 2 and "corpus[v2]" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from searchrl.errors import SearchRLError
 from searchrl.progress import stderr_console
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except SearchRLError as err:
-        stderr_console.print(f"[bold red]error:[/] {err.format()}", highlight=False, soft_wrap=True)
+        # escaped: messages carry paths and hints such as pip install -e ".[vllm]", not markup
+        stderr_console.print(f"[bold red]error:[/] {escape(err.format())}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         stderr_console.print("[yellow]interrupted[/] (rerun the same command to resume)")

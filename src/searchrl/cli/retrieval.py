@@ -74,7 +74,7 @@ def _readable_warnings() -> Iterator[None]:
     """Show library warnings as one ``warning:`` line on stderr instead of Python's two-line format."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        stderr_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        stderr_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")
