@@ -8,7 +8,10 @@ in the ``episode`` column (what :func:`~searchrl.agent.episode.rollout_batch` re
 references in the dataset columns ``answers``, ``gold_ids`` and ``question``.
 
 ``None`` means "cannot be scored" — the search tool failed, the judge's reply was unreadable, no
-gold ids are known — and TRL leaves such a sample out instead of scoring it 0.
+gold ids are known. TRL leaves a sample out of the update only when *every* reward function returns
+``None`` for it, so :func:`build_reward_functions` makes functions that share one
+:class:`RewardScorer`: when any term of a sample fails, every term returns ``None`` for it (a
+missing gold id only leaves the retrieval term out), and the rate of such samples is logged.
 """
 
 from __future__ import annotations
@@ -299,6 +302,9 @@ def trl_reward(
     same names; ``options`` go to the episode-level function (e.g. ``metric="f1"``,
     ``mode="paper"``, ``judge=...``). Judge calls are made once for the whole batch.
 
+    One function alone returns ``None`` only for its own term; to combine terms for TRL use
+    :func:`build_reward_functions`, whose functions drop a sample from every term together.
+
     >>> reward = trl_reward("correctness", metric="em")
     >>> reward.__name__
     'correctness_reward'
@@ -392,35 +398,154 @@ class RewardWeights(BaseModel):
     max_searches: int = Field(5, ge=1)
 
 
+class RewardScorer:
+    """Scores every reward term of a batch at once, so that a sample with an unscorable term drops out.
+
+    TRL leaves a sample out of the GRPO update only when *every* reward function returns ``None``
+    for it; otherwise it sums the terms that did score. A judge failure (unreadable verdict) nulls
+    correctness and retry but not format or retrieval, so the sample would train on a partial
+    reward as if its answer were wrong. The functions made by :meth:`functions` share this
+    scorer: the first one called on a batch scores all terms (the judge is asked once), and a
+    sample for which any term failed gets ``None`` from *every* function.
+
+    A retrieval term is ``None`` also when the question has no gold ids (or the episode does not
+    record what it retrieved): that means "not applicable", and the other terms still count.
+
+    Per batch, ``rewards/unscorable_rate`` (and ``rewards/judge_failure_rate`` with the judge
+    metric) go to TRL's ``log_metric`` when it is passed; :attr:`samples`, :attr:`unscorable` and
+    :attr:`judge_failures` count over the scorer's life.
+    """
+
+    def __init__(self, terms: Sequence[str], *, weights: RewardWeights, judge: Any = None) -> None:
+        self.terms = list(terms)
+        self.weights = weights
+        self.judge = judge
+        self.samples = 0
+        self.unscorable = 0
+        self.judge_failures = 0
+        self._batch: tuple[Any, Any] | None = None  # the scored batch's objects (kept alive so ids stay unique)
+        self._scores: dict[str, list[float | None]] = {}
+        self._served: set[str] = set()
+
+    def functions(self) -> list[Callable[..., list[float | None]]]:
+        """One TRL reward function per term, named ``<term>_reward``."""
+        return [self._function(name) for name in self.terms]
+
+    def _function(self, name: str) -> Callable[..., list[float | None]]:
+        def reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+            return self.scores(name, completions, columns)
+
+        base = {"correctness": correctness_reward, "format": format_reward, "retry": retry_reward,
+                "retrieval": retrieval_reward}[name]
+        reward.__name__ = reward.__qualname__ = f"{name}_reward"
+        reward.__doc__ = base.__doc__
+        return reward
+
+    def scores(self, name: str, completions: Sequence[Any], columns: Mapping[str, Any]) -> list[float | None]:
+        """The ``name`` term of the batch, scoring the whole batch when it is a new one.
+
+        TRL passes the same ``completions`` and ``episode`` objects to every reward function of
+        one batch; a term asked for twice on the same objects means a new batch and is rescored.
+        """
+        batch = (completions, columns.get("episode"))
+        same = self._batch is not None and all(a is b for a, b in zip(batch, self._batch))
+        if not same or name in self._served:
+            self._scores = self._score_batch(completions, columns)
+            self._batch = batch
+            self._served = set()
+        self._served.add(name)
+        return list(self._scores[name])
+
+    def _score_batch(self, completions: Sequence[Any], columns: Mapping[str, Any]) -> dict[str, list[float | None]]:
+        episodes = [
+            # A completion is a string or a list of messages (only assistant messages are the model's).
+            _column(columns, "episode", i) if columns.get("episode") is not None else c
+            for i, c in enumerate(completions)
+        ]
+        n = len(episodes)
+        weights = self.weights
+        needs_answers = "correctness" in self.terms or ("retry" in self.terms and weights.retry_mode == "sound")
+        answers = [_column(columns, "answers", i) for i in range(n)]
+        if needs_answers and any(a is None for a in answers):
+            raise ConfigError("the correctness and retry rewards need an 'answers' column", hint="add it to the training data set")
+
+        scores: dict[str, list[float | None]] = {}
+        correct: list[float | None] = [None] * n
+        judge_failures = 0
+        if needs_answers:
+            if weights.metric == "judge":
+                correct = _judge_batch(episodes, answers, columns, self.judge, {})
+                judge_failures = sum(c is None and not episode_view(e).tool_failed for e, c in zip(episodes, correct))
+            else:
+                correct = [correctness_reward(e, a, metric=weights.metric) for e, a in zip(episodes, answers)]
+        if "correctness" in self.terms:
+            scores["correctness"] = correct
+        if "format" in self.terms:
+            scores["format"] = [format_reward(e) for e in episodes]
+        if "retry" in self.terms:
+            if weights.retry_mode == "paper":
+                scores["retry"] = [retry_reward(e, mode="paper", max_searches=weights.max_searches) for e in episodes]
+            else:
+                threshold = 0.5 if weights.metric == "f1" else 1.0
+                scores["retry"] = [
+                    None if c is None else retry_reward(e, a, correct=c >= threshold, max_searches=weights.max_searches)
+                    for e, a, c in zip(episodes, answers, correct)
+                ]
+        if "retrieval" in self.terms:
+            scores["retrieval"] = [retrieval_reward(e, _column(columns, "gold_ids", i) or ()) for i, e in enumerate(episodes)]
+
+        # Any failed term (tool error, unreadable judge verdict, or a needed correctness that
+        # failed) makes the whole sample unscorable; a retrieval None without gold ids does not.
+        failed = [
+            episode_view(e).tool_failed
+            or (needs_answers and correct[i] is None)
+            or any(scores[t][i] is None for t in scores if t != "retrieval")
+            for i, e in enumerate(episodes)
+        ]
+        for values in scores.values():
+            for i in range(n):
+                if failed[i]:
+                    values[i] = None
+
+        self.samples += n
+        self.unscorable += sum(failed)
+        self.judge_failures += judge_failures
+        log_metric = columns.get("log_metric")
+        if callable(log_metric) and n:
+            log_metric("rewards/unscorable_rate", sum(failed) / n)
+            if weights.metric == "judge" and needs_answers:
+                log_metric("rewards/judge_failure_rate", judge_failures / n)
+        return scores
+
+
 def build_reward_functions(
     weights: RewardWeights | None = None, *, judge: Any = None
 ) -> tuple[list[Callable[..., list[float | None]]], list[float]]:
-    """The TRL reward functions and their weights (zero-weight parts are left out)."""
+    """The TRL reward functions and their weights (zero-weight parts are left out).
+
+    The functions share one :class:`RewardScorer`: a sample with any term that cannot be scored
+    (failed search tool, unreadable judge verdict) gets ``None`` from every function, so TRL
+    leaves it out of the update instead of training on the terms that remain.
+    """
     weights = weights or RewardWeights()
-    metric_options: dict[str, Any] = {"metric": weights.metric}
-    if weights.metric == "judge":
-        metric_options["judge"] = judge
+    if weights.metric == "judge" and judge is None and (weights.correctness or (weights.retry and weights.retry_mode == "sound")):
+        raise ConfigError("metric 'judge' needs a judge", hint="pass judge=LLMJudge(engine, policy_model=...)")
     parts = [
-        ("correctness", weights.correctness, metric_options),
-        ("format", weights.format, {}),
-        ("retry", weights.retry, {**metric_options, "mode": weights.retry_mode, "max_searches": weights.max_searches}),
-        ("retrieval", weights.retrieval, {}),
+        ("correctness", weights.correctness),
+        ("format", weights.format),
+        ("retry", weights.retry),
+        ("retrieval", weights.retrieval),
     ]
-    functions, values = [], []
-    for name, weight, options in parts:
-        if weight == 0:
-            continue
-        if name == "retry" and weights.retry_mode == "paper":
-            options = {"mode": "paper", "max_searches": weights.max_searches}
-        functions.append(trl_reward(name, **options))  # type: ignore[arg-type]
-        values.append(weight)
-    return functions, values
+    scorer = RewardScorer([name for name, weight in parts if weight != 0], weights=weights, judge=judge)
+    return scorer.functions(), [weight for _, weight in parts if weight != 0]
 
 
 def episode_rewards(
     episode: Any, answers: Sequence[str], gold_ids: Sequence[str] = (), weights: RewardWeights | None = None, *, judge: Any = None
 ) -> dict[str, float | None]:
     """Every reward of one episode and their weighted ``total`` (``None`` parts are skipped).
+
+    A tool failure makes every part and the total ``None``: the episode is not scored, not a 0.
 
     >>> episode_rewards(["<search>crew</search>", "<answer>Lovell</answer>"], ["Lovell"])["total"]
     6.0
@@ -441,5 +566,6 @@ def episode_rewards(
         else None,
         "retrieval": retrieval_reward(episode, gold_ids),
     }
-    parts["total"] = sum(getattr(weights, k) * v for k, v in parts.items() if v is not None)
+    scored = {k: v for k, v in parts.items() if v is not None}
+    parts["total"] = sum(getattr(weights, k) * v for k, v in scored.items()) if scored else None
     return parts
