@@ -12,6 +12,7 @@ A run is a directory::
       best/              the best checkpoint so far (e.g. a LoRA adapter folder)
       best.json          {"metric", "value", "step"} of ``best/``
       report.md          a human-readable summary
+      report.html        training curves, plots/*.png and the numbers behind them (searchrl.report)
 
 ``RunDirectory.create_or_resume(path, config)`` creates a new run, or reopens an existing one
 after checking that its configuration and inputs are the same (``force=True`` overrides).
@@ -418,6 +419,15 @@ class RunDirectory:
             lines += _table({k: v for k, v in versions.items() if v is not None})
             lines.append("")
         self.report_path.write_text("\n".join(lines), encoding="utf-8")
+        try:  # report.html + plots/: the training curves (`searchrl report RUN` rebuilds them)
+            from searchrl.report import build_report
+
+            if self.metrics_path.exists():
+                build_report([self.path])
+        except Exception as err:  # noqa: BLE001 - the run is saved; only its plots are missing
+            import warnings
+
+            warnings.warn(f"{self.path}: report.html not written: {err}", stacklevel=2)
         return self.report_path
 
 

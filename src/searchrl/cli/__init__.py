@@ -25,9 +25,9 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from searchrl.cli import agent, augment, models, retrieval, train
+    from searchrl.cli import agent, augment, models, report, retrieval, train
 
-    for module in (retrieval, models, augment, train, agent):
+    for module in (retrieval, models, augment, train, agent, report):
         module.register(app)
 
 
