@@ -6,6 +6,49 @@ Two systems share one search environment:
   documents in front of BM25 or a dense retriever, trained with a sampled in-batch nDCG reward;
 * a retrying search agent (``searchrl.agent``): ``<search>``/``<answer>`` episodes trained with
   GRPO and a reward that pays for searching again after a failed search.
+
+The entry points, imported on first use so that ``import searchrl`` stays light::
+
+    from searchrl import Agent, train_agent, train_coaug
+    run_dir = searchrl.train_coaug_from_yaml("coaug-cpu")           # or train_coaug(CoAugConfig(...))
+    answer = Agent.from_checkpoint(run_dir / "best", data="...").ask("What failed on Apollo 13?")
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_LAZY_EXPORTS: dict[str, tuple[str, str]] = {
+    "Agent": ("searchrl.agent.api", "Agent"),
+    "AgentAnswer": ("searchrl.agent.api", "AgentAnswer"),
+    "train_coaug": ("searchrl.coaug.train", "train_coaug"),
+    "train_coaug_from_yaml": ("searchrl.coaug.train", "run_coaug_training"),
+    "train_agent": ("searchrl.agent.train", "train_agent"),
+    "train_agent_from_yaml": ("searchrl.agent.train", "train_agent_from_yaml"),
+}
+"""Public name -> (module, attribute); the module is imported when the name is first used."""
+
+__all__ = ["__version__", *_LAZY_EXPORTS]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from searchrl.agent.api import Agent, AgentAnswer
+    from searchrl.agent.train import train_agent, train_agent_from_yaml
+    from searchrl.coaug.train import run_coaug_training as train_coaug_from_yaml
+    from searchrl.coaug.train import train_coaug
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _LAZY_EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'searchrl' has no attribute {name!r}") from None
+    value = getattr(import_module(module_name), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_EXPORTS})

@@ -21,7 +21,6 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from searchrl.errors import ConfigError
 from searchrl.progress import stderr_console
 
 
@@ -57,87 +56,28 @@ BudgetOption = Annotated[
     typer.Option("--max-model-tokens", min=1, help="Model-written tokens per episode at most." + _FROM_RUN.format(1024)),
 ]
 
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "retriever": "bm25", "encoder": None, "k": 5, "max_chars": None,
-    "max_turns": 8, "max_turn_tokens": 256, "max_model_tokens": 1024,
-}
-
-
-def _training_settings(model: str | None) -> dict[str, Any]:
-    """Search and episode settings of the training run ``model`` was saved by, if any.
-
-    A checkpoint of ``searchrl train agent`` (``RUN/best``, ``RUN/final`` or
-    ``RUN/checkpoints/checkpoint-N``) was trained with particular search results (k, passage
-    length) and turn limits; evaluating it the same way is the sensible default.
-    """
-    if not model or not Path(model).is_dir():
-        return {}
-    import yaml
-
-    for folder in list(Path(model).resolve().parents)[:2]:
-        config_file = folder / "config.yaml"
-        if not config_file.is_file():
-            continue
-        try:
-            config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            return {}
-        if not isinstance(config, dict) or not isinstance(config.get("tool"), dict) or not isinstance(config.get("episode"), dict):
-            return {}
-        tool, episode = config["tool"], config["episode"]
-        settings = {key: tool[key] for key in ("retriever", "encoder", "k", "max_chars") if key in tool}
-        settings.update({key: episode[key] for key in ("max_turns", "max_turn_tokens", "max_model_tokens") if key in episode})
-        stderr_console.print(f"using the search and episode settings of the training run in {folder}", highlight=False)
-        return settings
-    return {}
-
 
 def _settings(model: str | None, **given: Any) -> dict[str, Any]:
-    """Options given on the command line, else the training run's, else the defaults."""
-    from_run = _training_settings(model)
-    settings = {}
-    for key, default in DEFAULT_SETTINGS.items():
-        value = given.get(key)
-        if isinstance(value, Enum):
-            value = value.value
-        settings[key] = value if value is not None else from_run.get(key, default)
+    """Options given on the command line, else the training run's (said on stderr), else the defaults."""
+    from searchrl.agent.api import agent_settings
+
+    settings, run = agent_settings(model, **given)
+    if run is not None:
+        stderr_console.print(f"using the search and episode settings of the training run in {run.directory}", highlight=False)
     return settings
+
+
 TemperatureOption = Annotated[float, typer.Option("--temperature", min=0.0, help="0 is greedy decoding.")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when available).")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for sampling and search noise.")]
 
 
-def _load_policy(model: str | None, device: str | None, *, logprobs: bool = False):
-    from searchrl.agent.episode import EnginePolicy
-    from searchrl.llm.transformers_engine import TransformersEngine
-    from searchrl.resolver import DEFAULT_LLM
+def _load_agent(model: str | None, data: Path, settings: dict[str, Any], *, temperature: float, seed: int,
+                device: str | None):
+    from searchrl.agent.api import Agent
 
-    name = model or DEFAULT_LLM
-    engine = TransformersEngine(name, device=device)
-    return EnginePolicy(engine, logprobs=logprobs), name
-
-
-def _load_tool(data: Path, settings: dict[str, Any], seed: int):
-    from searchrl.agent.tool import SearchToolConfig, build_search_tool
-    from searchrl.data.beir import load_corpus
-
-    if settings["retriever"] == "bm25" and settings["encoder"] is not None:
-        raise ConfigError("--encoder applies to dense and hybrid retrieval only")
-    corpus = load_corpus(data)
-    config = SearchToolConfig(
-        retriever=settings["retriever"], encoder=settings["encoder"], k=settings["k"],
-        max_chars=settings["max_chars"], seed=seed,
-    )
-    return build_search_tool(corpus, config, show_progress=sys.stderr.isatty())
-
-
-def _episode_config(settings: dict[str, Any], temperature: float, seed: int):
-    from searchrl.agent.episode import EpisodeConfig
-
-    return EpisodeConfig(
-        max_turns=settings["max_turns"], max_turn_tokens=settings["max_turn_tokens"],
-        max_model_tokens=settings["max_model_tokens"], temperature=temperature, seed=seed,
-    )
+    return Agent(model, data=data, temperature=temperature, seed=seed, device=device,
+                 show_progress=sys.stderr.isatty(), **settings)
 
 
 def _print_message(console: Console, message: dict[str, str], *, label: str = "") -> None:
@@ -165,25 +105,19 @@ def ask(
     seed: SeedOption = 0,
 ) -> None:
     """Answer one question by searching DATA; the transcript is printed turn by turn."""
-    from searchrl.agent.episode import run_episodes
-    from searchrl.data.types import QAExample
-
     console = Console()
     settings = _settings(
         model, retriever=retriever, encoder=encoder, k=k, max_chars=max_chars, max_turns=max_turns,
         max_turn_tokens=max_turn_tokens, max_model_tokens=max_model_tokens,
     )
-    tool = _load_tool(data, settings, seed)
-    policy, _ = _load_policy(model, device)
-    config = _episode_config(settings, temperature, seed)
-    example = QAExample(id="ask", question=question, answers=("?",))
-    [episode] = run_episodes(policy, tool, [example], config, on_message=lambda _, m: _print_message(console, m))
+    agent = _load_agent(model, data, settings, temperature=temperature, seed=seed, device=device)
+    answer = agent.ask(question, on_message=lambda m: _print_message(console, m))
     console.print(
-        f"[bold]finish:[/] {episode.finish_reason}   [bold]searches:[/] {episode.num_searches}   "
-        f"[bold]answer:[/] {escape(episode.answer) if episode.answer is not None else '(none)'}"
+        f"[bold]finish:[/] {answer.finish_reason}   [bold]searches:[/] {len(answer.searches)}   "
+        f"[bold]answer:[/] {escape(answer.text) if answer.text is not None else '(none)'}"
     )
-    if episode.error:
-        stderr_console.print(f"[bold red]search failed:[/] {escape(episode.error)}")
+    if answer.error:
+        stderr_console.print(f"[bold red]search failed:[/] {escape(answer.error)}")
         raise typer.Exit(1)
 
 
@@ -237,15 +171,14 @@ def evaluate(
         model, retriever=retriever, encoder=encoder, k=k, max_chars=max_chars, max_turns=max_turns,
         max_turn_tokens=max_turn_tokens, max_model_tokens=max_model_tokens,
     )
-    tool = _load_tool(data, settings, seed)
-    policy, model_name = _load_policy(model, device)
+    agent = _load_agent(model, data, settings, temperature=temperature, seed=seed, device=device)
+    policy, tool, config, model_name = agent.policy, agent.tool, agent.episode_config, agent.model_name
     judge = None
     if judge_model is not None:
         from searchrl.agent.judge import LLMJudge
         from searchrl.llm.transformers_engine import TransformersEngine
 
         judge = LLMJudge(TransformersEngine(judge_model, device=device), policy_model=model_name)
-    config = _episode_config(settings, temperature, seed)
     run_info = {
         "model": model_name, "data": str(data.resolve()), "questions": str(questions.resolve()),
         "retriever": settings["retriever"], "encoder": settings["encoder"], "k": settings["k"],
