@@ -286,7 +286,7 @@ def test_bad_input_raises_data_error(change, message):
 def test_bm25_hand_computed_score():
     # N = 10 documents, avgdl = 4; df(cell) = 4, df(growth) = 1, "zzz" unseen (treated as df 1).
     stats = CorpusStatistics(10, 4.0, {"cell": 4, "growth": 1})
-    bm25 = InBatchBM25(stats, k1=1.2, b=0.75)
+    bm25 = InBatchBM25(stats, k1=1.2, b=0.75, unseen="rare")
     idf_cell = math.log(1 + (10 - 4 + 0.5) / (4 + 0.5))  # 0.89382
     idf_growth = math.log(1 + (10 - 1 + 0.5) / (1 + 0.5))  # 1.99243
     # Document "cell cell growth other other other" (length 6): norm = 1.2 * (0.25 + 0.75 * 6/4) = 1.65.
@@ -300,6 +300,18 @@ def test_bm25_hand_computed_score():
     assert scores[0, 1] == 0.0 and (scores[2] == 0).all()
     # "other" is in no corpus document: df 1, like growth.
     assert scores[1, 0] == pytest.approx(idf_growth * 3 / (3 + norm))
+
+
+def test_bm25_pays_nothing_for_words_no_corpus_document_contains_by_default():
+    # CoAug's rule: an unseen word has IDF 0, so a query and a document that agree on an
+    # invented word score exactly as if the word were absent.
+    stats = CorpusStatistics(10, 4.0, {"cell": 4})
+    bm25 = InBatchBM25(stats)
+    with_invented = bm25.score_tokens([["cell", "zzzword"]], [["cell", "zzzword"], ["cell", "other"]])
+    assert with_invented[0, 0] == pytest.approx(with_invented[0, 1])
+    assert bm25.score_tokens([["zzzword"]], [["zzzword"]])[0, 0] == 0.0
+    rare = InBatchBM25(stats, unseen="rare").score_tokens([["zzzword"]], [["zzzword"]])
+    assert rare[0, 0] > 0
 
 
 def test_bm25_matches_bm25s_lucene_on_the_corpus_it_indexes():

@@ -35,7 +35,10 @@ def write_tiny_beir(directory: Path, *, with_dev: bool = True) -> Path:
         for j in range(2):
             docs.append({"_id": f"d{t}-{j}", "title": f"Study {t}.{j}", "text": f"{topic} evidence report {j}"})
     for n in range(16):
-        docs.append({"_id": f"n{n}", "title": "", "text": f"unrelated filler words about subject {n} weather"})
+        # The first four share a word with every query: the non-relevant documents BM25 ranks
+        # above zero, i.e. the hard negatives and background documents.
+        extra = " no matter" if n < 4 else ""
+        docs.append({"_id": f"n{n}", "title": "", "text": f"unrelated filler words about subject {n} weather{extra}"})
     (directory / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     queries = [{"_id": f"q{t}", "text": f"does {topic.split()[0]} matter"} for t, topic in enumerate(TOPICS)]
     (directory / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))

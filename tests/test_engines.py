@@ -28,7 +28,19 @@ GREEDY = SamplingParams(max_new_tokens=12, repetition_penalty=3.0)
 
 @pytest.fixture(scope="module")
 def engine(tiny_lm_dir) -> TransformersEngine:
-    return TransformersEngine(tiny_lm_dir, batch_size=4, device="cpu")
+    # fp32: these tests compare batched, padded generation with unpadded forward passes exactly.
+    return TransformersEngine(tiny_lm_dir, batch_size=4, device="cpu", dtype="float32")
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_multiplies_it_natively(tiny_lm_dir, monkeypatch):
+    import torch
+
+    from searchrl.llm import precision
+
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert TransformersEngine(tiny_lm_dir, device="cpu").model.dtype == expected
+    assert TransformersEngine(tiny_lm_dir, device="cpu", dtype="float32").model.dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------

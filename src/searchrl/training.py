@@ -76,6 +76,33 @@ def resolve_device(device: str = "auto") -> Literal["cpu", "cuda"]:
     return device  # type: ignore[return-value]
 
 
+def load_policy(model: str | Path, *, device: str, precision: str = "auto"):
+    """``(model, tokenizer)`` of a causal LM to train, in the number format of :mod:`searchrl.llm.precision`.
+
+    ``model`` is a name, folder or ``.gguf`` (see :func:`searchrl.resolver.resolve_model`). The
+    tokenizer gets a pad token (the end-of-sequence token when it has none) and must carry a
+    chat template: every prompt of both trainers is a chat.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from searchrl.errors import ModelError
+    from searchrl.llm.precision import torch_dtype
+    from searchrl.resolver import resolve_model
+
+    folder = resolve_model(str(model), kind="causal-lm")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        network = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(precision, device))
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"cannot load the policy model: {err}", path=folder, hint="is this a causal-LM folder?") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError("the policy model's tokenizer has no chat template", path=folder,
+                         hint="use an instruction-tuned model")
+    return network, tokenizer
+
+
 def vllm_available() -> bool:
     """Whether the ``vllm`` package is importable (checked without importing it)."""
     return importlib.util.find_spec("vllm") is not None
@@ -423,6 +450,7 @@ def _drop_metrics_after(run: RunDirectory, step: int) -> None:
 
 __all__ = [
     "DevEvaluationCallback",
+    "load_policy",
     "LLAMA_STYLE_TARGETS",
     "LoraSettings",
     "RunLoggingCallback",

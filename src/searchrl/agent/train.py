@@ -43,6 +43,7 @@ from searchrl.config import load_config
 from searchrl.data.types import QAExample
 from searchrl.errors import ConfigError, DataError, ModelError
 from searchrl.llm.engine import SamplingParams
+from searchrl.llm.precision import Precision
 from searchrl.progress import progress_bar
 from searchrl.resolver import DEFAULT_LLM
 from searchrl.training import LoraSettings
@@ -134,6 +135,9 @@ class AgentTrainConfig(BaseModel):
     output_dir: Path = Path("runs/agent")
     wandb_project: str | None = Field(None, description="also log metrics to this Weights & Biases project")
     device: str = "auto"
+    precision: Precision = Field(
+        "auto", description="policy weights: bf16 where the hardware multiplies it natively (see searchrl.llm.precision)"
+    )
     seed: int = 0
     data: AgentDataConfig = Field(default_factory=AgentDataConfig)
     tool: SearchToolConfig = Field(default_factory=lambda: SearchToolConfig(k=3))
@@ -397,23 +401,9 @@ def evaluate_on_dev(
 
 def load_policy_model(config: AgentTrainConfig, adapter: Path | None, device: str):
     """``(model, tokenizer)``: the base model with a trainable LoRA adapter (new or loaded)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from searchrl.training import build_lora_config, load_policy
 
-    from searchrl.resolver import resolve_model
-    from searchrl.training import build_lora_config
-
-    folder = resolve_model(config.model, kind="causal-lm")
-    dtype = torch.float32
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        dtype = torch.bfloat16
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"cannot load the policy model: {err}", path=folder) from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = load_policy(config.model, device=device, precision=config.precision)
     if not config.lora.enabled:
         return model.to(device), tokenizer
     from peft import PeftModel, get_peft_model

@@ -6,6 +6,15 @@ A step takes ``queries_per_step`` training queries. Each query brings a group of
 negatives — documents relevant to no query in the qrels — to fill the group. The in-batch
 pool every query is ranked against is all documents of all groups.
 
+``background`` adds, for each query of the step, its top-``background`` documents under the
+unexpanded retriever over the whole corpus (``background_candidates``) as *unexpanded*
+documents that are in every pool. With a handful of in-batch documents the ranking is too easy
+(every sample ranks its own document first and the rewards of a group tie); against the
+documents that really compete with the relevant ones, an expansion that moves a relevant
+document up or down changes its reward, as it changes the evaluation's nDCG. Background
+documents are never expanded (no prompt, one sample each) and never duplicate an in-batch
+document.
+
 ``mode`` decides which prompts the policy expands: ``"coaug"`` both sides, ``"query"`` only
 queries (documents enter the pool as they are), ``"document"`` only documents (queries are
 used as they are). The items are the same in every mode; only ``BatchItem.expand`` differs.
@@ -29,7 +38,7 @@ from searchrl.errors import ConfigError, DataError
 
 Mode = Literal["query", "document", "coaug"]
 Role = Literal["query", "document"]
-Kind = Literal["query", "relevant", "hard_negative", "random_negative"]
+Kind = Literal["query", "relevant", "hard_negative", "random_negative", "background"]
 
 MODES = ("query", "document", "coaug")
 
@@ -40,8 +49,8 @@ class BatchItem:
 
     Attributes:
         role: ``"query"`` or ``"document"``.
-        kind: ``"query"``, ``"relevant"`` (relevant to its group's query), ``"hard_negative"``
-            or ``"random_negative"``.
+        kind: ``"query"``, ``"relevant"`` (relevant to its group's query), ``"hard_negative"``,
+            ``"random_negative"`` or ``"background"`` (an unexpanded competitor in every pool).
         item_id: the query id or document id.
         text: the text to expand (``document_text(doc)`` for documents).
         group: index of the query group (0 .. queries_per_step - 1) the item belongs to.
@@ -122,6 +131,9 @@ class CoAugBatchBuilder:
         hard_negative_candidates: ``{query_id: [doc ids]}``, e.g. a retriever's top results;
             documents relevant to that query are skipped. Groups with too few candidates are
             filled with random negatives.
+        background: unexpanded documents per query added to every pool (0: none).
+        background_candidates: ``{query_id: [doc ids]}``, best first (a retriever's top results
+            over the whole corpus, relevant documents included: they keep their grade).
         seed: the seed every draw derives from.
 
     >>> from searchrl.data import Document
@@ -146,6 +158,8 @@ class CoAugBatchBuilder:
         relevant_with_replacement: bool = True,
         hard_negatives: int = 0,
         hard_negative_candidates: Mapping[str, Sequence[str]] | None = None,
+        background: int = 0,
+        background_candidates: Mapping[str, Sequence[str]] | None = None,
         seed: int = 0,
     ) -> None:
         if mode not in MODES:
@@ -160,6 +174,13 @@ class CoAugBatchBuilder:
                 f"group_size {group_size} cannot hold the query, {relevant_per_query} relevant documents "
                 f"and {hard_negatives} hard negatives",
                 hint=f"set group_size >= {1 + relevant_per_query + hard_negatives}",
+            )
+        if background < 0:
+            raise ConfigError(f"background must be >= 0, got {background}")
+        if background and background_candidates is None:
+            raise ConfigError(
+                f"background={background} needs background_candidates",
+                hint="pass {query_id: [doc ids]} from a retriever's top results, or set background=0",
             )
         if hard_negatives and hard_negative_candidates is None:
             raise ConfigError(
@@ -176,6 +197,8 @@ class CoAugBatchBuilder:
         self.relevant_with_replacement = relevant_with_replacement
         self.hard_negatives = hard_negatives
         self.hard_negative_candidates = hard_negative_candidates or {}
+        self.background = background
+        self.background_candidates = background_candidates or {}
         self.seed = seed
 
         self._relevant = self._relevant_documents()
@@ -220,6 +243,7 @@ class CoAugBatchBuilder:
         items: list[BatchItem] = []
         for group, query_id in enumerate(step_queries):
             items.extend(self._group(group, query_id, rng))
+        items.extend(self._background(step_queries, items))
         queries = [item for item in items if item.role == "query"]
         documents = [item for item in items if item.role == "document"]
         relevance = np.array(
@@ -261,6 +285,26 @@ class CoAugBatchBuilder:
             *(document_item(d, "hard_negative") for d in hard_ids),
             *(document_item(d, "random_negative") for d in random_ids),
         ]
+
+    def _background(self, step_queries: Sequence[str], items: Sequence[BatchItem]) -> list[BatchItem]:
+        """Each step query's top-``background`` candidates not already in the step, unexpanded."""
+        if not self.background:
+            return []
+        seen = {item.item_id for item in items if item.role == "document"}
+        background: list[BatchItem] = []
+        for group, query_id in enumerate(step_queries):
+            for doc_id in list(self.background_candidates.get(query_id, ()))[: self.background]:
+                if doc_id in seen:
+                    continue
+                if doc_id not in self.corpus:
+                    raise DataError(
+                        f"background candidate {doc_id!r} of query {query_id!r} is not in the corpus",
+                        hint="rank the candidates with a retriever indexed on the same corpus",
+                    )
+                seen.add(doc_id)
+                text = document_text(self.corpus[doc_id])
+                background.append(BatchItem("document", "background", doc_id, text, group, False))
+        return background
 
     def _hard_negatives(self, query_id: str, rng: np.random.Generator) -> list[str]:
         if not self.hard_negatives:

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +37,8 @@ from searchrl.errors import ConfigError, DataError, IndexFileError
 
 STATISTICS_FORMAT = "searchrl.coaug.corpus-statistics"
 STATISTICS_VERSION = 1
+
+UnseenTerms = Literal["zero", "rare"]
 
 
 @dataclass(frozen=True)
@@ -156,20 +158,27 @@ class CorpusStatistics:
         except DataError as err:
             raise IndexFileError(err.message, path=path, hint=hint) from None
 
-    def idf(self, terms: Sequence[str]) -> np.ndarray:
+    def idf(self, terms: Sequence[str], *, unseen: UnseenTerms = "zero") -> np.ndarray:
         """Lucene IDF of each term, ``log(1 + (N - df + 0.5) / (df + 0.5))``.
 
-        A term no corpus document contains is given ``df = 1``: after the corpus is indexed
-        with its expansions, any word an expansion adds is in at least one document, so this
-        is the smallest document frequency evaluation can see (``df = 0`` would overrate it).
+        ``unseen`` decides the weight of a term no corpus document contains. ``"zero"`` (CoAug's
+        choice, the default) gives it 0: an expansion earns nothing for words the corpus has
+        never seen, so a query and a document cannot be paid for agreeing on invented words.
+        ``"rare"`` treats it as ``df = 1``, the rarest term evaluation could see once the corpus
+        is indexed with its expansions.
 
         >>> stats = CorpusStatistics(10, 5.0, {"cell": 4})
         >>> [round(float(x), 4) for x in stats.idf(["cell", "unseen"])]
+        [0.8938, 0.0]
+        >>> [round(float(x), 4) for x in stats.idf(["cell", "unseen"], unseen="rare")]
         [0.8938, 1.9924]
         """
+        if unseen not in ("zero", "rare"):
+            raise ConfigError(f"unknown unseen-term rule {unseen!r}", hint="use 'zero' (CoAug) or 'rare'")
         get = self.document_frequency.get
-        df = np.fromiter((max(get(t, 0), 1) for t in terms), dtype=np.float64, count=len(terms))
-        return np.log1p((self.num_documents - df + 0.5) / (df + 0.5))
+        df = np.fromiter((get(t, 0) for t in terms), dtype=np.float64, count=len(terms))
+        idf = np.log1p((self.num_documents - np.maximum(df, 1) + 0.5) / (np.maximum(df, 1) + 0.5))
+        return np.where(df > 0, idf, 0.0) if unseen == "zero" else idf
 
 
 class InBatchBM25:
@@ -180,6 +189,7 @@ class InBatchBM25:
         k1, b: BM25 parameters (Lucene defaults 1.2 and 0.75).
         analyzer: object with ``tokenize(texts) -> list[list[str]]`` used by :meth:`score`;
             defaults to ``searchrl.retrieval.bm25.BM25Analyzer()``.
+        unseen: weight of query terms no corpus document contains (see :meth:`CorpusStatistics.idf`).
 
     >>> stats = CorpusStatistics(100, 4.0, {"vitamin": 5, "bone": 20, "heart": 10})
     >>> bm25 = InBatchBM25(stats)
@@ -189,10 +199,21 @@ class InBatchBM25:
     ((2, 2), 0, 1, 0.0)
     """
 
-    def __init__(self, statistics: CorpusStatistics, *, k1: float = 1.2, b: float = 0.75, analyzer: Any = None) -> None:
+    def __init__(
+        self,
+        statistics: CorpusStatistics,
+        *,
+        k1: float = 1.2,
+        b: float = 0.75,
+        analyzer: Any = None,
+        unseen: UnseenTerms = "zero",
+    ) -> None:
         if not (k1 >= 0 and 0 <= b <= 1):
             raise ConfigError(f"invalid BM25 parameters k1={k1}, b={b}", hint="need k1 >= 0 and 0 <= b <= 1")
+        if unseen not in ("zero", "rare"):
+            raise ConfigError(f"unknown unseen-term rule {unseen!r}", hint="use 'zero' (CoAug) or 'rare'")
         self.statistics = statistics
+        self.unseen: UnseenTerms = unseen
         self.k1 = float(k1)
         self.b = float(b)
         self._analyzer = analyzer
@@ -265,7 +286,7 @@ class InBatchBM25:
         add = vocabulary.setdefault
         term_ids = np.fromiter((add(t, len(vocabulary)) for t in chain.from_iterable(query_tokens)), dtype=np.int64)
         rows = np.repeat(np.arange(len(query_tokens)), _lengths(query_tokens))
-        idf = self.statistics.idf(list(vocabulary))
+        idf = self.statistics.idf(list(vocabulary), unseen=self.unseen)
         # csr_matrix sums duplicate (row, term) entries: a repeated query word counts again.
         weights = sp.csr_matrix((idf[term_ids], (rows, term_ids)), shape=(len(query_tokens), len(vocabulary)))
         return vocabulary, weights.toarray()

@@ -58,13 +58,14 @@ class BatchScorer:
         dense_model: str | None = None,
         k1: float = 1.2,
         b: float = 0.75,
+        unseen: str = "zero",
         device: str | None = None,
     ) -> None:
         self.retriever = retriever
         if retriever == "sparse":
             if statistics is None:
                 raise ConfigError("sparse scoring needs corpus statistics")
-            self.bm25 = InBatchBM25(statistics, k1=k1, b=b)
+            self.bm25 = InBatchBM25(statistics, k1=k1, b=b, unseen=unseen)
         elif retriever == "dense":
             from searchrl.retrieval.dense import DenseRetriever
             from searchrl.resolver import DEFAULT_ENCODER
@@ -78,6 +79,28 @@ class BatchScorer:
         if self.retriever == "sparse":
             return self.bm25.score(list(query_texts), list(doc_texts))
         return cosine_score_matrix(self.dense.encode_queries(list(query_texts)), self.dense.encode_passages(list(doc_texts)))
+
+
+def top_documents_per_query(
+    corpus: Mapping[str, Document], queries: Mapping[str, str], scorer: BatchScorer, depth: int, *, chunk: int = 256
+) -> dict[str, list[str]]:
+    """``{query_id: its top-depth document ids, best first}`` under the unexpanded retriever.
+
+    Documents that share no term with the query (score 0 under BM25) are left out, as a
+    retriever would not return them.
+    """
+    doc_ids = list(corpus)
+    texts = [document_text(corpus[d]) for d in doc_ids]
+    query_ids = list(queries)
+    depth = min(depth, len(doc_ids))
+    ranked: dict[str, list[str]] = {}
+    for start in range(0, len(query_ids), chunk):
+        part = query_ids[start : start + chunk]
+        scores = scorer.score([query_text(queries[q]) for q in part], texts)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+        for row, query_id in enumerate(part):
+            ranked[query_id] = [doc_ids[j] for j in top[row] if scores[row, j] > 0 or scorer.retriever == "dense"]
+    return ranked
 
 
 def top_documents(
@@ -287,4 +310,4 @@ class DevEvaluator:
         return self.evaluate_engine(engine)
 
 
-__all__ = ["BatchScorer", "DevEvaluator", "select_candidates", "top_documents"]
+__all__ = ["BatchScorer", "DevEvaluator", "select_candidates", "top_documents", "top_documents_per_query"]

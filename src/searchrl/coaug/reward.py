@@ -40,6 +40,7 @@ the picks plus a sum over the few (query sample, relevant document sample) pairs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,6 +99,67 @@ def as_reward_list(rewards: np.ndarray) -> list[float | None]:
     [0.5, None]
     """
     return [None if np.isnan(value) else float(value) for value in np.asarray(rewards, dtype=np.float64)]
+
+
+def merge_duplicate_documents(
+    doc_ids: Sequence[str], relevance: np.ndarray, doc_prompt_of_sample: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make a document drawn several times in one step one pool slot, as CoAug does.
+
+    A relevant document drawn twice for a query (sampling with replacement), or a document in
+    two groups, would otherwise be two slots of every pool: the query's ideal DCG would count it
+    twice and a query could be paid twice for the same document. Merged, the slot's samples are
+    the union of the prompts' samples, so each round picks one of them.
+
+    Returns ``(relevance, doc_prompt_of_sample)`` over the distinct documents, first occurrence
+    first.
+
+    >>> relevance = np.array([[1, 1, 0]])
+    >>> merged, owner = merge_duplicate_documents(["d1", "d1", "d2"], relevance, np.array([0, 0, 1, 1, 2]))
+    >>> merged.tolist(), owner.tolist()
+    ([[1, 0]], [0, 0, 0, 0, 1])
+    """
+    slot_of_id: dict[str, int] = {}
+    slot_of_column = np.array([slot_of_id.setdefault(d, len(slot_of_id)) for d in doc_ids], dtype=np.int64)
+    first_column = np.unique(slot_of_column, return_index=True)[1]
+    return np.asarray(relevance)[:, first_column], slot_of_column[np.asarray(doc_prompt_of_sample, dtype=np.int64)]
+
+
+def group_spread_metrics(
+    rewards: np.ndarray, prompt_of_sample: np.ndarray, role_of_prompt: Sequence[str], *, tolerance: float = 1e-9
+) -> dict[str, float]:
+    """How much the rewards of each prompt's samples differ: what GRPO's advantages are made of.
+
+    ``reward_std_within_group`` is the mean over prompts of the standard deviation of their
+    samples' rewards (``NaN`` rewards left out); ``frac_zero_std_groups`` the share of prompts
+    whose samples all got the same reward (no gradient from them); both also per role.
+
+    >>> m = group_spread_metrics(np.array([0.5, 0.5, 0.2, 0.6]), np.array([0, 0, 1, 1]), ["query", "document"])
+    >>> round(m["coaug/frac_zero_std_groups"], 2), round(m["coaug/reward_std_within_group_document"], 2)
+    (0.5, 0.2)
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    prompt_of_sample = np.asarray(prompt_of_sample, dtype=np.int64)
+    stds, roles = [], []
+    for prompt in np.unique(prompt_of_sample):
+        values = rewards[prompt_of_sample == prompt]
+        values = values[np.isfinite(values)]
+        if values.size >= 2:
+            stds.append(float(values.std()))
+            roles.append(role_of_prompt[prompt])
+    if not stds:
+        return {}
+    std, role = np.array(stds), np.array(roles)
+    metrics = {
+        "coaug/reward_std_within_group": float(std.mean()),
+        "coaug/frac_zero_std_groups": float((std <= tolerance).mean()),
+    }
+    for name in ("query", "document"):
+        mask = role == name
+        if mask.any():
+            metrics[f"coaug/reward_std_within_group_{name}"] = float(std[mask].mean())
+            metrics[f"coaug/frac_zero_std_groups_{name}"] = float((std[mask] <= tolerance).mean())
+    return metrics
 
 
 def draw_picks(

@@ -45,11 +45,12 @@ from searchrl.augment import ExpansionPolicy
 from searchrl.coaug.advantages import AdvantageScales
 from searchrl.coaug.batch import CoAugBatch, CoAugBatchBuilder
 from searchrl.coaug.bm25 import CorpusStatistics
-from searchrl.coaug.evaluate import BatchScorer, DevEvaluator
-from searchrl.coaug.reward import sampled_ndcg_rewards
+from searchrl.coaug.evaluate import BatchScorer, DevEvaluator, top_documents_per_query
+from searchrl.coaug.reward import group_spread_metrics, merge_duplicate_documents, sampled_ndcg_rewards
 from searchrl.config import load_config
 from searchrl.data.types import Document, document_text, query_text
 from searchrl.errors import ConfigError, DataError
+from searchrl.llm.precision import Precision
 from searchrl.resolver import DEFAULT_ENCODER, DEFAULT_LLM
 from searchrl.runs import RunDirectory
 from searchrl.training import (
@@ -58,6 +59,7 @@ from searchrl.training import (
     RunLoggingCallback,
     build_grpo_config,
     build_lora_config,
+    load_policy,
     quiet_trainer,
     resolve_device,
     train_with_resume,
@@ -82,6 +84,11 @@ class BatchSettings(_Section):
     relevant_per_query: int = Field(5, ge=1, description="P: relevant documents per group (drawn with replacement)")
     hard_negatives: int = Field(0, ge=0, description="M: hard negatives per group (top unexpanded-BM25 non-relevant)")
     hard_negative_depth: int = Field(30, ge=1, description="hard negatives are drawn from this many top results")
+    background: int = Field(
+        0, ge=0,
+        description="per query, its top-N unexpanded-BM25 documents over the whole corpus join every pool "
+        "unexpanded (0: in-batch documents only, as CoAug)",
+    )
     samples_per_prompt: int = Field(5, ge=2, description="G: sampled expansions per prompt (the GRPO group)")
     micro_batch_size: int | None = Field(None, ge=1, description="completions per forward/backward pass")
     updates_per_step: int = Field(1, ge=1, description="optimiser updates per step (CoAug: 4)")
@@ -92,6 +99,12 @@ class RewardSettings(_Section):
     k: int = Field(10, ge=1, description="nDCG cut-off")
     relevant_weight: float = Field(10.0, ge=0.0, description="w: document weight 1 + w·relevance on its own query")
     ties: Literal["pessimistic", "index"] = "pessimistic"
+    merge_duplicates: bool = Field(
+        True, description="a document drawn several times in a step is one pool slot (CoAug); false: one slot per draw"
+    )
+    unseen_terms: Literal["zero", "rare"] = Field(
+        "zero", description="IDF of a query word no corpus document contains: zero (CoAug) or that of a df=1 word"
+    )
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
 
@@ -177,6 +190,9 @@ class CoAugConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Precision = Field(
+        "auto", description="policy weights: bf16 where the hardware multiplies it natively (see searchrl.llm.precision)"
+    )
     engine: Literal["auto", "transformers", "vllm"] = Field(
         "auto", description="rollout engine: vllm (colocated) when a GPU and vllm are present under auto"
     )
@@ -417,9 +433,11 @@ class CoAugReward:
         relevant_weight: float = 10.0,
         ties: str = "pessimistic",
         scales: AdvantageScales = AdvantageScales(),
+        merge_duplicates: bool = True,
         seed: int = 0,
     ) -> None:
         self.builder = builder
+        self.merge_duplicates = merge_duplicates
         self.policy = policy
         self.scorer = scorer
         self.samples_per_prompt = samples_per_prompt
@@ -505,12 +523,16 @@ class CoAugReward:
         corpus = self.builder.corpus
         q_texts, q_owner, q_completion = samples(batch.queries, lambda item, e: query_text(item.text, e))
         d_texts, d_owner, d_completion = samples(batch.documents, lambda item, e: document_text(corpus[item.item_id], e))
+        relevance = batch.relevance
+        d_owner = np.asarray(d_owner)
+        if self.merge_duplicates:
+            relevance, d_owner = merge_duplicate_documents([item.item_id for item in batch.documents], relevance, d_owner)
         scores = self.scorer.score(q_texts, d_texts)
         result = sampled_ndcg_rewards(
             scores,
             np.asarray(q_owner),
-            np.asarray(d_owner),
-            batch.relevance,
+            d_owner,
+            relevance,
             rounds=self.rounds,
             k=self.k,
             relevant_weight=self.relevant_weight,
@@ -530,6 +552,8 @@ class CoAugReward:
         scaled = raw * scale
 
         metrics = self._metrics(parsed, raw, prompt_of_completion, prompts_of_step, completions)
+        metrics.update(group_spread_metrics(raw, prompt_of_completion, [item.role for item in prompts_of_step]))
+        metrics["coaug/pool_documents"] = float(relevance.shape[1])
         if log_metric is not None:
             for name, value in metrics.items():
                 log_metric(name, value)
@@ -582,43 +606,20 @@ class CoAugSetup:
     trainer: Any
 
 
-def _hard_negative_candidates(config: CoAugConfig, data: CoAugData, scorer: BatchScorer) -> dict[str, list[str]] | None:
-    if config.batch.hard_negatives == 0:
+def _top_candidates(config: CoAugConfig, data: CoAugData, scorer: BatchScorer) -> dict[str, list[str]] | None:
+    """Each training query's top documents under the unexpanded retriever over the whole corpus.
+
+    Deep enough for both uses: hard negatives (drawn from the top ``hard_negative_depth``) and
+    the background pool (the top ``background``). ``None`` when neither is asked for.
+    """
+    depth = max(config.batch.hard_negative_depth if config.batch.hard_negatives else 0, config.batch.background)
+    if depth == 0:
         return None
-    doc_ids = list(data.corpus)
-    texts = [document_text(data.corpus[d]) for d in doc_ids]
-    query_ids = list(data.train_queries)
-    candidates: dict[str, list[str]] = {}
-    depth = min(config.batch.hard_negative_depth, len(doc_ids))
-    for start in range(0, len(query_ids), 256):
-        chunk = query_ids[start : start + 256]
-        scores = scorer.score([data.train_queries[q] for q in chunk], texts)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-        for row, query_id in enumerate(chunk):
-            candidates[query_id] = [doc_ids[j] for j in top[row]]
-    return candidates
+    return top_documents_per_query(data.corpus, data.train_queries, scorer, depth)
 
 
-def _load_policy_model(config: CoAugConfig, device: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from searchrl.errors import ModelError
-    from searchrl.resolver import resolve_model
-
-    folder = resolve_model(config.model, kind="causal-lm")
-    dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"cannot load policy model: {err}", path=folder, hint="is this a causal-LM folder?") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelError("the policy model's tokenizer has no chat template", path=folder,
-                         hint="use an instruction-tuned model")
-    return model, tokenizer
+def _prefixes(candidates: Mapping[str, list[str]] | None, depth: int) -> dict[str, list[str]] | None:
+    return None if candidates is None else {q: docs[:depth] for q, docs in candidates.items()}
 
 
 def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequence[Any] = ()) -> CoAugSetup:
@@ -640,7 +641,9 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         dense_model=config.dense_model,
         k1=config.reward.bm25_k1,
         b=config.reward.bm25_b,
+        unseen=config.reward.unseen_terms,
     )
+    candidates = _top_candidates(config, data, scorer)
     builder = CoAugBatchBuilder(
         data.corpus,
         data.train_queries,
@@ -650,7 +653,9 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         group_size=config.batch.group_size,
         relevant_per_query=config.batch.relevant_per_query,
         hard_negatives=config.batch.hard_negatives,
-        hard_negative_candidates=_hard_negative_candidates(config, data, scorer),
+        hard_negative_candidates=_prefixes(candidates, config.batch.hard_negative_depth),
+        background=config.batch.background,
+        background_candidates=candidates,
         seed=config.seed,
     )
     scales = AdvantageScales(**config.role_scales.model_dump())
@@ -664,6 +669,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         relevant_weight=config.reward.relevant_weight,
         ties=config.reward.ties,
         scales=scales,
+        merge_duplicates=config.reward.merge_duplicates,
         seed=config.seed,
     )
     evaluator = DevEvaluator.build(
@@ -724,7 +730,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
             f"co-augmentation training runs in one process (got {grpo_args.world_size})",
             hint="TRL scores each process's shard separately, which would split the in-batch pool; use one GPU",
         )
-    model, tokenizer = _load_policy_model(config, device)
+    model, tokenizer = load_policy(config.model, device=device, precision=config.precision)
     dataset = build_step_dataset(builder, policy, config.optim.steps, tokenizer)
     dev_callback = DevEvaluationCallback(
         run,

@@ -27,7 +27,8 @@ class TransformersEngine(GenerationEngine):
     ``model`` is anything :func:`searchrl.resolver.resolve_model` accepts, or a PEFT adapter
     folder (``adapter_config.json``), whose base model is loaded and the adapter merged in.
     ``adapter`` applies an adapter folder on top of ``model``. ``device`` defaults to CUDA when
-    available; ``dtype`` to bfloat16 on GPU and float32 on CPU. ``batch_size`` counts sequences
+    available; ``dtype`` follows :mod:`searchrl.llm.precision` (bf16 where the hardware multiplies it
+    natively, else float32). ``batch_size`` counts sequences
     (prompts times ``n``) per ``generate`` call.
     """
 
@@ -346,9 +347,9 @@ def _torch_dtype(dtype: str | None, device: str):
     import torch
 
     if dtype is None or dtype == "auto":
-        if str(device).startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        from searchrl.llm.precision import torch_dtype
+
+        return torch_dtype("auto", device)
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
