@@ -160,6 +160,12 @@ def _check_expansion_ids(expansions: Mapping[str, str], wanted_ids: list[str], p
         )
 
 
+def _check_output_file(path: Path | None, option: str) -> None:
+    """Fail before any work when an output file cannot be written where it is asked for."""
+    if path is not None and path.is_dir():
+        raise ConfigError(f"{option} is a folder; it takes a file name", path=path, hint="e.g. per_query.jsonl")
+
+
 def _parse_measures(measures: str) -> list[str]:
     names = [m.strip().lower() for m in measures.split(",") if m.strip()]
     if not names:
@@ -206,6 +212,9 @@ def index_command(
     chunk_overlap: ChunkOverlapOption = 100,
 ) -> None:
     """Build a retrieval index over a corpus and save it to --out."""
+    from searchrl.retrieval.base import check_index_target
+
+    check_index_target(out)
     with _readable_warnings():
         documents = list(iter_documents(data, chunk_size=chunk_size, chunk_overlap=chunk_overlap))
         expansions = None
@@ -304,6 +313,7 @@ def eval_command(
 ) -> None:
     """Evaluate a retriever on a BEIR split (nDCG@10, recall@100, MRR@10, MAP)."""
     measure_names = _parse_measures(measures)
+    _check_output_file(per_query, "--per-query")
     with _readable_warnings(), _stdout_reserved_for_json(as_json):
         dataset = load_beir(data, split)
         query_ids = list(dataset.queries)

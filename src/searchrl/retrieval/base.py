@@ -152,6 +152,23 @@ def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return indices, np.take_along_axis(candidate_scores, order, axis=1)
 
 
+def check_index_target(directory: str | Path) -> None:
+    """Refuse to save an index over a file, or over a folder that holds something other than an index.
+
+    A new folder, an empty one, or an index folder (it has ``retriever.json``) are fine: saving
+    replaces an existing index as a whole.
+    """
+    directory = Path(directory)
+    if directory.is_file():
+        raise ConfigError("is a file; an index is saved to a folder", path=directory, hint="give a new folder name")
+    if directory.is_dir() and not (directory / MANIFEST_NAME).is_file() and any(directory.iterdir()):
+        raise ConfigError(
+            "is a folder of other files, not an index; saving would replace it",
+            path=directory,
+            hint="give a new or empty folder (an existing index folder is replaced as a whole)",
+        )
+
+
 def write_manifest(directory: Path, kind: str, params: dict[str, Any], doc_ids: Sequence[str]) -> None:
     """Write ``retriever.json`` last, so a directory with a manifest holds a complete index."""
     manifest = {"kind": kind, "version": FORMAT_VERSION, "params": params, "doc_ids": list(doc_ids)}
