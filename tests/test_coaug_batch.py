@@ -216,3 +216,24 @@ def test_role_scales_default_and_configured():
         role_scaled_advantages(rewards, prompts, kinds[:3])
     with pytest.raises(ConfigError):
         AdvantageScales(query=-1.0)
+
+
+def test_background_documents_join_every_step_unexpanded_and_never_twice():
+    b = builder()
+    some_query = b.training_query_ids[0]
+    ranked = {q: [f"d{i}" for i in range(40, 50)] for q in b.training_query_ids}
+    ranked[some_query] = [d for d in b.qrels[some_query]] + ranked[some_query]
+    with_background = builder(background=6, background_candidates=ranked)
+    for step in range(4):
+        plain, batch = b.build(step), with_background.build(step)
+        background = [item for item in batch.items if item.kind == "background"]
+        assert background and not any(item.expand for item in background)
+        assert [i for i in batch.items if i.kind != "background"] == list(plain.items)  # groups unchanged
+        doc_ids = [item.item_id for item in batch.documents]
+        in_groups = {item.item_id for item in plain.documents}
+        assert not {item.item_id for item in background} & in_groups
+        assert len(set(doc_ids) - in_groups) == len(background)  # no background document twice
+        assert batch.prompts == plain.prompts  # nothing more to generate
+        for row, query in enumerate(batch.queries):  # relevance covers background documents too
+            for column, doc in enumerate(batch.documents):
+                assert batch.relevance[row, column] == max(b.qrels.get(query.item_id, {}).get(doc.item_id, 0), 0)

@@ -432,3 +432,40 @@ def test_missing_rewards_become_none_for_trl():
     result = sampled_ndcg_rewards(HAND_SCORES, HAND_QUERY_PROMPT, HAND_DOC_PROMPT, HAND_RELEVANCE, picks=HAND_PICKS)
     rewards = as_reward_list(result.document_rewards)
     assert rewards[5] is None and all(isinstance(r, float) for r in rewards[:5])
+
+
+# --- CoAug fidelity: one pool slot per distinct document -------------------------------------------
+
+
+def test_a_document_drawn_twice_is_one_pool_slot_when_merged():
+    from searchrl.coaug.reward import merge_duplicate_documents
+
+    # Query 0's relevant document "d" was drawn twice (columns 0 and 1); "n" is a negative.
+    # Samples: s0 of column 0, s1 of column 1, s2 of column 2. The query sample ranks s0 > s2 > s1.
+    scores = np.array([[3.0, 1.0, 2.0]])
+    relevance = np.array([[1, 1, 0]])
+    owner = np.array([0, 1, 2])
+    # Two slots for "d": every pool holds s0, s1 and s2; DCG 1 + 1/log2(4) over an ideal 1 + 1/log2(3).
+    split = sampled_ndcg_rewards(scores, np.array([0]), owner, relevance, picks=np.array([[0, 1, 2], [0, 1, 2]]))
+    assert split.query_rewards[0] == pytest.approx(1.5 / (1 + 1 / math.log2(3)))
+    # One slot: a round holds s0 or s1 (plus s2); ideal DCG 1.
+    merged_relevance, merged_owner = merge_duplicate_documents(["d", "d", "n"], relevance, owner)
+    assert merged_relevance.tolist() == [[1, 0]] and merged_owner.tolist() == [0, 0, 1]
+    merged = sampled_ndcg_rewards(
+        scores, np.array([0]), merged_owner, merged_relevance, picks=np.array([[0, 2], [1, 2]])
+    )
+    assert merged.ndcg[:, 0].tolist() == pytest.approx([1.0, 1 / math.log2(3)])
+    assert merged.query_rewards[0] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+
+
+def test_group_spread_metrics_count_tied_groups_per_role():
+    from searchrl.coaug.reward import group_spread_metrics
+
+    rewards = np.array([0.4, 0.4, 0.1, 0.9, np.nan, 0.3, 0.3, 0.3])
+    prompt = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    metrics = group_spread_metrics(rewards, prompt, ["query", "query", "document", "document"])
+    # prompt 2 has one finite reward only: no spread to measure.
+    assert metrics["coaug/frac_zero_std_groups"] == pytest.approx(2 / 3)
+    assert metrics["coaug/frac_zero_std_groups_query"] == pytest.approx(0.5)
+    assert metrics["coaug/reward_std_within_group_query"] == pytest.approx(0.2)
+    assert metrics["coaug/frac_zero_std_groups_document"] == 1.0
