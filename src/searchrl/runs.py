@@ -9,7 +9,7 @@ A run is a directory::
       metrics.jsonl      one JSON object per logged step: {"step", "time", ...metrics}
       tb/                TensorBoard event files (the same metrics)
       checkpoints/       trainer checkpoints (``checkpoint-<step>/``), used to resume
-      best/              the best checkpoint so far (e.g. a LoRA adapter folder)
+      best/              the best checkpoint so far (e.g. a LoRA adapter folder), with its own best.json
       best.json          {"metric", "value", "step"} of ``best/``
       report.md          a human-readable summary
       report.html        training curves, plots/*.png and the numbers behind them (searchrl.report)
@@ -51,6 +51,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from searchrl.data.io import atomic_write_text, fsync_path
 from searchrl.errors import ConfigError, DataError
 
 #: Libraries whose versions are recorded in ``environment.json``.
@@ -257,7 +258,10 @@ class RunDirectory:
             path.mkdir(parents=True, exist_ok=True)
         run.checkpoints_dir.mkdir(exist_ok=True)
         run.tb_dir.mkdir(exist_ok=True)
-        run.config_path.write_text(yaml.safe_dump(new_config, sort_keys=False), encoding="utf-8")
+        text = yaml.safe_dump(new_config, sort_keys=False)
+        if not run.config_path.exists() or run.config_path.read_text(encoding="utf-8") != text:
+            atomic_write_text(run.config_path, text)
+        run._settle_best()
         _write_json(path / cls.INPUTS, inputs)
         _write_json(path / cls.ENVIRONMENT, {"time": _now(), "argv": sys.argv, "versions": library_versions()})
         return run
@@ -347,7 +351,11 @@ class RunDirectory:
         return last_checkpoint(self.checkpoints_dir)
 
     def best(self) -> dict[str, Any] | None:
-        """``{"metric", "value", "step", "higher_is_better", ...}`` of the best checkpoint, or ``None``."""
+        """``{"metric", "value", "step", "higher_is_better", ...}`` of the best checkpoint, or ``None``.
+
+        First finishes (or undoes) a ``best/`` update that a kill cut short, see :meth:`update_best`.
+        """
+        self._settle_best()
         if not self.best_json_path.exists():
             return None
         return json.loads(self.best_json_path.read_text(encoding="utf-8"))
@@ -364,25 +372,67 @@ class RunDirectory:
     ) -> bool:
         """Keep ``best/`` if ``value`` beats the stored best; returns whether it did.
 
-        ``save(directory)`` writes the checkpoint; it is called on a temporary folder that then
-        replaces ``best/``, so a kill never leaves a half-written best checkpoint.
+        ``save(directory)`` writes the checkpoint into a temporary sibling folder (``best.new/``),
+        which also gets a copy of the record (``best/best.json``) and is fsync'ed; then it is
+        swapped with ``best/`` in one atomic exchange (``renameat2``/``renamex_np``), or where
+        the file system has none, by two renames back to back. ``best.json`` is written
+        atomically after. So a kill at any point leaves a complete ``best/``; the record inside
+        it says which step it holds, and the next :meth:`best`, :meth:`update_best` or
+        :meth:`create_or_resume` brings ``best.json`` in line and removes leftovers.
         """
         current = self.best()
         if current is not None and current.get("metric") == metric:
             old = float(current["value"])
             if not (value > old if higher_is_better else value < old):
                 return False
+        record = {"metric": metric, "value": float(value), "step": int(step), "higher_is_better": higher_is_better}
+        record.update({k: _jsonable(v) for k, v in (extra or {}).items()})
         if save is not None:
-            staging = self.path / "best.tmp"
+            staging = self._best_staging
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             save(staging)
-            shutil.rmtree(self.best_dir, ignore_errors=True)
-            os.replace(staging, self.best_dir)
-        record = {"metric": metric, "value": float(value), "step": int(step), "higher_is_better": higher_is_better}
-        record.update({k: _jsonable(v) for k, v in (extra or {}).items()})
+            _write_json(staging / self.BEST_JSON, record)
+            _fsync_tree(staging)
+            _swap_in(staging, self.best_dir)
+        elif (self.best_dir / self.BEST_JSON).exists():
+            # best/ no longer holds the best (nothing was saved): its record must not win in best().
+            (self.best_dir / self.BEST_JSON).unlink()
         _write_json(self.best_json_path, record)
+        for leftover in (self._best_staging, self._best_aside):
+            shutil.rmtree(leftover, ignore_errors=True)
         return True
+
+    @property
+    def _best_staging(self) -> Path:
+        return self.path / "best.new"
+
+    @property
+    def _best_aside(self) -> Path:
+        return self.path / "best.old"
+
+    def _settle_best(self) -> None:
+        """Repair what a kill during :meth:`update_best` left: no best/, a stale best.json, leftovers."""
+        if not self.best_dir.exists() and self._best_aside.is_dir():
+            os.rename(self._best_aside, self.best_dir)  # killed between the two renames: undo the first
+        inner = self.best_dir / self.BEST_JSON
+        if inner.is_file():
+            try:
+                record = json.loads(inner.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                record = None
+            stored = None
+            if self.best_json_path.exists():
+                try:
+                    stored = json.loads(self.best_json_path.read_text(encoding="utf-8"))
+                except json.JSONDecodeError:
+                    stored = None
+            if record is not None and record != stored:
+                _write_json(self.best_json_path, record)  # killed after the swap, before best.json
+        if self.best_dir.exists():
+            for leftover in (self._best_staging, self._best_aside):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
 
     # -- report -------------------------------------------------------------------------
     def write_report(self, title: str, sections: Mapping[str, str | Mapping[str, Any]] | None = None) -> Path:
@@ -461,9 +511,57 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _fsync_tree(directory: Path) -> None:
+    """fsync every file and folder under ``directory`` (so a rename of it survives a crash)."""
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            fsync_path(Path(root) / name)
+        fsync_path(root)
+
+
+def _exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``, macOS ``renamex_np(RENAME_SWAP)``).
+
+    Returns False when the platform or file system has no such call.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    src, dst = os.fsencode(str(a)), os.fsencode(str(b))
+    if hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        result = libc.renameat2(at_fdcwd, src, at_fdcwd, dst, rename_exchange)
+    elif hasattr(libc, "renamex_np"):
+        rename_swap = 2
+        result = libc.renamex_np(src, dst, rename_swap)
+    else:
+        return False
+    return result == 0
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Make the folder ``new`` appear at ``target``; the previous ``target`` (if any) is removed.
+
+    There is always a complete folder at ``target``, except with the two-rename fallback,
+    between its renames; :meth:`RunDirectory._settle_best` undoes that case on the next read.
+    """
+    if not target.exists():
+        os.rename(new, target)
+    elif _exchange_paths(new, target):
+        shutil.rmtree(new)  # now the old folder
+    else:
+        aside = target.with_name(target.name + ".old")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(target, aside)
+        os.rename(new, target)
+        shutil.rmtree(aside)
+    fsync_path(target.parent)
 
 
 def _table(mapping: Mapping[str, Any]) -> list[str]:

@@ -223,11 +223,53 @@ def resolve_data_file(directory: str | Path, stem: str) -> Path:
     )
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a directory's entries to disk (directories: so a rename survives a crash).
+
+    Best effort where the platform cannot open a directory (Windows).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a kill or crash leaves either the old or the new file.
+
+    Written to a temporary file beside it, fsync'ed, renamed over ``path``, then the directory
+    is fsync'ed; never a truncated file.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     """Write ``records`` as JSONL (gzip when ``path`` ends in ``.gz``) atomically; returns the count.
 
-    The data goes to a temporary file in the same directory first and is renamed into place,
-    so an interrupted write never leaves a truncated file behind.
+    The data goes to a temporary file in the same directory first, is fsync'ed and renamed into
+    place, so an interrupted write (or a crash soon after) never leaves a truncated file behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,8 +285,11 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
             finally:
                 if sink is not raw:
                     sink.close()
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
     return count
