@@ -1,4 +1,4 @@
-"""Corpora, queries, qrels and QA sets: loaders for BEIR folders, JSONL and text files."""
+"""Corpora, queries, qrels, runs and QA sets: BEIR folders, Hub data sets, Pyserini/FlashRAG/TREC files, text."""
 
 from searchrl.data.beir import (
     BeirDataset,
@@ -10,6 +10,8 @@ from searchrl.data.beir import (
     load_queries,
 )
 from searchrl.data.expansions import load_expansions, write_expansions
+from searchrl.data.formats import CORPUS_FORMATS, detect_corpus_format, read_trec_run, write_trec_run
+from searchrl.data.hub import hub_beir_folder, is_hub_reference
 from searchrl.data.io import iter_jsonl, open_text, resolve_data_file
 from searchrl.data.qa import load_qa
 from searchrl.data.text import chunk_text, load_text_corpus
@@ -17,6 +19,7 @@ from searchrl.data.types import Document, QAExample, Qrels, Query, Run, document
 
 __all__ = [
     "BeirDataset",
+    "CORPUS_FORMATS",
     "Document",
     "QAExample",
     "Qrels",
@@ -24,7 +27,10 @@ __all__ = [
     "Run",
     "available_splits",
     "chunk_text",
+    "detect_corpus_format",
     "document_text",
+    "hub_beir_folder",
+    "is_hub_reference",
     "iter_corpus",
     "iter_jsonl",
     "load_beir",
@@ -36,6 +42,8 @@ __all__ = [
     "load_text_corpus",
     "open_text",
     "query_text",
+    "read_trec_run",
     "resolve_data_file",
     "write_expansions",
+    "write_trec_run",
 ]

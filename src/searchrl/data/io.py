@@ -203,9 +203,12 @@ def resolve_data_file(directory: str | Path, stem: str) -> Path:
 
     ``stem`` is a file name such as ``"corpus.jsonl"`` or ``"qrels/dev.tsv"``; a bare name
     without a suffix (``"corpus"``) means ``.jsonl``. Raises :class:`DataError` listing what
-    the directory holds when neither form exists.
+    the directory holds when neither form exists. ``directory`` may be ``hf:OWNER/NAME``
+    (see :mod:`searchrl.data.hub`).
     """
-    directory = Path(directory)
+    from searchrl.data.hub import resolve_data_path
+
+    directory = resolve_data_path(directory)
     if not directory.exists():
         raise DataError("data directory not found", path=directory, hint="check the path")
     if not directory.is_dir():

@@ -1,11 +1,15 @@
 """Question-answering sets as JSONL: ``{"id", "question", "answers": [...], "gold_ids": [...]}``.
 
 ``gold_ids`` (the documents an answer comes from) is optional; other keys are ignored.
+FlashRAG and Search-R1 rows, which call the answers ``golden_answers``, are read as they are,
+from JSONL or from Parquet files (Search-R1 ships ``train.parquet`` / ``test.parquet``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from collections.abc import Iterator
 
 from searchrl.data.io import iter_jsonl, unique_record_id
 from searchrl.data.types import QAExample
@@ -31,29 +35,61 @@ def _string_list(record: dict, key: str, path: Path, line: int) -> tuple[str, ..
     return tuple(items)
 
 
-def load_qa(path: str | Path) -> list[QAExample]:
-    """Read a QA JSONL file (plain or ``.gz``) into :class:`QAExample` records, in file order.
+ANSWER_KEYS = ("answers", "golden_answers")
+"""searchrl's own key, and FlashRAG / Search-R1's."""
 
-    Raises :class:`DataError` naming the line for malformed JSON, a missing or duplicate ``id``,
-    an empty ``question``, and ``answers`` that is not a non-empty list of strings.
+
+def _answers_key(record: dict, path: Path, line: int) -> str:
+    present = [key for key in ANSWER_KEYS if key in record]
+    if not present:
+        raise DataError(
+            "record has no 'answers' field", path=path, line=line, hint='add "answers": ["..."] with the gold answers'
+        )
+    if len(present) > 1 and record["answers"] != record["golden_answers"]:
+        raise DataError(
+            "record has both 'answers' and 'golden_answers', and they differ",
+            path=path,
+            line=line,
+            hint="keep one of them",
+        )
+    return present[0]
+
+
+def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(row number, row)`` of a Parquet file, counted from 1 like lines."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a data error
+        raise DataError(f"not a readable Parquet file: {err}", path=path) from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield number, row
+
+
+def load_qa(path: str | Path) -> list[QAExample]:
+    """Read a QA file into :class:`QAExample` records, in file order.
+
+    JSONL (plain or ``.gz``) or Parquet. The answers are ``answers`` (searchrl) or
+    ``golden_answers`` (FlashRAG, Search-R1). Raises :class:`DataError` naming the line (row)
+    for malformed JSON, a missing or duplicate ``id``, an empty ``question``, and answers that
+    are not a non-empty list of strings.
     """
     path = Path(path)
     examples: list[QAExample] = []
     lines: dict[str, int] = {}
-    for line, record in iter_jsonl(path):
+    rows = _iter_parquet_rows(path) if path.suffix == ".parquet" and path.is_file() else iter_jsonl(path)
+    for line, record in rows:
         example_id = unique_record_id(record, path, line, lines, hint="question ids must be unique", keys=("id", "_id"))
         question = record.get("question")
         if not isinstance(question, str) or not question.strip():
             raise DataError(
                 "record has no non-empty 'question' string", path=path, line=line, hint=f"fields present: {sorted(record)}"
             )
-        if "answers" not in record:
-            raise DataError(
-                "record has no 'answers' field", path=path, line=line, hint='add "answers": ["..."] with the gold answers'
-            )
-        answers = tuple(a for a in _string_list(record, "answers", path, line) if a.strip())
+        answers_key = _answers_key(record, path, line)
+        answers = tuple(a for a in _string_list(record, answers_key, path, line) if a.strip())
         if not answers:
-            raise DataError("'answers' is empty", path=path, line=line, hint="give at least one non-empty answer")
+            raise DataError(f"{answers_key!r} is empty", path=path, line=line, hint="give at least one non-empty answer")
         gold_ids = _string_list(record, "gold_ids", path, line) if record.get("gold_ids") is not None else ()
         examples.append(QAExample(id=example_id, question=question.strip(), answers=answers, gold_ids=gold_ids))
     if not examples:
