@@ -2,7 +2,12 @@
 
 * ``index`` builds a BM25, dense or hybrid index over a BEIR corpus or text/Markdown files and saves it;
 * ``search`` queries a saved index (add ``--data`` to show titles and snippets);
-* ``eval`` scores a retriever on a BEIR split: nDCG@10, recall@100, MRR@10 and MAP.
+* ``eval`` scores a retriever on a BEIR split (or a corpus with ``--queries``/``--qrels``):
+  nDCG@10, recall@100, MRR@10 and MAP; ``--save-run`` writes the ranking as a TREC run, and
+  ``--run FILE`` scores an existing TREC run instead of retrieving.
+
+``--data`` takes BEIR folders, ``hf:OWNER/NAME`` Hub data sets, Pyserini/FlashRAG corpora and
+text/Markdown files; ``--format`` names the kind when a file fits more than one.
 
 With ``--json`` exactly one JSON object is written to stdout; progress and warnings go to stderr.
 """
@@ -25,8 +30,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from searchrl.data import Document, query_text
-from searchrl.data.beir import iter_corpus, load_beir
+from searchrl.data.beir import BeirDataset, iter_corpus, load_beir, load_corpus, load_qrels, load_queries, qrels_path
 from searchrl.data.expansions import load_expansions
+from searchrl.data.formats import is_jsonl_file, read_trec_run, write_trec_run
+from searchrl.data.hub import is_hub_reference
 from searchrl.data.io import write_jsonl
 from searchrl.data.text import TEXT_SUFFIXES, load_text_corpus
 from searchrl.errors import ConfigError, DataError, IndexFileError
@@ -43,6 +50,13 @@ class RetrieverKind(str, Enum):
     bm25 = "bm25"
     dense = "dense"
     hybrid = "hybrid"
+
+
+class DataFormat(str, Enum):
+    beir = "beir"
+    pyserini = "pyserini"
+    flashrag = "flashrag"
+    text = "text"
 
 
 # --- shared options ---------------------------------------------------------------------
@@ -64,6 +78,14 @@ PassagePrefixOption = Annotated[
 ]
 ChunkSizeOption = Annotated[int, typer.Option("--chunk-size", help="Characters per chunk for text/Markdown files.")]
 ChunkOverlapOption = Annotated[int, typer.Option("--chunk-overlap", help="Characters shared by consecutive chunks.")]
+FormatOption = Annotated[
+    DataFormat | None,
+    typer.Option(
+        "--format",
+        help="Kind of --data: beir ({_id, title, text}), pyserini ({id, contents}), flashrag ({id, contents} "
+        'with a "Title" first line) or text (chunked files). Default: detected; an ambiguous file is an error.',
+    ),
+]
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -100,11 +122,39 @@ def _is_text_file(path: Path) -> bool:
     return path.name.removesuffix(".gz").endswith(TEXT_SUFFIXES)
 
 
-def iter_documents(data: Path, *, chunk_size: int = 1000, chunk_overlap: int = 100) -> Iterator[Document]:
-    """Documents from ``data``: a BEIR folder or ``corpus.jsonl``, or text/Markdown files (a file or a folder)."""
+def _is_jsonl_corpus(path: Path) -> bool:
+    """A BEIR folder, a JSONL file, or a folder of JSONL files and no text files (a Pyserini collection)."""
+    if _is_beir_corpus_dir(path) or is_jsonl_file(path):
+        return True
+    if not path.is_dir():
+        return False
+    files = [p for p in path.iterdir() if p.is_file()]
+    jsonl = [p for p in files if is_jsonl_file(p)]
+    text = [p for p in files if _is_text_file(p)]
+    if jsonl and text:
+        raise DataError(
+            f"the folder holds both JSONL files ({jsonl[0].name}, ...) and text files ({text[0].name}, ...)",
+            path=path,
+            hint="pass --format text to chunk the text files, or --format pyserini/beir/flashrag for the JSONL corpus",
+        )
+    return bool(jsonl)
+
+
+def iter_documents(
+    data: Path, *, chunk_size: int = 1000, chunk_overlap: int = 100, format: DataFormat | str | None = None
+) -> Iterator[Document]:
+    """Documents from ``data``: a BEIR folder, ``hf:OWNER/NAME``, a Pyserini/FlashRAG/BEIR JSONL corpus
+    (a file or a folder of them), or text/Markdown files (a file or a folder); ``format`` says which."""
+    format = format.value if isinstance(format, DataFormat) else format
+    if format == "text":
+        yield from load_text_corpus(data, size=chunk_size, overlap=chunk_overlap)
+        return
+    if format is not None or is_hub_reference(data):
+        yield from iter_corpus(data, format=format)
+        return
     if not data.exists():
         raise DataError("not found", path=data, hint="--data takes a BEIR folder, a corpus.jsonl, or text/Markdown files")
-    if _is_beir_corpus_dir(data) or (data.is_file() and data.name.removesuffix(".gz").endswith(".jsonl")):
+    if _is_jsonl_corpus(data):
         yield from iter_corpus(data)
     elif data.is_dir() or _is_text_file(data):
         yield from load_text_corpus(data, size=chunk_size, overlap=chunk_overlap)
@@ -210,13 +260,14 @@ def index_command(
     passage_prefix: PassagePrefixOption = "",
     chunk_size: ChunkSizeOption = 1000,
     chunk_overlap: ChunkOverlapOption = 100,
+    data_format: FormatOption = None,
 ) -> None:
     """Build a retrieval index over a corpus and save it to --out."""
     from searchrl.retrieval.base import check_index_target
 
     check_index_target(out)
     with _readable_warnings():
-        documents = list(iter_documents(data, chunk_size=chunk_size, chunk_overlap=chunk_overlap))
+        documents = list(iter_documents(data, chunk_size=chunk_size, chunk_overlap=chunk_overlap, format=data_format))
         expansions = None
         if doc_expansions is not None:
             expansions = load_expansions(doc_expansions)
@@ -241,6 +292,7 @@ def search_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     chunk_size: ChunkSizeOption = 1000,
     chunk_overlap: ChunkOverlapOption = 100,
+    data_format: FormatOption = None,
 ) -> None:
     """Search a saved index and print the top-k documents."""
     if k <= 0:
@@ -253,7 +305,7 @@ def search_command(
         hits = search_index.search([text], k=k)[0]
         documents: dict[str, Document] = {}
         if data is not None:
-            documents = _documents_for_hits(data, hits, search_index.doc_ids, chunk_size, chunk_overlap)
+            documents = _documents_for_hits(data, hits, search_index.doc_ids, chunk_size, chunk_overlap, data_format)
     results = [
         {
             "rank": rank,
@@ -285,9 +337,114 @@ def search_command(
         stderr_console.print("no results")
 
 
+def _eval_dataset(
+    data: Path, split: str, queries: Path | None, qrels: Path | None, data_format: DataFormat | None
+) -> BeirDataset:
+    """The corpus, queries and judgments to evaluate on: a BEIR folder's split, or a corpus plus
+    --queries / --qrels files (which also override a BEIR folder's own)."""
+    corpus_format = None if data_format is None else data_format.value
+    if corpus_format == "text":
+        raise ConfigError("eval needs a corpus with document ids; --format text is for index and search")
+    folder = is_hub_reference(data) or data.is_dir() or not data.exists()  # a missing folder: load_beir says so
+    if queries is None and qrels is None:
+        if not folder:
+            raise ConfigError(
+                f"--data {data} is a corpus file, not a BEIR folder",
+                hint="add --queries FILE (JSONL or id<TAB>text) and --qrels FILE (BEIR or TREC qrels)",
+            )
+        return load_beir(data, split, format=corpus_format)
+    if not folder and (queries is None or qrels is None):
+        missing = "--queries" if queries is None else "--qrels"
+        raise ConfigError(f"--data {data} is a corpus file: pass {missing} too")
+    corpus = load_corpus(data, format=corpus_format)
+    all_queries = load_queries(queries if queries is not None else data)
+    qrels_file = qrels if qrels is not None else qrels_path(data, split)
+    judged = load_qrels(qrels_file, query_ids=all_queries.keys(), doc_ids=corpus.keys())
+    if not judged:
+        raise DataError("the qrels file has no judgments", path=qrels_file)
+    return BeirDataset(
+        corpus=corpus,
+        queries={query_id: all_queries[query_id] for query_id in judged},
+        qrels=judged,
+        directory=Path(data),
+        split=split if qrels is None else qrels_file.name,
+    )
+
+
+def _save_run(path: Path, run: Mapping[str, Mapping[str, float]], query_ids: list[str], tag: str) -> None:
+    """Write ``run`` as a TREC run; warn about queries without results, which a TREC file cannot hold."""
+    lines = write_trec_run(path, run, tag=tag)
+    empty = [query_id for query_id in query_ids if not run.get(query_id)]
+    if empty:
+        warnings.warn(
+            f"{path}: {len(empty)} queries have no results and are not in the run file "
+            f"({', '.join(empty[:5])}); they score 0 here, while trec_eval (without -c) and ir-measures "
+            "average over the queries in the file",
+            stacklevel=2,
+        )
+    stderr_console.print(f"wrote {lines:,} results for {len(query_ids) - len(empty):,} queries to {path}", highlight=False)
+
+
+def _score_run_file(
+    run_file: Path, qrels: Path | None, data: Path | None, split: str, measure_names: list[str]
+) -> tuple[dict[str, float], dict[str, dict[str, float]], Path]:
+    """Score a TREC run against --qrels (or the qrels of --data's split)."""
+    if qrels is None and data is None:
+        raise ConfigError("--run needs judgments", hint="pass --qrels FILE, or --data DIR --split NAME")
+    qrels_file = qrels if qrels is not None else qrels_path(data, split)
+    judgments = load_qrels(qrels_file)
+    run = read_trec_run(run_file)
+    if not set(run) & set(judgments):
+        raise DataError(
+            f"none of the run's {len(run):,} queries is judged in {qrels_file} (run ids look like {next(iter(run))!r}, "
+            f"qrels ids like {next(iter(judgments), '')!r})",
+            path=run_file,
+            hint="are the run and the qrels from the same data set and split?",
+        )
+    unanswered = [query_id for query_id in judgments if query_id not in run]
+    if unanswered:
+        warnings.warn(
+            f"{len(unanswered)} judged queries have no results in {run_file} and score 0 "
+            f"(as trec_eval -c counts them): {', '.join(unanswered[:5])}",
+            stacklevel=2,
+        )
+    aggregate, scores_by_query = evaluate_run(judgments, run, measure_names)
+    return aggregate, scores_by_query, qrels_file
+
+
+def _print_eval_table(title: str, aggregate: Mapping[str, float], measure_names: list[str], rows: Mapping[str, int]) -> None:
+    table = Table(title=escape(title), title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name in measure_names:
+        table.add_row(name, f"{aggregate[name]:.4f}")
+    for label, count in rows.items():
+        table.add_row(label, f"{count:,}")
+    Console().print(table)
+
+
 def eval_command(
-    data: Annotated[Path, typer.Option("--data", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/), hf:OWNER/NAME, or a corpus file with --queries/--qrels.",
+        ),
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="Qrels split to score: qrels/<split>.tsv.")] = "test",
+    queries: Annotated[
+        Path | None, typer.Option("--queries", help="Queries: BEIR JSONL ({_id, text}) or id<TAB>text lines.")
+    ] = None,
+    qrels: Annotated[
+        Path | None, typer.Option("--qrels", help="Judgments: BEIR (query-id corpus-id score) or TREC (qid 0 docid rel).")
+    ] = None,
+    run_file: Annotated[
+        Path | None, typer.Option("--run", help="Score this TREC run file (qid Q0 docid rank score tag) instead of retrieving.")
+    ] = None,
+    save_run: Annotated[
+        Path | None, typer.Option("--save-run", help="Write the ranking as a TREC run file (for trec_eval, ir-measures).")
+    ] = None,
+    data_format: FormatOption = None,
     retriever: RetrieverOption = RetrieverKind.bm25,
     model: ModelOption = None,
     query_expansions: Annotated[
@@ -311,16 +468,37 @@ def eval_command(
         Path | None, typer.Option("--per-query", help="Write per-query scores as JSONL to this file.")
     ] = None,
 ) -> None:
-    """Evaluate a retriever on a BEIR split (nDCG@10, recall@100, MRR@10, MAP)."""
+    """Evaluate a retriever on a BEIR split or a corpus with --queries/--qrels (nDCG@10, recall@100, MRR@10, MAP),
+    or score a TREC run file with --run."""
     measure_names = _parse_measures(measures)
     _check_output_file(per_query, "--per-query")
+    _check_output_file(save_run, "--save-run")
+    if run_file is not None:
+        given = [name for name, value in (("--index", index), ("--query-expansions", query_expansions),
+                 ("--doc-expansions", doc_expansions), ("--save-run", save_run), ("--queries", queries),
+                 ("--model", model)) if value is not None]
+        if given:
+            raise ConfigError(f"--run scores a finished run; {', '.join(given)} applies only when retrieving")
+        with _readable_warnings(), _stdout_reserved_for_json(as_json):
+            aggregate, scores_by_query, qrels_file = _score_run_file(run_file, qrels, data, split, measure_names)
+        if per_query is not None:
+            write_jsonl(per_query, ({"query_id": qid, **scores} for qid, scores in scores_by_query.items()))
+        report = {**aggregate, "num_queries": len(scores_by_query), "run": str(run_file), "qrels": str(qrels_file)}
+        if as_json:
+            _print_json(report)
+        else:
+            _print_eval_table(f"{run_file.name} · {qrels_file.name}", aggregate, measure_names,
+                              {"queries": report["num_queries"]})
+        return
+    if data is None:
+        raise ConfigError("pass --data (the corpus to search), or --run FILE to score a run file")
     with _readable_warnings(), _stdout_reserved_for_json(as_json):
-        dataset = load_beir(data, split)
+        dataset = _eval_dataset(data, split, queries, qrels, data_format)
         query_ids = list(dataset.queries)
         query_expansion_map: dict[str, str] = {}
         if query_expansions is not None:
             query_expansion_map = load_expansions(query_expansions)
-            _check_expansion_ids(query_expansion_map, query_ids, query_expansions, f"{split} queries")
+            _check_expansion_ids(query_expansion_map, query_ids, query_expansions, f"{dataset.split} queries")
 
         started = time.perf_counter()
         if index is not None:
@@ -346,6 +524,9 @@ def eval_command(
         run = search_index.run(texts, k=_depth_for(measure_names), show_progress=True)
         search_seconds = time.perf_counter() - started
         aggregate, scores_by_query = evaluate_run(dataset.qrels, run, measure_names)
+        retriever_name = getattr(search_index, "name", retriever.value) if index is not None else retriever.value
+        if save_run is not None:
+            _save_run(save_run, run, query_ids, tag=f"searchrl-{retriever_name}")
 
     if per_query is not None:
         write_jsonl(per_query, ({"query_id": qid, **scores} for qid, scores in scores_by_query.items()))
@@ -354,31 +535,37 @@ def eval_command(
         **aggregate,
         "num_queries": len(scores_by_query),
         "num_documents": len(dataset.corpus),
-        "retriever": getattr(search_index, "name", retriever.value) if index is not None else retriever.value,
+        "retriever": retriever_name,
         "model": model,
-        "split": split,
+        "split": dataset.split,
         "data": str(data),
+        "queries": None if queries is None else str(queries),
+        "qrels": None if qrels is None else str(qrels),
         "index": None if index is None else str(index),
         "query_expansions": None if query_expansions is None else str(query_expansions),
         "doc_expansions": None if doc_expansions is None or index is not None else str(doc_expansions),
+        "run": None if save_run is None else str(save_run),
         "index_seconds": round(index_seconds, 3),
         "search_seconds": round(search_seconds, 3),
     }
     if as_json:
         _print_json(report)
         return
-    table = Table(title=escape(f"{data.name or data} [{split}] · {report['retriever']}"), title_justify="left")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for name in measure_names:
-        table.add_row(name, f"{aggregate[name]:.4f}")
-    table.add_row("queries", f"{report['num_queries']:,}")
-    table.add_row("documents", f"{report['num_documents']:,}")
-    Console().print(table)
+    _print_eval_table(
+        f"{data.name or data} [{dataset.split}] · {report['retriever']}",
+        aggregate,
+        measure_names,
+        {"queries": report["num_queries"], "documents": report["num_documents"]},
+    )
 
 
 def _documents_for_hits(
-    data: Path, hits: list[tuple[str, float]], indexed_ids: list[str], chunk_size: int, chunk_overlap: int
+    data: Path,
+    hits: list[tuple[str, float]],
+    indexed_ids: list[str],
+    chunk_size: int,
+    chunk_overlap: int,
+    data_format: DataFormat | None = None,
 ) -> dict[str, Document]:
     """The hit documents from ``data``, streamed; warns when ``data`` is not what the index was built from."""
     wanted = {doc_id for doc_id, _ in hits}
@@ -386,7 +573,7 @@ def _documents_for_hits(
     indexed = set(indexed_ids)
     outside_index = 0
     seen = 0
-    for doc in iter_documents(data, chunk_size=chunk_size, chunk_overlap=chunk_overlap):
+    for doc in iter_documents(data, chunk_size=chunk_size, chunk_overlap=chunk_overlap, format=data_format):
         seen += 1
         outside_index += doc.id not in indexed
         if doc.id in wanted:

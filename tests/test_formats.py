@@ -1,0 +1,310 @@
+"""The field's formats in and out: Pyserini/FlashRAG corpora, TSV topics, TREC qrels and runs,
+FlashRAG/Search-R1 QA rows, and ``hf:`` Hub data sets read from an offline ``datasets`` cache."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from searchrl.data.beir import iter_corpus, load_beir, load_corpus, load_qrels, load_queries
+from searchrl.data.formats import detect_corpus_format, read_trec_run, split_flashrag_contents, write_trec_run
+from searchrl.data.qa import load_qa
+from searchrl.errors import DataError
+from test_cli_retrieval import CORPUS, QRELS, QUERIES, assert_user_error, run_cli, write_jsonl
+
+# The tiny BEIR data set of test_cli_retrieval in the other tools' formats.
+PYSERINI = [{"id": d["_id"], "contents": f"{d['title']} {d['text']}".strip()} for d in CORPUS]
+FLASHRAG = [{"id": d["_id"], "contents": f'"{d["title"]}"\n{d["text"]}'} for d in CORPUS]
+TOPICS = "".join(f"{q['_id']}\t{q['text']}\n" for q in QUERIES)
+TREC_QRELS = "".join(f"{row.split()[0]} 0 {row.split()[1]} {row.split()[2]}\n" for row in QRELS[1:])
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def jsonl(path: Path, records: list[dict]) -> Path:
+    return write(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture
+def beir(tmp_path) -> Path:
+    root = tmp_path / "beir"
+    jsonl(root / "corpus.jsonl", CORPUS)
+    jsonl(root / "queries.jsonl", QUERIES)
+    write(root / "qrels" / "test.tsv", "\n".join(QRELS) + "\n")
+    return root
+
+
+def eval_json(capsys, *args) -> dict:
+    code, out, err = run_cli(capsys, "eval", *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+# --- corpora ------------------------------------------------------------------------------------
+
+
+def test_flashrag_contents_split_like_flashrag():
+    assert split_flashrag_contents('"Apollo 13"\nThe crew.\nSecond line.') == ("Apollo 13", "The crew.\nSecond line.")
+    assert split_flashrag_contents("no title line") == ("no title line", "")
+
+
+def test_each_corpus_format_is_detected_and_read(tmp_path):
+    pyserini = jsonl(tmp_path / "pyserini.jsonl", PYSERINI)
+    flashrag = jsonl(tmp_path / "flashrag.jsonl", FLASHRAG)
+    beir = jsonl(tmp_path / "beir.jsonl", CORPUS)
+    assert [detect_corpus_format(p) for p in (pyserini, flashrag, beir)] == ["pyserini", "flashrag", "beir"]
+
+    docs = load_corpus(flashrag)
+    assert docs["d1"].title == "Oxygen tank" and docs["d1"].text.startswith("The oxygen tank exploded")
+    assert docs["d4"].title == "" and docs["d4"].text.startswith("Lithium")
+    docs = load_corpus(pyserini)
+    assert docs["d1"].title == "" and docs["d1"].text == "Oxygen tank The oxygen tank exploded during the Apollo 13 mission."
+    # Pyserini records may carry their own title (MS MARCO documents do).
+    titled = jsonl(tmp_path / "titled.jsonl", [{"id": "a", "title": "T", "contents": "line one\nline two"}])
+    assert detect_corpus_format(titled) == "pyserini" and load_corpus(titled)["a"].title == "T"
+
+
+def test_a_pyserini_collection_folder_is_one_corpus(tmp_path):
+    folder = tmp_path / "collection"
+    folder.mkdir()
+    jsonl(folder / "docs00.json", PYSERINI[:2])
+    with gzip.open(folder / "docs01.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in PYSERINI[2:])
+    assert [d.id for d in iter_corpus(folder)] == ["d1", "d2", "d3", "d4"]
+    jsonl(folder / "docs02.jsonl", [PYSERINI[0]])
+    with pytest.raises(DataError, match="duplicate document id 'd1'"):
+        load_corpus(folder)
+
+
+def test_ambiguous_corpora_are_errors_that_name_the_flag(tmp_path):
+    # Line breaks, but no quoted first line: the first line may or may not be a title.
+    mixed = jsonl(tmp_path / "c.jsonl", [{"id": "a", "contents": "Title\nbody"}, {"id": "b", "contents": "one line"}])
+    with pytest.raises(DataError) as err:
+        load_corpus(mixed)
+    assert "--format flashrag" in err.value.hint and "--format pyserini" in err.value.hint
+    # Named explicitly, either reading is taken as asked.
+    assert load_corpus(mixed, format="flashrag")["a"].title == "Title"
+    assert load_corpus(mixed, format="pyserini")["a"].text == "Title\nbody"
+
+    both = jsonl(tmp_path / "both.jsonl", [{"id": "a", "contents": "x", "text": "y"}])
+    with pytest.raises(DataError, match="both 'contents'.*and 'text'") as err:
+        load_corpus(both)
+    assert "--format" in err.value.hint
+    neither = jsonl(tmp_path / "neither.jsonl", [{"id": "a", "body": "x"}])
+    with pytest.raises(DataError, match="no record has a 'text', 'title' or 'contents' field"):
+        load_corpus(neither)
+    # A format named against the file's records fails on the first line it cannot read.
+    with pytest.raises(DataError, match=r"pyserini.jsonl:1: record has 'contents' but no 'text'"):
+        load_corpus(jsonl(tmp_path / "pyserini.jsonl", PYSERINI), format="beir")
+    with pytest.raises(DataError, match=r"beir.jsonl:1: record has no 'contents' field"):
+        load_corpus(jsonl(tmp_path / "beir.jsonl", CORPUS), format="flashrag")
+
+
+# --- queries and qrels --------------------------------------------------------------------------
+
+
+def test_tsv_topics_and_trec_qrels(tmp_path):
+    topics = write(tmp_path / "topics.tsv", TOPICS)
+    assert load_queries(topics) == {q["_id"]: q["text"] for q in QUERIES}
+    trec = write(tmp_path / "qrels.txt", TREC_QRELS)
+    beir = write(tmp_path / "qrels.tsv", "\n".join(QRELS) + "\n")
+    assert load_qrels(trec) == load_qrels(beir) == {"q1": {"d1": 1}, "q2": {"d3": 1, "d2": 0}, "q3": {"d4": 1}}
+
+    with pytest.raises(DataError, match=r"qrels.txt:2: expected 4 columns .* found 3") as err:
+        load_qrels(write(tmp_path / "qrels.txt", "q1 0 d1 1\nq2 d3 1\n"))
+    assert "TREC" in err.value.hint
+    with pytest.raises(DataError, match=r"topics.tsv:2: expected 2 tab-separated columns"):
+        load_queries(write(tmp_path / "topics.tsv", "q1\ttext\nq2\ttext\textra\n"))
+
+
+# --- eval on other tools' files -------------------------------------------------------------------
+
+
+def test_eval_on_a_pyserini_corpus_with_topics_and_trec_qrels_matches_the_beir_folder(beir, tmp_path, capsys):
+    expected = eval_json(capsys, "--data", beir, "--split", "test")
+    corpus = jsonl(tmp_path / "corpus.jsonl", FLASHRAG)
+    topics = write(tmp_path / "topics.tsv", TOPICS)
+    qrels = write(tmp_path / "qrels.trec", TREC_QRELS)
+    report = eval_json(capsys, "--data", corpus, "--queries", topics, "--qrels", qrels)
+    for measure in ("ndcg@10", "recall@100", "mrr@10", "map", "num_queries", "num_documents"):
+        assert report[measure] == expected[measure], measure
+    # The BEIR folder's own queries with TREC qrels from elsewhere work as well.
+    assert eval_json(capsys, "--data", beir, "--qrels", qrels)["ndcg@10"] == expected["ndcg@10"]
+
+    code, _, err = run_cli(capsys, "eval", "--data", corpus, "--json")
+    assert_user_error(code, err, "is a corpus file, not a BEIR folder", "--queries FILE", "--qrels FILE")
+
+
+def test_eval_refuses_an_ambiguous_corpus_and_accepts_format(tmp_path, capsys):
+    corpus = jsonl(tmp_path / "corpus.jsonl", [{"id": "d1", "contents": "Oxygen\ntank exploded"},
+                                                     {"id": "d3", "contents": "crew landed in the ocean"}])
+    topics = write(tmp_path / "topics.tsv", "q1\toxygen tank\n")
+    qrels = write(tmp_path / "qrels.trec", "q1 0 d1 1\n")
+    code, _, err = run_cli(capsys, "eval", "--data", corpus, "--queries", topics, "--qrels", qrels)
+    assert_user_error(code, err, "cannot tell whether the first line", "--format flashrag", "--format pyserini")
+    assert eval_json(capsys, "--data", corpus, "--queries", topics, "--qrels", qrels, "--format", "pyserini")["mrr@10"] == 1.0
+
+
+def test_index_and_search_a_flashrag_corpus(tmp_path, capsys):
+    corpus = jsonl(tmp_path / "wiki.jsonl", FLASHRAG)
+    code, _, err = run_cli(capsys, "index", "--data", corpus, "--out", tmp_path / "index")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "search", "--index", tmp_path / "index", "--data", corpus, "--json", "oxygen tank")
+    assert code == 0, err
+    top = json.loads(out)["results"][0]
+    assert top["id"] == "d1" and top["title"] == "Oxygen tank"
+
+
+# --- TREC runs ----------------------------------------------------------------------------------------
+
+
+def test_trec_run_round_trip_keeps_exact_scores_and_order(tmp_path):
+    run = {"q1": {"d2": 0.1 + 0.2, "d1": 3.0, "d3": 0.30000000000000004}, "q2": {"d9": -1.5}}
+    path = tmp_path / "run.trec"
+    assert write_trec_run(path, run, tag="bm25") == 4
+    lines = path.read_text().splitlines()
+    assert lines[0] == "q1 Q0 d1 1 3.0 bm25"
+    assert [line.split()[2] for line in lines[:3]] == ["d1", "d2", "d3"]  # ties keep the run's order
+    assert read_trec_run(path) == run
+    with pytest.raises(DataError, match=r"run.trec:1: expected 6 columns"):
+        read_trec_run(write(path, "q1 Q0 d1 1 3.0\n"))
+    with pytest.raises(DataError, match="cannot be written to a TREC run"):
+        write_trec_run(tmp_path / "bad.trec", {"q 1": {"d1": 1.0}})
+
+
+def test_saved_run_rescored_with_ir_measures_reproduces_eval(beir, tmp_path, capsys):
+    import ir_measures
+
+    from searchrl.metrics import to_ir_measure
+
+    # Every query finds something here, so the run file holds every judged query.
+    qrels_path = write(tmp_path / "qrels.trec", "q1 0 d1 1\nq2 0 d3 2\nq2 0 d2 0\nq2 0 d1 1\n")
+    run_path = tmp_path / "out" / "bm25.trec"
+    names = ["ndcg@10", "recall@100", "mrr@10", "map", "p@1"]
+    common = ["--data", beir, "--qrels", qrels_path, "--measures", ",".join(names)]
+    report = eval_json(capsys, *common, "--save-run", run_path)
+    assert report["run"] == str(run_path) and report["num_queries"] == 2
+    measures = [to_ir_measure(name) for name in names]
+    qrels = list(ir_measures.read_trec_qrels(str(qrels_path)))
+    rescored = ir_measures.calc_aggregate(measures, qrels, ir_measures.read_trec_run(str(run_path)))
+    for name, measure in zip(names, measures):
+        assert rescored[measure] == report[name], name  # to the last digit
+    # The printed table shows the same figures.
+    code, out, _ = run_cli(capsys, "eval", *common)
+    for name, measure in zip(names, measures):
+        assert f"{rescored[measure]:.4f}" in out.split(name, 1)[1].splitlines()[0]
+
+    # And `eval --run` scores the file to the same figures.
+    scored = eval_json(capsys, "--run", run_path, "--qrels", qrels_path, "--measures", ",".join(names))
+    assert {name: scored[name] for name in names} == {name: report[name] for name in names}
+
+
+def test_eval_run_errors(beir, tmp_path, capsys):
+    run_path = write(tmp_path / "run.trec", "x1 Q0 d1 1 1.0 t\n")
+    code, _, err = run_cli(capsys, "eval", "--run", run_path, "--qrels", beir / "qrels" / "test.tsv")
+    assert_user_error(code, err, "none of the run's 1 queries is judged")
+    code, _, err = run_cli(capsys, "eval", "--run", run_path)
+    assert_user_error(code, err, "--run needs judgments", "--qrels FILE")
+    code, _, err = run_cli(capsys, "eval", "--run", run_path, "--qrels", run_path, "--index", tmp_path)
+    assert_user_error(code, err, "--index applies only when retrieving")
+
+
+def test_save_run_warns_about_queries_without_results(beir, tmp_path, capsys):
+    run_path = tmp_path / "run.trec"
+    code, _, err = run_cli(capsys, "eval", "--data", beir, "--split", "test", "--save-run", run_path)
+    assert code == 0, err
+    # q3 shares no word with any document: BM25 returns nothing, and a TREC file cannot say so.
+    assert "1 queries have no results" in " ".join(err.split()) and "trec_eval" in err
+    assert {line.split()[0] for line in run_path.read_text().splitlines()} == {"q1", "q2"}
+
+
+# --- QA rows ------------------------------------------------------------------------------------------
+
+
+def test_flashrag_and_search_r1_qa_rows(tmp_path):
+    rows = [{"id": "test_0", "question": "who commanded apollo 13?", "golden_answers": ["Jim Lovell", "Lovell"],
+             "metadata": {"source": "nq"}}]
+    examples = load_qa(jsonl(tmp_path / "test.jsonl", rows))
+    assert examples[0].answers == ("Jim Lovell", "Lovell") and examples[0].id == "test_0"
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": ["train_0", "train_1"], "question": ["q one", "q two"],
+                      "golden_answers": [["a"], ["b", "c"]], "data_source": ["nq", "nq"]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    assert [e.answers for e in load_qa(tmp_path / "train.parquet")] == [("a",), ("b", "c")]
+
+    both = jsonl(tmp_path / "both.jsonl", [{"id": "a", "question": "q", "answers": ["x"], "golden_answers": ["y"]}])
+    with pytest.raises(DataError, match="both 'answers' and 'golden_answers'"):
+        load_qa(both)
+    empty = jsonl(tmp_path / "empty.jsonl", [{"id": "a", "question": "q", "golden_answers": []}])
+    with pytest.raises(DataError, match="'golden_answers' is empty"):
+        load_qa(empty)
+
+
+# --- Hub data sets ------------------------------------------------------------------------------------
+
+
+def build_offline_hub_cache(root: Path, repo: str) -> Path:
+    """Put ``repo`` (and ``repo-qrels``) in a ``datasets`` cache as a real first download leaves it.
+
+    The same files a BEIR Hub repo holds are loaded from local folders, and the cache folders
+    renamed to the Hub names, so that an offline ``load_dataset(repo, "corpus")`` finds them.
+    """
+    import datasets
+
+    owner, name = repo.split("/")
+    cache = root / "datasets-cache"
+    source = root / "hub-source" / name
+    jsonl(source / "corpus.jsonl", CORPUS)
+    jsonl(source / "queries.jsonl", QUERIES)
+    write(source / "README.md", "---\nconfigs:\n"
+          "- config_name: corpus\n  data_files:\n  - split: corpus\n    path: corpus.jsonl\n"
+          "- config_name: queries\n  data_files:\n  - split: queries\n    path: queries.jsonl\n---\n")
+    qrels = root / "hub-source" / f"{name}-qrels"
+    write(qrels / "test.tsv", "\n".join(QRELS) + "\n")
+    write(qrels / "train.tsv", "query-id\tcorpus-id\tscore\nq9\td2\t1\n")
+    for config in ("corpus", "queries"):
+        datasets.load_dataset(str(source), config, cache_dir=str(cache))
+    datasets.load_dataset(str(qrels), cache_dir=str(cache))
+    for folder in (name, f"{name}-qrels"):
+        shutil.move(cache / folder, cache / f"{owner}___{folder}")
+    return cache
+
+
+def test_hub_data_set_through_an_offline_datasets_cache(beir, tmp_path, capsys, monkeypatch):
+    import datasets
+
+    if not datasets.config.HF_HUB_OFFLINE:
+        pytest.skip("the test needs HF_HUB_OFFLINE=1 when datasets is imported")
+    cache = build_offline_hub_cache(tmp_path, "BeIR/tinyfact")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setenv("SEARCHRL_CACHE", str(tmp_path / "searchrl-cache"))
+
+    expected = eval_json(capsys, "--data", beir, "--split", "test")
+    report = eval_json(capsys, "--data", "hf:BeIR/tinyfact", "--split", "test")
+    for measure in ("ndcg@10", "recall@100", "mrr@10", "map", "num_queries", "num_documents"):
+        assert report[measure] == expected[measure], measure
+    folder = tmp_path / "searchrl-cache" / "hub" / "BeIR--tinyfact"
+    assert json.loads((folder / "source.json").read_text())["splits"] == {"test": 4, "train": 1}
+
+    # Later runs read the BEIR folder written the first time, without `datasets`.
+    shutil.rmtree(cache)
+    dataset = load_beir("hf:BeIR/tinyfact", "train")
+    assert dataset.queries == {"q9": "a query of another split"}
+    code, _, err = run_cli(capsys, "index", "--data", "hf:BeIR/tinyfact", "--out", tmp_path / "index")
+    assert code == 0, err
+
+    code, _, err = run_cli(capsys, "eval", "--data", "hf:BeIR/not-cached", "--split", "test")
+    assert_user_error(code, err, "cannot load the Hugging Face data set BeIR/not-cached", "--data DIR")
+    code, _, err = run_cli(capsys, "eval", "--data", "hf:scifact", "--split", "test")
+    assert_user_error(code, err, "not a Hub data set name", "hf:OWNER/NAME")
