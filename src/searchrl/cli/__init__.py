@@ -46,9 +46,9 @@ def _options(
 
 
 def _register_all() -> None:
-    from searchrl.cli import agent, augment, models, report, retrieval, train
+    from searchrl.cli import agent, augment, export, models, report, retrieval, train
 
-    for module in (retrieval, models, augment, train, agent, report):
+    for module in (retrieval, models, augment, train, agent, report, export):
         module.register(app)
 
 
