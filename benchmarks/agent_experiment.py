@@ -11,7 +11,7 @@ searches per episode):
 Run 3 stops after ``--steps`` RL steps or ``--grpo-minutes`` of wall time, whichever comes first;
 run 4 then gets exactly as many steps. Every stage is resumable (rerun the same command).
 
-    python benchmarks/agent_experiment.py                # configs/agent-cpu.yaml as it is
+    python benchmarks/agent_experiment.py                # the agent-cpu recipe as it is
     python benchmarks/agent_experiment.py --steps 30     # options override the recipe
 
 Writes benchmarks/results/agent_experiment.json and prints it.
@@ -35,8 +35,10 @@ METRIC_KEYS = (
 
 
 def base_config(work: Path, args: argparse.Namespace) -> dict:
-    """The recipe (``--config``, default configs/agent-cpu.yaml) with the command line's overrides."""
-    config = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    """The recipe (``--config``, default the packaged agent-cpu) with the command line's overrides."""
+    from searchrl.recipes import find_config
+
+    config = yaml.safe_load(find_config(args.config).read_text(encoding="utf-8"))
     config["data"] = dict(config.get("data") or {}) | {"split_dir": str(work / "split")}
     if args.dev_size is not None:
         config["data"]["dev_size"] = args.dev_size
@@ -95,8 +97,8 @@ def grpo_summary(run: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=HERE.parent / "configs" / "agent-cpu.yaml",
-                        help="the recipe; the options below override it")
+    parser.add_argument("--config", default="agent-cpu",
+                        help="a packaged recipe name or a YAML file; the options below override it")
     parser.add_argument("--model", default=None)
     parser.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "searchrl-agent-experiment")
     parser.add_argument("--dev-size", type=int, default=None)

@@ -112,11 +112,10 @@ def test_config_rejects_unknown_keys_and_drops_retry_for_the_ablation(tmp_path):
 
 
 def test_shipped_configs_load():
-    from pathlib import Path
+    from searchrl.recipes import RECIPES_DIR
 
-    root = Path(__file__).resolve().parents[1] / "configs"
     for name in ("agent-cpu.yaml", "agent-gpu.yaml"):
-        config = load_agent_config(root / name)
+        config = load_agent_config(RECIPES_DIR / name)
         assert config.rewards.correctness == 4.0 and config.grpo.num_generations >= 2
 
 

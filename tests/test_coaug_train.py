@@ -232,10 +232,12 @@ def test_cli_train_coaug(tiny_lm_dir, tiny_beir, tmp_path, capsys, fake_wandb):
 
 
 def test_config_files_validate_and_quickstart_yaml_matches_code(tmp_path):
+    from searchrl.recipes import RECIPES_DIR
+
     for name in ("coaug-cpu.yaml", "coaug-gpu.yaml", "coaug-quickstart.yaml"):
-        raw = yaml.safe_load((REPO / "configs" / name).read_text())
+        raw = yaml.safe_load((RECIPES_DIR / name).read_text())
         CoAugConfig.model_validate(raw)
-    quick = yaml.safe_load((REPO / "configs" / "coaug-quickstart.yaml").read_text())
+    quick = yaml.safe_load((RECIPES_DIR / "coaug-quickstart.yaml").read_text())
     code = quickstart_config(quick["data"], quick["output_dir"])
     assert quick == code
 

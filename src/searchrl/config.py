@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from searchrl.errors import ConfigError
+from searchrl.recipes import find_config
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -82,7 +83,7 @@ def read_yaml_file(path: Path) -> Any:
     if not path.exists():
         raise ConfigError("config file not found", path=path)
     if path.is_dir():
-        raise ConfigError("is a folder, not a config file", path=path, hint="pass a YAML file, e.g. configs/coaug-cpu.yaml")
+        raise ConfigError("is a folder, not a config file", path=path, hint="pass a YAML file or a packaged recipe name, e.g. coaug-cpu")
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -137,13 +138,14 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(model: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Read ``path`` (YAML) into ``model``, apply ``key=value`` overrides, validate.
+    """Read ``path`` (a YAML file, or the name of a packaged recipe such as ``coaug-cpu``) into
+    ``model``, apply ``key=value`` overrides, validate.
 
     Unknown keys are rejected, so a typo never silently falls back to a default.
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = find_config(path)
         loaded = read_yaml_file(path)
         if loaded is None:
             loaded = {}

@@ -18,7 +18,11 @@ import typer
 
 train_app = typer.Typer(help="Train with RL: co-augmentation (coaug) or the search agent (agent).", no_args_is_help=True)
 
-ConfigOption = Annotated[Path, typer.Option("--config", help="YAML config file (see configs/).")]
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", help="A recipe shipped with searchrl (coaug-cpu, coaug-gpu, coaug-quickstart, agent-cpu, "
+                 "agent-gpu) or a YAML config file."),
+]
 SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a config field, e.g. --set steps=20 (repeatable).")
 ]
