@@ -19,7 +19,7 @@ from searchrl.retrieval import (
     load_retriever,
     reciprocal_rank_fusion,
 )
-from searchrl.retrieval.base import top_k_rows
+from searchrl.retrieval.base import top_k_rows, write_manifest
 
 CORPUS = [
     Document("d1", "Vitamin D deficiency is associated with bone fractures in elderly patients.", "Vitamin D and bones"),
@@ -294,7 +294,7 @@ def test_dense_save_load_round_trip(dense, tmp_path):
     manifest_path = tmp_path / "dense" / "retriever.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["params"]["encoder_fingerprint"] = "0" * 64
-    manifest_path.write_text(json.dumps(manifest))
+    write_manifest(tmp_path / "dense", "dense", manifest["params"], manifest["doc_ids"], list(manifest["files"]))
     with pytest.raises(IndexFileError, match="different version of the encoder"):
         load_retriever(tmp_path / "dense").search(["x"])
 
@@ -343,20 +343,25 @@ def test_load_errors_name_the_problem(bm25, tmp_path):
         load_retriever(corrupt)
 
     def set_field(key, value):
-        def change(d):
+        def change(d):  # with fresh checksums, as a crafted manifest would have
             manifest = json.loads(original)
             manifest[key] = value
-            (d / "retriever.json").write_text(json.dumps(manifest))
+            write_manifest(d, manifest["kind"], manifest["params"], manifest["doc_ids"], list(manifest["files"]))
 
         return change
 
+    def set_version(d):
+        manifest = json.loads(original)
+        manifest["version"] = 99
+        (d / "retriever.json").write_text(json.dumps(manifest))
+
     with pytest.raises(IndexFileError, match="version 99"):
-        load_retriever(broken("future", set_field("version", 99)))
+        load_retriever(broken("future", set_version))
     with pytest.raises(IndexFileError, match="unknown retriever kind"):
         load_retriever(broken("kind", set_field("kind", "splade")))
     with pytest.raises(IndexFileError, match="holds 5 documents"):
         load_retriever(broken("count", set_field("doc_ids", ["d1"])))
-    with pytest.raises(IndexFileError, match="cannot read the BM25 index"):
+    with pytest.raises(IndexFileError, match="index file is missing"):
         load_retriever(broken("payload", lambda d: shutil.rmtree(d / "bm25s")))
     with pytest.raises(IndexFileError, match="not 'dense'"):
         DenseRetriever.load(tmp_path / "good")
@@ -365,9 +370,18 @@ def test_load_errors_name_the_problem(bm25, tmp_path):
 def test_dense_load_errors(dense, tmp_path):
     dense.index(CORPUS, show_progress=False)
     dense.save(tmp_path / "dense")
+    manifest = json.loads((tmp_path / "dense" / "retriever.json").read_text())
+
+    def reseal():
+        write_manifest(tmp_path / "dense", "dense", manifest["params"], manifest["doc_ids"], list(manifest["files"]))
+
     (tmp_path / "dense" / "embeddings.npy").write_bytes(b"garbage")
+    with pytest.raises(IndexFileError, match="does not match its checksum"):
+        load_retriever(tmp_path / "dense")
+    reseal()
     with pytest.raises(IndexFileError, match="cannot read the document embeddings"):
         load_retriever(tmp_path / "dense")
     np.save(tmp_path / "dense" / "embeddings.npy", np.zeros((2, 4), dtype=np.float32))
+    reseal()
     with pytest.raises(IndexFileError, match="do not match"):
         load_retriever(tmp_path / "dense")

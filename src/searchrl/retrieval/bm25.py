@@ -35,6 +35,16 @@ from searchrl.retrieval.base import (
     write_manifest,
 )
 
+PAYLOAD_DIR = "bm25s"
+"""Sub-folder of a saved index holding bm25s's own file layout (loadable by ``bm25s.BM25.load``)."""
+_ARRAY_FILES = {name: f"{name}.csc.index.npy" for name in ("data", "indices", "indptr")}
+_VOCAB_FILE = "vocab.index.json"
+_PARAMS_FILE = "params.index.json"
+_ANALYZER_FILE = "analyzer.json"
+PAYLOAD_FILES = tuple(
+    f"{PAYLOAD_DIR}/{name}" for name in (*_ARRAY_FILES.values(), _VOCAB_FILE, _PARAMS_FILE, _ANALYZER_FILE)
+)
+
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 """Words of two or more letters/digits: the default of bm25s and scikit-learn."""
 
@@ -164,8 +174,8 @@ class BM25Retriever(Retriever):
         self.b = float(b)
         self.analyzer = BM25Analyzer(stemmer=stemmer, stopwords=stopwords)
         self._doc_ids: list[str] = []
-        self._bm25 = None  # bm25s.BM25 holding the documents x terms weight matrix
-        self._term_weights: sp.csr_matrix | None = None  # the same matrix seen as terms x documents
+        self._vocab: dict[str, int] | None = None  # token -> row of _term_weights
+        self._term_weights: sp.csr_matrix | None = None  # BM25 weight of each term in each document
         self._average_document_length = 0.0
 
     # -- indexing ------------------------------------------------------------------------
@@ -194,20 +204,32 @@ class BM25Retriever(Retriever):
             )
         bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
         bm25.index(corpus_tokens, create_empty_token=False, show_progress=False)
-        self._set_index(bm25, doc_ids, float(np.mean([len(t) for t in corpus_tokens])))
+        scores = bm25.scores
+        self._set_index(
+            dict(bm25.vocab_dict),
+            scores["data"],
+            scores["indices"],
+            scores["indptr"],
+            doc_ids,
+            float(np.mean([len(t) for t in corpus_tokens])),
+        )
         return self
 
-    def _set_index(self, bm25, doc_ids: list[str], average_document_length: float) -> None:
-        scores = bm25.scores
-        n_terms = len(scores["indptr"]) - 1
-        self._bm25 = bm25
+    def _set_index(
+        self,
+        vocab: dict[str, int],
+        data: np.ndarray,
+        indices: np.ndarray,
+        indptr: np.ndarray,
+        doc_ids: list[str],
+        average_document_length: float,
+    ) -> None:
+        self._vocab = vocab
         self._doc_ids = list(doc_ids)
         self._average_document_length = average_document_length
         # bm25s stores documents x terms in CSC form; the same three arrays read as CSR are
         # terms x documents, which is what the query product needs (no copy).
-        self._term_weights = sp.csr_matrix(
-            (scores["data"], scores["indices"], scores["indptr"]), shape=(n_terms, int(scores["num_docs"]))
-        )
+        self._term_weights = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, len(doc_ids)))
 
     # -- corpus statistics (used by training rewards) -------------------------------------
 
@@ -229,13 +251,13 @@ class BM25Retriever(Retriever):
     def vocabulary(self) -> dict[str, int]:
         """``{token: column}`` of the indexed corpus (tokens are analyzer output, i.e. stems)."""
         self._require_index()
-        return dict(self._bm25.vocab_dict)
+        return dict(self._vocab)
 
     def document_frequencies(self) -> dict[str, int]:
         """``{token: number of indexed documents containing it}``."""
         self._require_index()
         counts = np.diff(self._term_weights.indptr)
-        return {token: int(counts[column]) for token, column in self._bm25.vocab_dict.items()}
+        return {token: int(counts[column]) for token, column in self._vocab.items()}
 
     def idf(self, tokens: Sequence[str]) -> np.ndarray:
         """Lucene IDF ``log(1 + (N - df + 0.5) / (df + 0.5))`` of each (analysed) token.
@@ -250,7 +272,7 @@ class BM25Retriever(Retriever):
         """
         self._require_index()
         counts = np.diff(self._term_weights.indptr)
-        vocab = self._bm25.vocab_dict
+        vocab = self._vocab
         df = np.array([counts[vocab[t]] if t in vocab else 0 for t in tokens], dtype=np.int64)
         return lucene_idf(df, self.num_documents).astype(np.float32)
 
@@ -283,7 +305,7 @@ class BM25Retriever(Retriever):
 
     def _query_term_matrix(self, query_tokens: Sequence[Sequence[str]]) -> sp.csr_matrix:
         """``queries x terms`` counts; a repeated query word counts again, as in bm25s and Lucene."""
-        vocab = self._bm25.vocab_dict
+        vocab = self._vocab
         rows: list[int] = []
         columns: list[int] = []
         for row, tokens in enumerate(query_tokens):
@@ -295,7 +317,7 @@ class BM25Retriever(Retriever):
         return sp.csr_matrix((data, (rows, columns)), shape=(len(query_tokens), self._term_weights.shape[0]))
 
     def _require_index(self) -> None:
-        if self._bm25 is None:
+        if self._term_weights is None:
             raise IndexFileError("this BM25 retriever has no index yet", hint="call .index(documents) or load_retriever(dir)")
 
     # -- persistence --------------------------------------------------------------------
@@ -304,41 +326,156 @@ class BM25Retriever(Retriever):
         """Constructor arguments, JSON-serialisable."""
         return {"k1": self.k1, "b": self.b, **self.analyzer.to_dict()}
 
-    def save(self, directory: str | Path) -> None:
-        """``retriever.json`` plus bm25s's own files in ``bm25s/`` (``.npy`` arrays without pickle, JSON vocab)."""
+    def write_index(self, directory: Path) -> None:
+        """``retriever.json`` plus the weights in bm25s's layout in ``bm25s/`` (``.npy`` without pickle, JSON).
+
+        ``bm25s/analyzer.json`` repeats the analysis settings, which loading compares with the
+        manifest: queries must be analysed exactly as the documents were.
+        """
+        import bm25s
+
         self._require_index()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._bm25.save(str(directory / "bm25s"), allow_pickle=False, show_progress=False)
+        payload = Path(directory) / PAYLOAD_DIR
+        payload.mkdir(parents=True, exist_ok=True)
+        weights = self._term_weights
+        for name, array in (("data", weights.data), ("indices", weights.indices), ("indptr", weights.indptr)):
+            np.save(payload / _ARRAY_FILES[name], array, allow_pickle=False)
+        (payload / _VOCAB_FILE).write_text(json.dumps(self._vocab, ensure_ascii=False), encoding="utf-8")
+        bm25s_params = {
+            "k1": self.k1, "b": self.b, "delta": 0.5, "method": "lucene", "idf_method": "lucene",
+            "dtype": "float32", "int_dtype": "int32", "num_docs": self.num_documents,
+            "version": bm25s.__version__, "backend": "numpy",
+        }  # fmt: skip
+        (payload / _PARAMS_FILE).write_text(json.dumps(bm25s_params, indent=4), encoding="utf-8")
+        (payload / _ANALYZER_FILE).write_text(json.dumps(self.analyzer.to_dict()), encoding="utf-8")
         params = {**self.params(), "average_document_length": self._average_document_length}
-        write_manifest(directory, self.name, params, self._doc_ids)
+        write_manifest(directory, self.name, params, self._doc_ids, PAYLOAD_FILES)
 
     @classmethod
     def load(cls, directory: str | Path) -> "BM25Retriever":
-        """Read an index written by :meth:`save`; problems raise :class:`IndexFileError`."""
-        import bm25s
+        """Read an index written by :meth:`save`; problems raise :class:`IndexFileError`.
 
+        Checksums are verified first; then every array is validated (types, shapes, a monotone
+        ``indptr``, document and term indices in range, finite non-negative weights), so even an
+        index crafted with matching checksums can neither crash the process nor mislead silently.
+        """
         directory = Path(directory)
-        manifest = read_manifest(directory, expected_kind=cls.name)
+        manifest = read_manifest(directory, expected_kind=cls.name, payload=PAYLOAD_FILES)
         params = dict(manifest["params"])
-        average_document_length = float(params.pop("average_document_length", 0.0))
+        average_document_length = params.pop("average_document_length", None)
         try:
             retriever = cls(**params)
         except (TypeError, ConfigError) as err:
             raise IndexFileError(f"invalid BM25 parameters in the manifest: {err}", path=directory, hint=REBUILD_HINT) from None
-        payload = directory / "bm25s"
-        try:
-            bm25 = bm25s.BM25.load(str(payload), allow_pickle=False, show_progress=False)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-            raise IndexFileError(f"cannot read the BM25 index files: {err}", path=payload, hint=REBUILD_HINT) from None
-        if int(bm25.scores["num_docs"]) != len(manifest["doc_ids"]):
+        payload = directory / PAYLOAD_DIR
+        doc_ids = manifest["doc_ids"]
+
+        built_with = _read_json(payload / _ANALYZER_FILE)
+        if built_with != retriever.analyzer.to_dict():
             raise IndexFileError(
-                f"index holds {bm25.scores['num_docs']} documents but the manifest lists {len(manifest['doc_ids'])}",
+                f"the index was built with the analyzer {built_with} but the manifest asks for "
+                f"{retriever.analyzer.to_dict()}: queries would not be analysed like the documents",
                 path=directory,
                 hint=REBUILD_HINT,
             )
-        retriever._set_index(bm25, manifest["doc_ids"], average_document_length)
+        bm25s_params = _read_json(payload / _PARAMS_FILE)
+        if not isinstance(bm25s_params, dict) or bm25s_params.get("num_docs") != len(doc_ids):
+            found = bm25s_params.get("num_docs") if isinstance(bm25s_params, dict) else None
+            raise IndexFileError(
+                f"index holds {found} documents but the manifest lists {len(doc_ids)}",
+                path=directory,
+                hint=REBUILD_HINT,
+            )
+        if (bm25s_params.get("k1"), bm25s_params.get("b")) != (retriever.k1, retriever.b):
+            raise IndexFileError(
+                f"the weights were computed with k1={bm25s_params.get('k1')}, b={bm25s_params.get('b')} but the "
+                f"manifest says k1={retriever.k1}, b={retriever.b}",
+                path=directory,
+                hint=REBUILD_HINT,
+            )
+        if (
+            isinstance(average_document_length, bool)
+            or not isinstance(average_document_length, (int, float))
+            or not np.isfinite(average_document_length)
+            or average_document_length < 0
+        ):
+            raise IndexFileError(
+                f"invalid average_document_length {average_document_length!r} in the manifest",
+                path=directory,
+                hint=REBUILD_HINT,
+            )
+        arrays = {name: _read_array(payload / file) for name, file in _ARRAY_FILES.items()}
+        vocab = _read_json(payload / _VOCAB_FILE)
+        data, indices, indptr = check_weight_arrays(
+            arrays["data"], arrays["indices"], arrays["indptr"], vocab, len(doc_ids), path=payload
+        )
+        retriever._set_index(vocab, data, indices, indptr, doc_ids, float(average_document_length))
         return retriever
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise IndexFileError(f"cannot read the BM25 index file: {err}", path=path, hint=REBUILD_HINT) from None
+
+
+def _read_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise IndexFileError(f"cannot read the BM25 index array: {err}", path=path, hint=REBUILD_HINT) from None
+
+
+def check_weight_arrays(
+    data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, vocab: object, num_documents: int, *, path: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate the ``terms x documents`` CSR arrays of a loaded index; returns them ready for scipy.
+
+    scipy trusts these arrays: an index beyond the document count reads outside memory (a
+    segfault, or garbage scores). Raises :class:`IndexFileError` naming the first problem.
+    """
+
+    def refuse(problem: str) -> IndexFileError:
+        return IndexFileError(f"invalid BM25 index: {problem}", path=path, hint=REBUILD_HINT)
+
+    for name, array, kinds, expected in (
+        ("data", data, "f", "floating-point"),
+        ("indices", indices, "iu", "integer"),
+        ("indptr", indptr, "iu", "integer"),
+    ):
+        if array.ndim != 1:
+            raise refuse(f"{name} must be one-dimensional, found shape {array.shape}")
+        if array.dtype.kind not in kinds:
+            raise refuse(f"{name} has type {array.dtype}, expected an {expected} type")
+    if not isinstance(vocab, dict) or not all(
+        isinstance(token, str) and isinstance(column, int) and not isinstance(column, bool)
+        for token, column in vocab.items()
+    ):
+        raise refuse("the vocabulary must map each token to an integer row")
+    n_terms = len(vocab)
+    columns = np.fromiter(vocab.values(), dtype=np.int64, count=n_terms)
+    if not np.array_equal(np.sort(columns), np.arange(n_terms)):
+        raise refuse(f"the vocabulary must number its {n_terms} terms 0 to {n_terms - 1}, each once")
+    if len(indptr) != n_terms + 1:
+        raise refuse(f"indptr has {len(indptr)} entries for {n_terms} terms (expected {n_terms + 1})")
+    if len(indices) != len(data):
+        raise refuse(f"indices has {len(indices)} entries but data has {len(data)}")
+    if int(indptr[0]) != 0 or int(indptr[-1]) != len(indices):
+        raise refuse(f"indptr must start at 0 and end at {len(indices)}, found {int(indptr[0])} and {int(indptr[-1])}")
+    if np.any(np.diff(indptr.astype(np.int64)) < 0):
+        raise refuse("indptr decreases")
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= num_documents):
+        raise refuse(
+            f"document index out of range: found {int(indices.min())} to {int(indices.max())} "
+            f"for {num_documents} documents"
+        )
+    if not np.isfinite(data).all():
+        raise refuse("weights that are not finite (NaN or infinity)")
+    if np.any(data < 0):
+        raise refuse("negative weights (BM25 weights are never negative)")
+    index_type = np.int32 if max(num_documents, len(indices)) < np.iinfo(np.int32).max else np.int64
+    return data.astype(np.float32, copy=False), indices.astype(index_type, copy=False), indptr.astype(index_type, copy=False)
 
 
 def lucene_idf(document_frequency: np.ndarray, num_documents: int) -> np.ndarray:

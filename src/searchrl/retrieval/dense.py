@@ -36,6 +36,8 @@ from searchrl.retrieval.base import (
 
 from searchrl.resolver import DEFAULT_ENCODER, resolve_model
 
+EMBEDDINGS_FILE = "embeddings.npy"
+
 # Bound on the dense (queries x documents) score block materialised per batch of queries.
 _MAX_SCORE_BLOCK = 1 << 24
 # Texts encoded between two cache writes: an interrupted indexing run keeps what it encoded.
@@ -328,6 +330,13 @@ class DenseRetriever(Retriever):
                 hint="rebuild the index, or point `model` at the encoder it was built with",
             )
         n_docs = len(self._doc_ids)
+        dimension = self.encoder.get_sentence_embedding_dimension()
+        if dimension is not None and dimension != self._embeddings.shape[1]:
+            raise IndexFileError(
+                f"the index holds {self._embeddings.shape[1]}-dimensional embeddings but the encoder "
+                f"{self.model!r} makes {dimension}-dimensional ones",
+                hint="rebuild the index, or point `model` at the encoder it was built with",
+            )
         rows_per_block = max(1, _MAX_SCORE_BLOCK // n_docs)
         results: list[list[Hit]] = []
         doc_ids = self._doc_ids
@@ -361,38 +370,46 @@ class DenseRetriever(Retriever):
             "device": self.device,
         }
 
-    def save(self, directory: str | Path) -> None:
+    def write_index(self, directory: Path) -> None:
         """``retriever.json`` plus ``embeddings.npy`` (float32, saved without pickle)."""
         self._require_index()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "embeddings.npy", self._embeddings, allow_pickle=False)
+        np.save(Path(directory) / EMBEDDINGS_FILE, self._embeddings, allow_pickle=False)
         params = {**self.params(), "encoder_fingerprint": self._index_fingerprint}
-        write_manifest(directory, self.name, params, self._doc_ids)
+        write_manifest(directory, self.name, params, self._doc_ids, [EMBEDDINGS_FILE])
 
     @classmethod
     def load(cls, directory: str | Path) -> "DenseRetriever":
-        """Read an index written by :meth:`save`. The encoder itself is loaded on the first search."""
+        """Read an index written by :meth:`save`. The encoder itself is loaded on the first search.
+
+        The embeddings must match their checksum, be a finite floating-point matrix with one row
+        per document; anything else raises :class:`IndexFileError`.
+        """
         directory = Path(directory)
-        manifest = read_manifest(directory, expected_kind=cls.name)
+        manifest = read_manifest(directory, expected_kind=cls.name, payload=[EMBEDDINGS_FILE])
         params = dict(manifest["params"])
         index_fingerprint = params.pop("encoder_fingerprint", None)
         try:
             retriever = cls(**params)
         except (TypeError, ConfigError) as err:
             raise IndexFileError(f"invalid dense parameters in the manifest: {err}", path=directory, hint=REBUILD_HINT) from None
-        path = directory / "embeddings.npy"
+        path = directory / EMBEDDINGS_FILE
         try:
             embeddings = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, EOFError) as err:
             raise IndexFileError(f"cannot read the document embeddings: {err}", path=path, hint=REBUILD_HINT) from None
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(manifest["doc_ids"]) or embeddings.dtype.kind != "f":
+        n_docs = len(manifest["doc_ids"])
+        if embeddings.dtype.kind != "f":
             raise IndexFileError(
-                f"embeddings of shape {embeddings.shape} and type {embeddings.dtype} do not match "
-                f"the {len(manifest['doc_ids'])} documents in the manifest",
+                f"embeddings have type {embeddings.dtype}, expected a floating-point type", path=path, hint=REBUILD_HINT
+            )
+        if embeddings.ndim != 2 or embeddings.shape[0] != n_docs or embeddings.shape[1] < 1:
+            raise IndexFileError(
+                f"embeddings of shape {embeddings.shape} do not match the {n_docs} documents in the manifest",
                 path=path,
                 hint=REBUILD_HINT,
             )
+        if not np.isfinite(embeddings).all():
+            raise IndexFileError("embeddings that are not finite (NaN or infinity)", path=path, hint=REBUILD_HINT)
         retriever._embeddings = embeddings.astype(np.float32, copy=False)
         retriever._doc_ids = list(manifest["doc_ids"])
         retriever._index_fingerprint = index_fingerprint

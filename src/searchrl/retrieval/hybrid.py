@@ -15,7 +15,17 @@ import numpy as np
 
 from searchrl.data.types import Document
 from searchrl.errors import ConfigError, IndexFileError
-from searchrl.retrieval.base import REBUILD_HINT, Hit, Retriever, check_search_args, read_manifest, write_manifest
+from searchrl.retrieval.base import (
+    MANIFEST_NAME,
+    REBUILD_HINT,
+    Hit,
+    Retriever,
+    check_search_args,
+    path_inside,
+    read_manifest,
+    verify_payload,
+    write_manifest,
+)
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], rrf_k: int = 60) -> list[Hit]:
@@ -91,16 +101,20 @@ class HybridRetriever(Retriever):
     def params(self) -> dict[str, Any]:
         return {"rrf_k": self.rrf_k, "depth": self.depth}
 
-    def save(self, directory: str | Path) -> None:
-        """``retriever.json`` plus one sub-folder per member (``0-bm25/``, ``1-dense/``...)."""
+    def write_index(self, directory: Path) -> None:
+        """``retriever.json`` plus one sub-folder per member (``0-bm25/``, ``1-dense/``...).
+
+        The manifest holds the checksum of each member's manifest, which holds those of its files.
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         members = []
         for number, retriever in enumerate(self.retrievers):
             folder = f"{number}-{retriever.name}"
-            retriever.save(directory / folder)
+            (directory / folder).mkdir()
+            retriever.write_index(directory / folder)
             members.append(folder)
-        write_manifest(directory, self.name, {**self.params(), "members": members}, self.doc_ids)
+        member_manifests = [f"{folder}/{MANIFEST_NAME}" for folder in members]
+        write_manifest(directory, self.name, {**self.params(), "members": members}, self.doc_ids, member_manifests)
 
     @classmethod
     def load(cls, directory: str | Path) -> "HybridRetriever":
@@ -113,12 +127,17 @@ class HybridRetriever(Retriever):
         members = params.pop("members", None)
         if not isinstance(members, list) or len(members) < 2:
             raise IndexFileError("hybrid manifest lists no member indexes", path=directory, hint=REBUILD_HINT)
-        retrievers = [load_retriever(directory / str(folder)) for folder in members]
+        # Members are sub-folders of this one: never a folder elsewhere, nor this folder itself.
+        folders = [path_inside(directory, folder, "member index") for folder in members]
+        if len({folder.resolve() for folder in folders}) != len(folders):
+            raise IndexFileError("hybrid manifest lists a member index twice", path=directory, hint=REBUILD_HINT)
+        verify_payload(directory, manifest, [f"{folder}/{MANIFEST_NAME}" for folder in members])
+        retrievers = [load_retriever(folder) for folder in folders]
         for folder, retriever in zip(members, retrievers):
             if retriever.doc_ids != manifest["doc_ids"]:
                 raise IndexFileError(
                     "member index covers different documents than the hybrid index",
-                    path=directory / str(folder),
+                    path=directory / folder,
                     hint=REBUILD_HINT,
                 )
         try:
