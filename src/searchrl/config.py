@@ -6,7 +6,13 @@ twice in one mapping is an error rather than the last value silently winning.
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+import typing
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -156,10 +162,110 @@ def load_config(model: type[C], path: str | Path | None = None, overrides: list[
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(_describe_problem(model, e) for e in err.errors())
         raise ConfigError(f"invalid configuration: {problems}", path=path) from None
+
+
+def _describe_problem(model: type[BaseModel], error: Mapping[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "<root>"
+    if error.get("type") != "extra_forbidden":
+        return f"{where}: {error['msg']}"
+    suggestions = suggest_keys(model, [str(p) for p in error["loc"]])
+    hint = f"did you mean {' or '.join(suggestions)}?" if suggestions else "see the keys with --print-config"
+    return f"{where}: unknown key ({hint})"
+
+
+# --- the keys of a config: help for --set, suggestions for typos ---------------------------------
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``Section``, ``Section | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One settable key of a config: ``--set key=value``."""
+
+    key: str  # dotted, e.g. "optim.steps"
+    type: str
+    default: Any
+    help: str
+
+
+def config_keys(model: type[BaseModel], prefix: str = "") -> list[ConfigKey]:
+    """Every leaf key of ``model`` (nested sections flattened to dotted keys), in declaration order,
+    with its type, default and the field's description as help."""
+    keys: list[ConfigKey] = []
+    for name, info in model.model_fields.items():
+        section = _section_model(info.annotation)
+        if section is not None:
+            keys += config_keys(section, f"{prefix}{name}.")
+            continue
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        elif isinstance(default, Path):
+            default = str(default)
+        help_text = info.description or ""
+        keys.append(ConfigKey(f"{prefix}{name}", _type_name(info.annotation), "(required)" if info.is_required() else default, help_text))
+    return keys
+
+
+def _section_names(model: type[BaseModel], parents: list[str]) -> list[str] | None:
+    """Field names of the section at ``parents`` (e.g. ``["optim"]``), or None when it is not a model."""
+    current: type[BaseModel] | None = model
+    for name in parents:
+        info = current.model_fields.get(name) if current is not None else None
+        current = _section_model(info.annotation) if info is not None else None
+        if current is None:
+            return None
+    return list(current.model_fields)
+
+
+def suggest_keys(model: type[BaseModel], loc: list[str], limit: int = 3) -> list[str]:
+    """Close matches for the unknown key at ``loc`` (``["optim", "stpes"]`` -> ``["optim.steps"]``)."""
+    *parents, unknown = loc
+    leaves = [k.key for k in config_keys(model)]
+    sections = sorted({k.rsplit(".", 1)[0] for k in leaves if "." in k})
+    suggestions: list[str] = []
+    names = _section_names(model, parents) or []
+    prefix = ".".join(parents) + "." if parents else ""
+    suggestions += [prefix + n for n in difflib.get_close_matches(unknown, names, n=limit, cutoff=0.6)]
+    # The right name in another section: `steps` -> `optim.steps`.
+    suggestions += [key for key in leaves + sections if key.rsplit(".", 1)[-1] == unknown]
+    dotted = ".".join(loc)
+    suggestions += difflib.get_close_matches(dotted, leaves + sections, n=limit, cutoff=0.75)
+    return list(dict.fromkeys(s for s in suggestions if s != dotted))[:limit]
+
+
+def format_config(config: BaseModel) -> str:
+    """The resolved ``config`` as YAML, followed by every key with its type, default and help as
+    YAML comments, so the whole text is still a config file ``--config`` can read."""
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip() + "\n"
+    keys = config_keys(type(config))
+    width = max(len(k.key) for k in keys)
+    lines = ["", "# Keys (override any with --set KEY=VALUE; nested keys are dotted):"]
+    for key in keys:
+        default = json.dumps(key.default, default=str) if key.default != "(required)" else key.default
+        detail = f"{key.type}, default {default}"
+        lines.append(f"#   {key.key.ljust(width)}  {key.help + ' ' if key.help else ''}({detail})")
+    return text + "\n".join(lines) + "\n"
 
 
 def dump_config(config: BaseModel, path: str | Path) -> None:

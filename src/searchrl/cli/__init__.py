@@ -26,7 +26,7 @@ app = typer.Typer(
     "and run multi-turn search agents, with RL.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 
 
@@ -41,8 +41,13 @@ def _options(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show the libraries' warnings and deprecation notices.")
+    ] = False,
 ) -> None:
-    pass
+    from searchrl.cli.quiet import configure_library_warnings
+
+    configure_library_warnings(verbose)
 
 
 def _register_all() -> None:

@@ -93,13 +93,16 @@ FormatOption = Annotated[
 
 @contextlib.contextmanager
 def _readable_warnings() -> Iterator[None]:
-    """Show library warnings as one ``warning:`` line on stderr instead of Python's two-line format."""
+    """Show warnings as one ``warning:`` line on stderr instead of Python's two-line format.
+
+    Which warnings show is left to the filters in place (the libraries' own notices only with
+    ``searchrl -v``, see :mod:`searchrl.cli.quiet`).
+    """
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         stderr_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
         warnings.showwarning = show
         yield
 

@@ -30,24 +30,47 @@ OutOption = Annotated[Optional[Path], typer.Option("--out", help="Run directory 
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Resume even if the run directory holds a different config.")
 ]
+PrintConfigOption = Annotated[
+    bool,
+    typer.Option(
+        "--print-config",
+        help="Print the resolved config (YAML) and every key with its help for --set, then exit without training.",
+    ),
+]
+
+
+def _print_config(model: type, config: Path, overrides: list[str]) -> None:
+    from searchrl.config import format_config, load_config
+
+    typer.echo(format_config(load_config(model, config, overrides)), nl=False)
 
 
 @train_app.command("coaug")
-def train_coaug(config: ConfigOption, set_: SetOption = None, out: OutOption = None, force: ForceOption = False) -> None:
+def train_coaug(
+    config: ConfigOption, set_: SetOption = None, out: OutOption = None, force: ForceOption = False,
+    print_config: PrintConfigOption = False,
+) -> None:
     """Train query/document co-augmentation with GRPO; prints the run directory."""
-    from searchrl.coaug.train import run_coaug_training
-
     overrides = list(set_ or [])
     if out is not None:
         overrides.append(f"output_dir={out}")
+    if print_config:
+        from searchrl.coaug.config import CoAugConfig
+
+        return _print_config(CoAugConfig, config, overrides)
+    from searchrl.coaug.train import run_coaug_training
+
     run_dir = run_coaug_training(config, overrides, force=force)
     typer.echo(str(run_dir))
 
 
 @train_app.command("agent")
-def train_agent(config: ConfigOption, set_: SetOption = None) -> None:
+def train_agent(config: ConfigOption, set_: SetOption = None, print_config: PrintConfigOption = False) -> None:
     """Train the multi-turn search agent with GRPO; prints the run directory."""
-    from searchrl.agent.train import run_agent_training
+    from searchrl.agent.train import AgentTrainConfig, run_agent_training
+
+    if print_config:
+        return _print_config(AgentTrainConfig, config, list(set_ or []))
 
     run_dir = run_agent_training(config, list(set_ or []))
     typer.echo(str(run_dir))
