@@ -169,7 +169,9 @@ class SearchToolConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    retriever: str = Field("bm25", description="bm25, dense or hybrid: the default backend")
+    retriever: str = Field(
+        "bm25", description="bm25, dense or hybrid, or a retrieval server's URL (http://HOST:PORT): the default backend"
+    )
     encoder: str | None = Field(None, description="sentence-transformers model for dense/hybrid")
     k: int = Field(5, ge=1)
     max_chars: int | None = Field(None, ge=1, description="truncate each passage to this many characters")
@@ -182,12 +184,17 @@ def build_search_tool(
 ) -> SearchTool:
     """Index ``corpus`` (plus any distractors) with every backend the config names.
 
+    A backend given as ``http://HOST:PORT`` is a :class:`~searchrl.retrieval.remote.RemoteRetriever`:
+    nothing is indexed here, the server is reached once now (unreachable: :class:`ToolError`), and
+    it must serve the same corpus.
+
     >>> from searchrl.data.types import Document
     >>> tool = build_search_tool({"c1": Document("c1", "oxygen tank exploded"), "c2": Document("c2", "crew landed")})
     >>> tool.search("oxygen tank").doc_ids[0]
     'c1'
     """
     from searchrl.retrieval import build_retriever
+    from searchrl.retrieval.remote import RemoteRetriever, is_remote_retriever
 
     config = config or SearchToolConfig()
     documents: Mapping[str, Document] = corpus
@@ -195,6 +202,9 @@ def build_search_tool(
         documents = with_distractors(corpus, load_distractors(Path(config.noise.distractors)))
     retrievers: dict[str, Retriever] = {}
     for kind in dict.fromkeys([config.retriever, *config.noise.backends]):
+        if is_remote_retriever(kind):
+            retrievers[kind] = RemoteRetriever(kind).check(corpus, k=config.k)
+            continue
         retriever = build_retriever(kind, model=config.encoder) if kind != "bm25" else build_retriever(kind)
         retrievers[kind] = retriever.index(list(documents.values()), show_progress=show_progress)
     return SearchTool(retrievers, documents, k=config.k, noise=config.noise, seed=config.seed, max_chars=config.max_chars)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,10 +23,18 @@ from rich.table import Table
 from searchrl.progress import stderr_console
 
 
-class RetrieverKind(str, Enum):
-    bm25 = "bm25"
-    dense = "dense"
-    hybrid = "hybrid"
+RETRIEVER_KINDS = ("bm25", "dense", "hybrid")
+
+
+def _retriever_choice(value: str | None) -> str | None:
+    """bm25, dense, hybrid, or a retrieval server's URL."""
+    from searchrl.retrieval.remote import is_remote_retriever
+
+    if value is None or is_remote_retriever(value):
+        return value
+    if value.lower() not in RETRIEVER_KINDS:
+        raise typer.BadParameter(f"{value!r} is neither bm25, dense, hybrid nor a server URL (http://HOST:PORT)")
+    return value.lower()
 
 
 DataOption = Annotated[Path, typer.Option("--data", help="BEIR-style corpus folder (corpus.jsonl) the agent searches.")]
@@ -37,8 +44,12 @@ ModelOption = Annotated[
 ]
 _FROM_RUN = " Default: the training run's setting when --model is a run's checkpoint, else {}."
 RetrieverOption = Annotated[
-    RetrieverKind | None,
-    typer.Option("--retriever", "-r", help="Search backend: bm25, dense or hybrid." + _FROM_RUN.format("bm25")),
+    str | None,
+    typer.Option(
+        "--retriever", "-r", callback=_retriever_choice, metavar="bm25|dense|hybrid|URL",
+        help="Search backend: bm25, dense, hybrid, or a retrieval server's URL (http://HOST:PORT, "
+        "see `searchrl serve retriever`)." + _FROM_RUN.format("bm25"),
+    ),
 ]
 EncoderOption = Annotated[str | None, typer.Option("--encoder", help="Sentence-transformers model for dense/hybrid.")]
 KOption = Annotated[int | None, typer.Option("--k", min=1, help="Passages returned per search." + _FROM_RUN.format(5))]
@@ -129,26 +140,6 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _eval_identity(model: str | None, data: Path, judge_model: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    """What `agent eval --out` resumes on: fingerprints of the weights, corpus and judge, and the settings.
-
-    Content, not paths: a checkpoint retrained at the same path is a different evaluation, and
-    the same files moved elsewhere are the same one. (Each question's own content is checked
-    per transcript record by :func:`searchrl.agent.evaluate.example_key`.)
-    """
-    from searchrl.data.io import resolve_data_file
-    from searchrl.llm.identity import file_fingerprint, model_fingerprint
-    from searchrl.resolver import DEFAULT_LLM
-
-    corpus = data if data.is_file() else resolve_data_file(data, "corpus.jsonl")
-    return {
-        "model": model_fingerprint(model or DEFAULT_LLM), "corpus": file_fingerprint(corpus),
-        "retriever": settings["retriever"], "encoder": settings["encoder"], "k": settings["k"],
-        "max_chars": settings["max_chars"],
-        "judge_model": None if judge_model is None else model_fingerprint(judge_model),
-    }
-
-
 def evaluate(
     questions: Annotated[Path, typer.Option("--questions", help="QA JSONL: id, question, answers, optional gold_ids.")],
     data: DataOption,
@@ -199,7 +190,11 @@ def evaluate(
         from searchrl.llm.transformers_engine import TransformersEngine
 
         judge = LLMJudge(TransformersEngine(judge_model, device=device), policy_model=model_name)
-    run_info = _eval_identity(model, data, judge_model, settings)
+    run_info = {
+        "model": model_name, "data": str(data.resolve()), "questions": str(questions.resolve()),
+        "retriever": settings["retriever"], "encoder": settings["encoder"], "k": settings["k"],
+        "max_chars": settings["max_chars"], "judge_model": judge_model,
+    }
     report = evaluate_agent(
         policy, tool, examples, config, judge=judge, out_path=out, batch_size=batch_size,
         run_info=run_info, overwrite=overwrite,
