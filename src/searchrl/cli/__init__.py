@@ -51,9 +51,9 @@ def _options(
 
 
 def _register_all() -> None:
-    from searchrl.cli import agent, augment, export, models, report, retrieval, train
+    from searchrl.cli import agent, augment, demo, export, models, report, retrieval, train
 
-    for module in (retrieval, models, augment, train, agent, report, export):
+    for module in (retrieval, models, augment, train, agent, report, demo, export):
         module.register(app)
 
 
