@@ -431,8 +431,11 @@ def fake_build_engine(monkeypatch):
         return ScriptedEngine()
 
     import searchrl.llm as llm
+    import searchrl.llm.identity as identity
 
     monkeypatch.setattr(llm, "build_engine", build_engine)
+    # Model names here are placeholders: fingerprint them instead of resolving them.
+    monkeypatch.setattr(identity, "model_fingerprint", lambda model: {"base": f"fake:{model}"})
     return built
 
 

@@ -7,7 +7,11 @@ counted (``tool_errors``) and left out of the averages rather than scored 0.
 
 Transcripts are appended to the JSONL file batch by batch; rerunning the same command skips
 the questions already there (interruptible and resumable), and refuses a file written with a
-different configuration.
+different configuration. Both checks go by content, not by path: every record carries a hash
+of its question, reference answers and gold ids (:func:`example_key`), and a question whose
+content changed is played again; the configuration's hash (:func:`eval_key`) covers whatever
+``run_info`` says (``searchrl agent eval`` puts fingerprints of the model weights, the corpus
+and the judge there).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from searchrl.agent.episode import EpisodeConfig, EpisodeResult, Policy, run_episodes
 from searchrl.agent.rewards import correctness_reward, format_reward, retrieval_reward
 from searchrl.agent.tool import SearchTool
+from searchrl.data.io import atomic_write_text
 from searchrl.data.types import QAExample
 from searchrl.errors import ConfigError, DataError
 from searchrl.llm.engine import Message
@@ -40,6 +45,12 @@ class AgentEvalReport:
 def eval_key(run_info: Mapping[str, Any]) -> str:
     """A short hash of the settings that decide a transcript (model, retriever, limits, ...)."""
     return hashlib.sha256(json.dumps(run_info, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def example_key(example: QAExample) -> str:
+    """A short hash of what a question's scores depend on: its text, reference answers and gold ids."""
+    content = {"question": example.question, "answers": list(example.answers), "gold_ids": list(example.gold_ids)}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def score_episode(episode: EpisodeResult, *, judge: Any = None) -> dict[str, float | None]:
@@ -87,8 +98,13 @@ def summarize(records: Sequence[Mapping[str, Any]], *, with_judge: bool = False)
     return metrics
 
 
-def _read_existing(path: Path, key: str) -> list[dict]:
-    """Transcripts already written for this configuration; a torn last line is dropped."""
+def _read_existing(path: Path, key: str, examples: Mapping[str, str]) -> list[dict]:
+    """Transcripts already written for this configuration that are still valid; a torn last line is dropped.
+
+    ``examples`` maps each question id being evaluated to its :func:`example_key`; a record of
+    one of them written for other content (fixed answers, an edited question) is dropped, so
+    that question is played again. Records of other questions are kept as they are.
+    """
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -108,9 +124,12 @@ def _read_existing(path: Path, key: str) -> list[dict]:
                 path=path,
                 hint="pass --overwrite to replace it, or choose another --out",
             )
+        question_id = record.get("question_id")
+        if question_id in examples and record.get("example_key") != examples[question_id]:
+            continue  # stale: the question's content changed since
         records.append(record)
-    # Rewrite without the torn line so later appends start on a clean line.
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    # Rewrite without the torn line and stale records so later appends start on a clean line.
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return records
 
 
@@ -130,8 +149,9 @@ def evaluate_agent(
 ) -> AgentEvalReport:
     """Play one greedy-or-sampled episode per question and score it.
 
-    ``run_info`` (model name, retriever, ...) is hashed into every transcript record so a
-    resumed run never mixes transcripts of different settings.
+    ``run_info`` (model name and weights fingerprint, retriever, ...) is hashed into every
+    transcript record so a resumed run never mixes transcripts of different settings; each
+    record also carries its question's :func:`example_key`, so changed questions are redone.
     """
     config = config or EpisodeConfig()
     if batch_size < 1:
@@ -146,8 +166,10 @@ def evaluate_agent(
         if overwrite and path.exists():
             path.unlink()
         path.parent.mkdir(parents=True, exist_ok=True)
-        done = {r["question_id"]: r for r in _read_existing(path, key)}
+        keys = {e.id: example_key(e) for e in examples}
+        done = {r["question_id"]: r for r in _read_existing(path, key, keys)}
     todo = [e for e in examples if e.id not in done]
+    by_id = {e.id: e for e in examples}
 
     with progress_bar("agent eval", total=len(examples), unit="q", disable=None if show_progress is None else not show_progress) as advance:
         advance(len(examples) - len(todo))
@@ -160,6 +182,7 @@ def evaluate_agent(
                 record = episode.to_dict(tokens=False)
                 record["scores"] = score_episode(episode, judge=judge)
                 record["eval_key"] = key
+                record["example_key"] = example_key(by_id[episode.question_id])
                 new_records.append(record)
                 done[episode.question_id] = record
             if path is not None:

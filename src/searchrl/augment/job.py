@@ -9,7 +9,12 @@ so the trainer and the augmentation job build prompts and parse completions iden
 :func:`searchrl.data.expansions.load_expansions`) and ``OUT/manifest.json``. Each finished batch
 is appended and fsync'ed, so a killed job loses at most the batch in flight; rerunning the
 same command skips the ids already written, drops a torn last line and carries on. A rerun
-with different settings is refused instead of mixing two kinds of expansions in one file.
+with different settings — including other weights behind the same model name, or another
+server — is refused instead of mixing two kinds of expansions in one file (``force=True``
+starts the folder over). One job at a time writes into a folder: :meth:`CorpusAugmentationJob.run`
+holds an exclusive lock on ``OUT/augment.lock``, and a second one fails at once. Nothing is
+written before the engine has started, so a failed start (a typo in the model name) leaves
+nothing that blocks the corrected command.
 
 Sharding: ``shard=(i, n)`` keeps the items whose id hashes to ``i`` modulo ``n`` (a stable
 hash, independent of order and of the other items), so ``n`` machines can each run one shard
@@ -25,7 +30,8 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,7 @@ from searchrl.augment.prompts import (
     prefill_text,
     truncate_words,
 )
+from searchrl.data.io import atomic_write_text
 from searchrl.errors import ConfigError, DataError, EngineError
 from searchrl.llm.engine import Chat, GenerationEngine, SamplingParams
 from searchrl.progress import progress_bar
@@ -48,6 +55,7 @@ from searchrl.progress import progress_bar
 MANIFEST_FORMAT = "searchrl-expansions/1"
 EXPANSIONS_FILE = "expansions.jsonl"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = "augment.lock"
 
 
 def default_expansion_sampling() -> SamplingParams:
@@ -204,13 +212,42 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def _exclusive_lock(lock_path: Path, out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (released by the OS if the process dies).
+
+    A second holder fails at once with :class:`ConfigError`. Where ``fcntl`` does not exist
+    (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    handle = open(lock_path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise ConfigError(
+                "another `searchrl augment` is running into this folder"
+                + (f" (process {holder})" if holder else "")
+                + f"; it holds {lock_path.name}",
+                path=out_dir,
+                hint="wait for it to finish (rerunning then resumes), or use another --out folder",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
         handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        yield
+    finally:
+        handle.close()
 
 
 def _read_finished_records(path: Path) -> tuple[list[tuple[int, dict]], bool]:
@@ -257,8 +294,11 @@ class CorpusAugmentationJob:
     ``engine_name`` identify the generator in the manifest; ``source`` is free-form provenance
     (data folder, split). ``shard`` keeps one stable-hash shard of the items and ``limit`` the
     first ``limit`` of those. The settings that decide the output — role, policy, prompts,
-    model, engine, shard and a hash of the items — must match the manifest of an earlier run
-    in ``out_dir``, or :meth:`run` raises :class:`ConfigError`; batch size and limit may change.
+    model, engine, ``generator`` (what the model name stands for: a fingerprint of the resolved
+    weights, or the server address, see :func:`searchrl.llm.identity.generator_identity`), shard
+    and a hash of the items — must match the manifest of an earlier run in ``out_dir``, or
+    :meth:`run` raises :class:`ConfigError`; batch size and limit may change. ``force`` deletes
+    the earlier output and starts over instead.
     """
 
     def __init__(
@@ -276,6 +316,8 @@ class CorpusAugmentationJob:
         shard: tuple[int, int] | None = None,
         limit: int | None = None,
         keep_completions: bool = True,
+        generator: Mapping[str, Any] | None = None,
+        force: bool = False,
     ) -> None:
         if role not in ("query", "document"):
             raise ConfigError(f"unknown expansion role {role!r}", hint="use 'query' or 'document'")
@@ -298,6 +340,8 @@ class CorpusAugmentationJob:
         self.shard = shard
         self.limit = limit
         self.keep_completions = keep_completions
+        self.generator = json.loads(json.dumps(dict(generator))) if generator is not None else None
+        self.force = force
 
     @property
     def expansions_path(self) -> Path:
@@ -306,6 +350,10 @@ class CorpusAugmentationJob:
     @property
     def manifest_path(self) -> Path:
         return self.out_dir / MANIFEST_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.out_dir / LOCK_FILE
 
     def selected_ids(self) -> list[str]:
         """The ids this job covers: its shard of the items, then the first ``limit`` of them."""
@@ -318,6 +366,7 @@ class CorpusAugmentationJob:
             "role": self.role,
             "model": self.model_name,
             "engine": self.engine_name,
+            "generator": self.generator,
             "policy": self.policy.model_dump(mode="json"),
             "prompt": self.policy.prompt_template(self.role),
             "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
@@ -357,7 +406,8 @@ class CorpusAugmentationJob:
             raise ConfigError(
                 f"this folder holds expansions made with different settings ({shown})",
                 path=self.manifest_path,
-                hint="rerun with the original settings to resume, or choose a new --out folder",
+                hint="rerun with the original settings to resume, choose a new --out folder, "
+                "or add --force to delete this folder's expansions and start over",
             )
         return previous
 
@@ -414,14 +464,25 @@ class CorpusAugmentationJob:
         """Expand every selected item not yet in ``expansions.jsonl``; returns the final manifest.
 
         An interruption (Ctrl-C, an engine error) leaves a consistent folder and a manifest
-        marked ``"interrupted"``; calling :meth:`run` again continues where it stopped.
+        marked ``"interrupted"``; calling :meth:`run` again continues where it stopped. Another
+        job running into the same folder makes this one raise :class:`ConfigError` at once.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(self.lock_path, self.out_dir):
+            return self._run_locked(show_progress)
+
+    def _run_locked(self, show_progress: bool | None) -> dict[str, Any]:
+        if self.force:
+            for path in (self.manifest_path, self.expansions_path):
+                path.unlink(missing_ok=True)
         settings = self.settings()
         previous = self._check_previous_manifest(settings)
         selected_ids = self.selected_ids()
         done, torn = self._recover(set(select_shard(list(self.items), self.shard)))
         remaining = [item_id for item_id in selected_ids if item_id not in done]
+        # Start the engine before writing anything: a model that fails to load must not leave
+        # a manifest behind that refuses the corrected command.
+        engine = self._engine_instance() if remaining else None
 
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
@@ -441,8 +502,8 @@ class CorpusAugmentationJob:
         started = time.perf_counter()
         interrupted = True
         try:
-            if remaining:
-                self._generate(remaining, done, show_progress)
+            if engine is not None:
+                self._generate(engine, remaining, done, show_progress)
             interrupted = False
         finally:
             elapsed = time.perf_counter() - started
@@ -462,8 +523,9 @@ class CorpusAugmentationJob:
             _write_json_atomic(self.manifest_path, manifest)
         return manifest
 
-    def _generate(self, remaining: list[str], done: dict[str, dict], show_progress: bool | None) -> None:
-        engine = self._engine_instance()
+    def _generate(
+        self, engine: GenerationEngine, remaining: list[str], done: dict[str, dict], show_progress: bool | None
+    ) -> None:
         disable = None if show_progress is None else not show_progress
         with open(self.expansions_path, "ab") as sink, progress_bar(
             f"expanding {self.role}s", total=len(remaining), unit=self.role[:3] + "s", disable=disable
@@ -480,8 +542,8 @@ class CorpusAugmentationJob:
                         "ok": parsed.ok,
                         "reason": parsed.reason,
                     }
-                    if parsed.truncated:
-                        record["truncated"] = True
+                    # The same keys on every line, so the file loads as one table (datasets, pandas).
+                    record["truncated"] = bool(parsed.truncated)
                     if self.keep_completions:
                         record["completion"] = completion
                     lines.append(json.dumps(record, ensure_ascii=False) + "\n")

@@ -140,6 +140,26 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def _eval_identity(model: str | None, data: Path, judge_model: str | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """What `agent eval --out` resumes on: fingerprints of the weights, corpus and judge, and the settings.
+
+    Content, not paths: a checkpoint retrained at the same path is a different evaluation, and
+    the same files moved elsewhere are the same one. (Each question's own content is checked
+    per transcript record by :func:`searchrl.agent.evaluate.example_key`.)
+    """
+    from searchrl.data.io import resolve_data_file
+    from searchrl.llm.identity import file_fingerprint, model_fingerprint
+    from searchrl.resolver import DEFAULT_LLM
+
+    corpus = data if data.is_file() else resolve_data_file(data, "corpus.jsonl")
+    return {
+        "model": model_fingerprint(model or DEFAULT_LLM), "corpus": file_fingerprint(corpus),
+        "retriever": settings["retriever"], "encoder": settings["encoder"], "k": settings["k"],
+        "max_chars": settings["max_chars"],
+        "judge_model": None if judge_model is None else model_fingerprint(judge_model),
+    }
+
+
 def evaluate(
     questions: Annotated[Path, typer.Option("--questions", help="QA JSONL: id, question, answers, optional gold_ids.")],
     data: DataOption,
@@ -190,11 +210,7 @@ def evaluate(
         from searchrl.llm.transformers_engine import TransformersEngine
 
         judge = LLMJudge(TransformersEngine(judge_model, device=device), policy_model=model_name)
-    run_info = {
-        "model": model_name, "data": str(data.resolve()), "questions": str(questions.resolve()),
-        "retriever": settings["retriever"], "encoder": settings["encoder"], "k": settings["k"],
-        "max_chars": settings["max_chars"], "judge_model": judge_model,
-    }
+    run_info = _eval_identity(model, data, judge_model, settings)
     report = evaluate_agent(
         policy, tool, examples, config, judge=judge, out_path=out, batch_size=batch_size,
         run_info=run_info, overwrite=overwrite,

@@ -3,8 +3,10 @@
 Both write ``OUT/expansions.jsonl`` and ``OUT/manifest.json`` (see
 :class:`searchrl.augment.CorpusAugmentationJob`); ``searchrl eval --doc-expansions
 OUT/expansions.jsonl`` reads the corpus output directly. Rerun the same command after an
-interruption to continue. To split a corpus over machines run ``--shard 0/4`` … ``--shard 3/4``
-into separate folders, then ``cat out-*/expansions.jsonl > expansions.jsonl``.
+interruption to continue; the manifest records a fingerprint of the resolved weights (or the
+server address), and a rerun with other weights is refused unless ``--force`` starts over. To
+split a corpus over machines run ``--shard 0/4`` … ``--shard 3/4`` into separate folders, then
+``cat out-*/expansions.jsonl > expansions.jsonl``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ IdsOption = Annotated[Optional[Path], typer.Option("--ids", help="Text file of i
 CompletionsOption = Annotated[
     bool, typer.Option("--keep-completions/--no-completions", help="Also store each raw completion.")
 ]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Delete this --out folder's expansions and manifest and start over (e.g. after the model changed).",
+    ),
+]
 ProgressOption = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")]
 
 
@@ -92,6 +101,7 @@ def _run(
     limit: int | None,
     keep_completions: bool,
     progress: bool | None,
+    force: bool = False,
 ) -> None:
     from searchrl.augment import CorpusAugmentationJob, ExpansionPolicy, default_expansion_sampling, parse_shard
 
@@ -115,6 +125,13 @@ def _run(
         max_input_words=max_input_words,
         sampling=sampling,
     )
+
+    # What the model name stands for (resolved weights, or the server): recorded in the manifest
+    # so a resume with other weights or another server is refused. A name that does not resolve
+    # fails here, before anything is written.
+    from searchrl.llm import identity
+
+    generator = identity.generator_identity(engine, model, base_url=base_url)
 
     def build() -> object:
         from searchrl.llm import build_engine
@@ -143,6 +160,8 @@ def _run(
         shard=parse_shard(shard) if shard else None,
         limit=limit,
         keep_completions=keep_completions,
+        generator=generator,
+        force=force,
     )
     manifest = job.run(show_progress=progress)
     counts = manifest["counts"]
@@ -183,6 +202,7 @@ def augment_corpus(
     ids: IdsOption = None,
     keep_completions: CompletionsOption = True,
     progress: ProgressOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Expand every document of a corpus (title + text) for indexing with --doc-expansions."""
     from searchrl.data.beir import iter_corpus
@@ -197,7 +217,7 @@ def augment_corpus(
         role="document", items=items, source=source, out=out, model=model, engine=engine, base_url=base_url,
         retriever=retriever, think=think, prefill=prefill, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
         temperature=temperature, max_words=max_words, max_input_words=max_input_words, shard=shard, limit=limit,
-        keep_completions=keep_completions, progress=progress,
+        keep_completions=keep_completions, progress=progress, force=force,
     )
 
 
@@ -223,6 +243,7 @@ def augment_queries(
     ids: IdsOption = None,
     keep_completions: CompletionsOption = True,
     progress: ProgressOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Expand the queries of a split (or all queries) for searching with --query-expansions."""
     from searchrl.data.beir import load_qrels, load_queries, qrels_path
@@ -239,7 +260,7 @@ def augment_queries(
         role="query", items=queries, source=source, out=out, model=model, engine=engine, base_url=base_url,
         retriever=retriever, think=think, prefill=prefill, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
         temperature=temperature, max_words=max_words, max_input_words=max_input_words, shard=shard, limit=limit,
-        keep_completions=keep_completions, progress=progress,
+        keep_completions=keep_completions, progress=progress, force=force,
     )
 
 

@@ -55,7 +55,7 @@ class OpenAIEngine(GenerationEngine):
                 "no server address for the openai engine",
                 hint="pass --base-url http://host:port/v1 or set OPENAI_BASE_URL",
             )
-        self.base_url = _api_root(base_url)
+        self.base_url = api_root(base_url)
         self.model_name = str(model)
         self.max_retries = max(0, int(max_retries))
         self.backoff = float(backoff)
@@ -205,7 +205,7 @@ def _cut_at_first_stop(text: str, stops: list[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
-def _api_root(base_url: str) -> str:
+def api_root(base_url: str) -> str:
     """``http://host:8000`` -> ``http://host:8000/v1``; any URL with a path is kept as it is."""
     url = base_url.rstrip("/")
     parts = urlsplit(url)
