@@ -266,7 +266,3 @@ def format_config(config: BaseModel) -> str:
         detail = f"{key.type}, default {default}"
         lines.append(f"#   {key.key.ljust(width)}  {key.help + ' ' if key.help else ''}({detail})")
     return text + "\n".join(lines) + "\n"
-
-
-def dump_config(config: BaseModel, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

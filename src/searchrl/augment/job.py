@@ -100,10 +100,6 @@ class ExpansionPolicy(BaseModel):
         """The template for ``role`` (``{text}`` marks the input), as recorded in manifests."""
         return expansion_prompt_template(role, self.retriever, think=self.think, prefill=self.prefill)
 
-    def prompt_templates(self) -> dict[str, Chat]:
-        """Both roles' templates (``{text}`` marks the input)."""
-        return {role: self.prompt_template(role) for role in ("query", "document")}
-
     @property
     def prefill_text(self) -> str:
         """What the prompt puts at the start of the assistant turn (``""`` without prefill)."""

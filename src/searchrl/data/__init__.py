@@ -15,7 +15,7 @@ from searchrl.data.hub import hub_beir_folder, is_hub_reference
 from searchrl.data.io import iter_jsonl, open_text, resolve_data_file
 from searchrl.data.qa import load_qa
 from searchrl.data.text import chunk_text, load_text_corpus
-from searchrl.data.types import Document, QAExample, Qrels, Query, Run, document_text, query_text
+from searchrl.data.types import Document, QAExample, Qrels, Run, document_text, query_text
 
 __all__ = [
     "BeirDataset",
@@ -23,7 +23,6 @@ __all__ = [
     "Document",
     "QAExample",
     "Qrels",
-    "Query",
     "Run",
     "available_splits",
     "chunk_text",

@@ -15,12 +15,6 @@ class Document:
 
 
 @dataclass(frozen=True, slots=True)
-class Query:
-    id: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
 class QAExample:
     """A question with one or more acceptable answers and, optionally, the ids of gold documents."""
 
