@@ -247,7 +247,7 @@ class RunDirectory:
                 raise ConfigError(
                     "run directory holds a different configuration: " + "; ".join(parts),
                     path=run.config_path,
-                    hint="use another output directory, or force to overwrite the stored config",
+                    hint="use another output directory, or rerun with --force to replace the stored config",
                 )
             if differences:
                 with (path / "config-history.jsonl").open("a", encoding="utf-8") as handle:

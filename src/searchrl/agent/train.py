@@ -477,7 +477,9 @@ def _judge(config: AgentTrainConfig):
     return LLMJudge(build_engine("transformers", model=config.judge_model), policy_model=config.model)
 
 
-def run_agent_training(config_path: str | Path | None, overrides: Sequence[str] | None = None) -> Path:
+def run_agent_training(
+    config_path: str | Path | None, overrides: Sequence[str] | None = None, *, force: bool = False
+) -> Path:
     """Train the search agent as configured; returns the run directory.
 
     Stages, each skipped when already done so that rerunning the same command resumes:
@@ -509,7 +511,7 @@ def run_agent_training(config_path: str | Path | None, overrides: Sequence[str] 
     if config.init_adapter is not None:
         inputs.append(config.init_adapter)
     run = RunDirectory.create_or_resume(
-        config.output_dir, config, input_files=inputs,
+        config.output_dir, config, input_files=inputs, force=force,
         mutable_keys=("grpo.steps", "grpo.max_minutes", "eval.patience", "wandb_project"),
     )
     if config.wandb_project:

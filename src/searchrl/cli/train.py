@@ -28,7 +28,8 @@ SetOption = Annotated[
 ]
 OutOption = Annotated[Optional[Path], typer.Option("--out", help="Run directory (overrides output_dir in the config).")]
 ForceOption = Annotated[
-    bool, typer.Option("--force", help="Resume even if the run directory holds a different config.")
+    bool,
+    typer.Option("--force", help="Resume even if the run directory holds a different config (the new one replaces it)."),
 ]
 PrintConfigOption = Annotated[
     bool,
@@ -37,6 +38,20 @@ PrintConfigOption = Annotated[
         help="Print the resolved config (YAML) and every key with its help for --set, then exit without training.",
     ),
 ]
+
+
+def _resolve_models(*models: tuple[str | None, str]) -> None:
+    """Resolve every ``(model, kind)`` a run will load, before the trainer writes its run directory.
+
+    A name that does not resolve (a typo in ``--set model=...``) fails here with the resolver's
+    one-line error; written into ``config.yaml`` first, it would make the corrected command a
+    "different configuration".
+    """
+    from searchrl.resolver import resolve_model
+
+    for name, kind in models:
+        if name:
+            resolve_model(name, kind=kind)  # type: ignore[arg-type]
 
 
 def _print_config(model: type, config: Path, overrides: list[str]) -> None:
@@ -58,21 +73,37 @@ def train_coaug(
         from searchrl.coaug.config import CoAugConfig
 
         return _print_config(CoAugConfig, config, overrides)
+    from searchrl.coaug.config import CoAugConfig
     from searchrl.coaug.train import run_coaug_training
+    from searchrl.config import load_config
 
+    settings = load_config(CoAugConfig, config, overrides)
+    _resolve_models(
+        (settings.model, "causal-lm"),
+        (settings.dense_model if settings.retriever == "dense" else None, "sentence-transformer"),
+    )
     run_dir = run_coaug_training(config, overrides, force=force)
     typer.echo(str(run_dir))
 
 
 @train_app.command("agent")
-def train_agent(config: ConfigOption, set_: SetOption = None, print_config: PrintConfigOption = False) -> None:
+def train_agent(
+    config: ConfigOption, set_: SetOption = None, force: ForceOption = False, print_config: PrintConfigOption = False
+) -> None:
     """Train the multi-turn search agent with GRPO; prints the run directory."""
-    from searchrl.agent.train import AgentTrainConfig, run_agent_training
+    from searchrl.agent.train import AgentTrainConfig, load_agent_config, run_agent_training
+    from searchrl.resolver import DEFAULT_ENCODER
 
     if print_config:
         return _print_config(AgentTrainConfig, config, list(set_ or []))
-
-    run_dir = run_agent_training(config, list(set_ or []))
+    settings = load_agent_config(config, list(set_ or []))
+    dense = settings.tool.retriever in ("dense", "hybrid")
+    _resolve_models(
+        (settings.model, "causal-lm"),
+        (settings.judge_model if settings.rewards.metric == "judge" else None, "causal-lm"),
+        ((settings.tool.encoder or DEFAULT_ENCODER) if dense else None, "sentence-transformer"),
+    )
+    run_dir = run_agent_training(config, list(set_ or []), force=force)
     typer.echo(str(run_dir))
 
 
