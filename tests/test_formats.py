@@ -308,3 +308,66 @@ def test_hub_data_set_through_an_offline_datasets_cache(beir, tmp_path, capsys, 
     assert_user_error(code, err, "cannot load the Hugging Face data set BeIR/not-cached", "--data DIR")
     code, _, err = run_cli(capsys, "eval", "--data", "hf:scifact", "--split", "test")
     assert_user_error(code, err, "not a Hub data set name", "hf:OWNER/NAME")
+
+
+# --- outputs other tools load ----------------------------------------------------------------------
+
+
+def test_augment_output_loads_as_a_datasets_table(tmp_path):
+    import datasets
+
+    from searchrl.augment import CorpusAugmentationJob, ExpansionPolicy
+    from test_augment import ScriptedEngine, make_items
+
+    items = make_items(6)
+    # Some outputs are malformed, one is cut to max_words: the lines still share one set of keys.
+    script = {items["d1"]: "<answer>x</answer><answer>y</answer>", items["d2"]: "<answer>" + "word " * 40 + "</answer>"}
+    job = CorpusAugmentationJob(items, tmp_path / "out", role="document", engine=ScriptedEngine(script=script),
+                                policy=ExpansionPolicy(max_words=8), batch_size=4)
+    job.run(show_progress=False)
+    lines = [json.loads(line) for line in job.expansions_path.read_text().splitlines()]
+    assert len({tuple(sorted(r)) for r in lines}) == 1
+
+    expansions = datasets.load_dataset("json", data_files=str(job.expansions_path), split="train",
+                                       cache_dir=str(tmp_path / "hf"))
+    assert expansions.num_rows == 6 and expansions["id"] == list(items)
+    assert {"id", "expansion", "ok", "reason", "truncated", "completion"} <= set(expansions.column_names)
+    assert expansions["truncated"] == [False, False, True, False, False, False]
+    assert expansions["ok"][1] is False and expansions["expansion"][1] == ""
+    manifest = datasets.load_dataset("json", data_files=str(job.manifest_path), split="train", cache_dir=str(tmp_path / "hf"))
+    assert manifest.num_rows == 1 and manifest[0]["counts"]["done"] == 6 and manifest[0]["status"] == "complete"
+
+
+def _schema(heading: str) -> dict:
+    """The JSON Schema in the first ```json block after ``heading`` in docs/SCHEMAS.md."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "SCHEMAS.md").read_text(encoding="utf-8")
+    section = text.split(heading, 1)[1]
+    return json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+
+
+def test_agent_eval_transcripts_follow_the_documented_schema(tmp_path):
+    import typing
+
+    import jsonschema
+
+    from searchrl.agent.episode import FinishReason, ScriptedPolicy
+    from searchrl.agent.evaluate import evaluate_agent
+    from searchrl.testing import build_tiny_tokenizer
+    from test_agent_episode import Q_BOAT, Q_CMD, Q_TANK, SCRIPTS, make_tool
+
+    schema = _schema("### `agent eval --out FILE`: transcripts")
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert set(schema["properties"]["finish_reason"]["enum"]) == set(typing.get_args(FinishReason))
+
+    out = tmp_path / "transcripts.jsonl"
+    policy = ScriptedPolicy(build_tiny_tokenizer(), SCRIPTS)
+    evaluate_agent(policy, make_tool(), [Q_CMD, Q_TANK, Q_BOAT], out_path=out, run_info={"model": "scripted"},
+                   show_progress=False)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3 and sum(len(r["searches"]) for r in records) == 3  # searches are covered
+    validator = jsonschema.Draft202012Validator(schema)
+    for record in records:
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(record)]
+        assert not errors, errors
+    # A field the document does not describe is caught.
+    assert not validator.is_valid({**records[0], "undocumented": 1})
