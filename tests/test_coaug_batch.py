@@ -7,7 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from searchrl.coaug.advantages import AdvantageScales, group_advantages, role_scaled_advantages
+from coaug_oracle import group_advantages, role_scaled_advantages
+from searchrl.coaug.reward import AdvantageScales
 from searchrl.coaug.batch import CoAugBatchBuilder
 from searchrl.coaug.reward import sampled_ndcg_rewards
 from searchrl.data.types import Document, document_text

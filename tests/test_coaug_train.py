@@ -10,15 +10,11 @@ import pytest
 import yaml
 from transformers import TrainerCallback
 
-from searchrl.coaug.advantages import role_scaled_advantages
-from searchrl.coaug.train import (
-    CoAugConfig,
-    ensure_dev_split,
-    download_beir_dataset,
-    prepare_coaug,
-    quickstart_config,
-    train_coaug,
-)
+from coaug_oracle import role_scaled_advantages
+from searchrl.coaug.config import CoAugConfig
+from searchrl.coaug.quickstart import quickstart_config
+from searchrl.coaug.train import prepare_coaug, train_coaug
+from searchrl.data.download import derive_dev_split, download_beir_dataset
 from searchrl.errors import ConfigError, DataError
 from searchrl.training import train_with_resume
 
@@ -242,15 +238,23 @@ def test_config_files_validate_and_quickstart_yaml_matches_code(tmp_path):
     assert quick == code
 
 
-def test_ensure_dev_split_and_offline_download(tmp_path):
+def test_derived_dev_split_goes_to_the_run_and_leaves_the_data_folder_untouched(tmp_path):
     folder = write_tiny_beir(tmp_path / "beir", with_dev=False)
-    assert ensure_dev_split(folder, dev_queries=2)
+    before = {p.name: p.read_bytes() for p in (folder / "qrels").iterdir()}
+    out = derive_dev_split(folder, tmp_path / "run" / "qrels", dev_queries=2)
+    assert {p.name: p.read_bytes() for p in (folder / "qrels").iterdir()} == before
     from searchrl.data.beir import load_qrels
 
-    dev, train = load_qrels(folder / "qrels" / "dev.tsv"), load_qrels(folder / "qrels" / "train.tsv")
-    full = load_qrels(folder / "qrels" / "train-full.tsv")
+    dev, train = load_qrels(out / "dev.tsv"), load_qrels(out / "train.tsv")
+    full = load_qrels(folder / "qrels" / "train.tsv")
     assert len(dev) == 2 and not set(dev) & set(train) and {**dev, **train} == full
-    assert not ensure_dev_split(folder)  # idempotent
+    # a config reads the derived splits from qrels_dir
+    config = tiny_config(Path("unused"), folder, tmp_path / "run", qrels_dir=str(out))
+    from searchrl.coaug.dataset import load_coaug_data
+
+    data = load_coaug_data(config)
+    assert set(data.dev_queries) == set(dev) and set(data.train_qrels) == set(train)
+    assert derive_dev_split(write_tiny_beir(tmp_path / "with-dev"), tmp_path / "x") is None
     with pytest.raises(DataError, match="--data"):
         download_beir_dataset("scifact", cache=tmp_path / "cache", url="http://127.0.0.1:9/scifact.zip")
 
@@ -292,7 +296,7 @@ def test_training_prompt_tokenises_like_the_generation_engine(tiny_lm_dir, think
     from transformers import AutoTokenizer
 
     from searchrl.augment import ExpansionPolicy
-    from searchrl.coaug.train import render_training_prompt
+    from searchrl.coaug.dataset import render_training_prompt
     from searchrl.llm.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(str(tiny_lm_dir), device="cpu")
@@ -376,7 +380,7 @@ def test_quickstart_trains_both_sides_with_hard_negatives():
 
 
 def test_quickstart_printout_says_what_was_evaluated_and_the_format_figures(tmp_path):
-    from searchrl.coaug.train import QuickstartSummary, _format_lines
+    from searchrl.coaug.quickstart import QuickstartSummary, _format_lines
 
     config = CoAugConfig.model_validate(quickstart_config("data", "out"))
     records = [
@@ -389,11 +393,27 @@ def test_quickstart_printout_says_what_was_evaluated_and_the_format_figures(tmp_
     assert lines[0].startswith("prompts: query ~65 tokens, document ~104 tokens (answer prefill on, strict parsing")
     assert "queries 100% well formed, 11.0 words; documents 50% well formed, 12.2 words" in lines[1]
     assert lines[2] == "  training samples well formed: 75% at step 1, 100% at step 6"
-    summary = QuickstartSummary(tmp_path, 0.65, 0.6, 0.62, 6, 600.0, 25, 0, evaluated="25 dev queries; whole corpus",
-                                formats=lines)
+    summary = QuickstartSummary(tmp_path, 0.65, 0.6, 0.62, 6, 600.0, evaluated="50 report queries; whole corpus",
+                                selected_on="25 selection queries", formats=lines)
     table = summary.table()
-    assert table.startswith("dev nDCG@10 (25 dev queries; whole corpus)")
-    assert "0.6200  (step 6)" in table and lines[2] in table and "10.0 min" in table
+    assert table.startswith("dev nDCG@10 on 50 report queries; whole corpus")
+    assert "0.6200  (checkpoint of step 6)" in table and "chosen on 25 selection queries" in table
+    assert lines[2] in table and "10.0 min" in table
+    untrained_best = QuickstartSummary(tmp_path, 0.65, 0.6, 0.6, None, 60.0, evaluated="e", selected_on="s")
+    assert "best/ is the untrained policy" in untrained_best.table()
+
+
+def test_selection_and_report_queries_are_disjoint_and_saved(tiny_lm_dir, tiny_beir, tmp_path):
+    from searchrl.coaug.dataset import DevSelection
+
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", eval__report_fraction=0.5, optim__steps=1)
+    setup = prepare_coaug(config)
+    selection = DevSelection.load(setup.run.path / "selection.json")
+    assert selection.select and selection.report and not set(selection.select) & set(selection.report)
+    assert set(setup.evaluator.queries) <= set(selection.select)
+    assert set(setup.report_evaluator().queries) == set(selection.report)
+    with pytest.raises(ConfigError, match="report"):
+        DevSelection.split({"q": "t"}, {"q": {"d": 1}}, 0.5)
 
 
 def test_dense_reward_training_end_to_end(tiny_lm_dir, tiny_st_dir, tiny_beir, tmp_path):

@@ -25,7 +25,7 @@ _LAZY_EXPORTS: dict[str, tuple[str, str]] = {
     "Agent": ("searchrl.agent.api", "Agent"),
     "AgentAnswer": ("searchrl.agent.api", "AgentAnswer"),
     "train_coaug": ("searchrl.coaug.train", "train_coaug"),
-    "train_coaug_from_yaml": ("searchrl.coaug.train", "run_coaug_training"),
+    "train_coaug_from_yaml": ("searchrl.coaug.train", "train_coaug_from_yaml"),
     "train_agent": ("searchrl.agent.train", "train_agent"),
     "train_agent_from_yaml": ("searchrl.agent.train", "train_agent_from_yaml"),
 }
@@ -36,8 +36,7 @@ __all__ = ["__version__", *_LAZY_EXPORTS]
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from searchrl.agent.api import Agent, AgentAnswer
     from searchrl.agent.train import train_agent, train_agent_from_yaml
-    from searchrl.coaug.train import run_coaug_training as train_coaug_from_yaml
-    from searchrl.coaug.train import train_coaug
+    from searchrl.coaug.train import train_coaug, train_coaug_from_yaml
 
 
 def __getattr__(name: str) -> Any:

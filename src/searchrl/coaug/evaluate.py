@@ -260,8 +260,12 @@ class DevEvaluator:
         scores = self.scorer.score(q_texts, d_texts)
         depth = min(100, len(self.candidate_ids))
         top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        # A document sharing no term with the query (BM25 score 0) is not retrieved, as in
+        # `searchrl eval`: ranking such documents by tie order would pay for nothing.
+        keep_zero = self.scorer.retriever == "dense"
         run = {
-            q: {self.candidate_ids[j]: float(scores[row, j]) for j in top[row]} for row, q in enumerate(query_ids)
+            q: {self.candidate_ids[j]: float(scores[row, j]) for j in top[row] if keep_zero or scores[row, j] > 0}
+            for row, q in enumerate(query_ids)
         }
         aggregate, _ = evaluate_run(self.qrels, run, self.measures)
         return aggregate

@@ -27,6 +27,10 @@ Conventions (each one pinned by a test):
   gives; batch order then leaks into the reward — e.g. relevant documents listed first win ties).
 * A document sample never picked in any round has no reward: ``NaN`` (give TRL ``None``).
 
+The second half of this module is :class:`CoAugReward`, the reward function TRL calls once per
+step: it rebuilds the step's batch, parses and joins the expansions, scores them and returns
+role-scaled rewards (see :mod:`searchrl.coaug.train` for how a step maps onto TRL).
+
 Implementation: the order of all document samples for a query sample does not depend on the
 round, so it is sorted once per query sample (``[query samples x doc samples]``). A round only
 decides which samples are present, and the top-k of a pool is the first ``k`` *present* samples
@@ -42,11 +46,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from searchrl.data.types import document_text, query_text
 from searchrl.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from searchrl.augment import ExpansionPolicy
+    from searchrl.coaug.batch import CoAugBatch, CoAugBatchBuilder
+    from searchrl.coaug.evaluate import BatchScorer
 
 Ties = Literal["pessimistic", "index"]
 
@@ -476,3 +486,252 @@ def _unit_rows(matrix: np.ndarray, name: str) -> np.ndarray:
         raise DataError(f"{name} contain NaN or infinite values", hint="check the encoder output")
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.where(norms > 0, norms, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reward as TRL calls it: one call per step, with every completion of the step
+
+
+PROMPT_KINDS = ("query", "relevant", "hard_negative", "random_negative")
+"""The kinds of prompt a :class:`searchrl.coaug.batch.CoAugBatch` holds."""
+
+
+@dataclass(frozen=True)
+class AdvantageScales:
+    """Multiplier of the centred reward per prompt role."""
+
+    query: float = 1.0
+    relevant_document: float = 0.2
+    negative_document: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("query", "relevant_document", "negative_document"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ConfigError(f"advantage scale {name}={value} must be a finite number >= 0")
+
+    def for_kind(self, kind: str) -> float:
+        """The scale of a prompt kind: ``query``, ``relevant``, ``hard_negative`` or ``random_negative``."""
+        if kind == "query":
+            return self.query
+        if kind == "relevant":
+            return self.relevant_document
+        if kind in ("hard_negative", "random_negative"):
+            return self.negative_document
+        raise DataError(f"unknown prompt kind {kind!r}", hint=f"use one of {PROMPT_KINDS}")
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a TRL completion: a string, or a conversational list of messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    return str(completion)
+
+
+@dataclass
+class RewardCall:
+    """What the last reward call computed (for logging and tests)."""
+
+    step: int
+    raw_rewards: np.ndarray  # per completion, before role scaling (NaN = no reward)
+    scaled_rewards: np.ndarray  # what TRL received (NaN for None)
+    prompt_of_completion: np.ndarray  # the step's prompt index of each completion
+    prompt_kinds: list[str]  # kind of each of the step's prompts
+    expansions: list[str]
+    metrics: dict[str, float]
+
+
+class CoAugReward:
+    """TRL reward function for one whole co-augmentation step (the entangled, sampled nDCG reward).
+
+    Called by TRL with all ``P × G`` completions of a step and the dataset columns of
+    :func:`step_rows`. It rebuilds the step's batch from ``builder`` (deterministic per step),
+    parses each completion with the :class:`~searchrl.augment.ExpansionPolicy`, appends the
+    expansions with :func:`~searchrl.data.query_text` / :func:`~searchrl.data.document_text`,
+    scores every query sample against every document sample, draws ``rounds`` pools with
+    :func:`~searchrl.coaug.reward.sampled_ndcg_rewards`, and returns ``role_scale × reward``
+    per completion (``None`` for a document sample never drawn).
+
+    >>> from searchrl.data import Document
+    >>> from searchrl.augment import ExpansionPolicy
+    >>> corpus = {f"d{i}": Document(f"d{i}", f"filler text number {i}") for i in range(6)}
+    >>> corpus["d0"] = Document("d0", "vitamin d deficiency and bone fractures")
+    >>> builder = CoAugBatchBuilder(corpus, {"q1": "vitamin d bone"}, {"q1": {"d0": 1}}, mode="query",
+    ...                             queries_per_step=1, group_size=3, relevant_per_query=1)
+    >>> reward = CoAugReward(builder, ExpansionPolicy(), BatchScorer("sparse",
+    ...     statistics=CorpusStatistics.from_documents(corpus.values())), samples_per_prompt=2, rounds=4)
+    >>> reward(prompts=[None, None], completions=[" fracture</answer>", " bone fracture"],
+    ...        step=[0, 0], prompt_index=[0, 0], role=["query"] * 2, kind=["query"] * 2,
+    ...        item_id=["q1", "q1"], group=[0, 0])
+    [1.0, 1.0]
+    """
+
+    __name__ = "coaug_ndcg"
+
+    def __init__(
+        self,
+        builder: CoAugBatchBuilder,
+        policy: ExpansionPolicy,
+        scorer: BatchScorer,
+        *,
+        samples_per_prompt: int,
+        rounds: int = 512,
+        k: int = 10,
+        relevant_weight: float = 10.0,
+        ties: str = "pessimistic",
+        scales: AdvantageScales = AdvantageScales(),
+        merge_duplicates: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.builder = builder
+        self.merge_duplicates = merge_duplicates
+        self.policy = policy
+        self.scorer = scorer
+        self.samples_per_prompt = samples_per_prompt
+        self.rounds = rounds
+        self.k = k
+        self.relevant_weight = relevant_weight
+        self.ties = ties
+        self.scales = scales
+        self.seed = seed
+        self.last: RewardCall | None = None
+        self.calls = 0
+
+    # -- layout checks -------------------------------------------------------------------
+    def _check_layout(self, batch: CoAugBatch, step: int, prompt_index: np.ndarray, item_id: Sequence[str]) -> None:
+        prompts = batch.prompts
+        G = self.samples_per_prompt
+        expected = np.repeat(np.arange(len(prompts)), G)
+        if len(prompt_index) != len(expected) or not np.array_equal(np.sort(prompt_index), expected):
+            counts = np.bincount(prompt_index, minlength=len(prompts))
+            raise ConfigError(
+                f"the reward call for step {step} got {len(prompt_index)} completions covering "
+                f"{int((counts > 0).sum())} of the step's {len(prompts)} prompts (expected every prompt exactly "
+                f"{G} times)",
+                hint="one generation batch must be exactly one step: generation_batch_size = prompts × "
+                "samples_per_prompt, shuffle_dataset false, a single process",
+            )
+        for index, given in zip(prompt_index, item_id):
+            if prompts[index].item_id != given:
+                raise ConfigError(
+                    f"step {step} prompt {index} is {given!r} in the dataset but {prompts[index].item_id!r} "
+                    "when the batch is rebuilt",
+                    hint="the training data or the batch settings changed since the dataset was built",
+                )
+
+    # -- the call ------------------------------------------------------------------------
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        *,
+        step: Sequence[int],
+        prompt_index: Sequence[int],
+        item_id: Sequence[str],
+        log_metric: Any = None,
+        **_: Any,
+    ) -> list[float | None]:
+        steps = set(int(s) for s in step)
+        if len(steps) != 1:
+            raise ConfigError(
+                f"one reward call mixes prompts of steps {sorted(steps)}",
+                hint="one generation batch must be exactly one step (see searchrl.coaug.train)",
+            )
+        current = steps.pop()
+        batch = self.builder.build(current)
+        prompt_of_completion = np.asarray(prompt_index, dtype=np.int64)
+        self._check_layout(batch, current, prompt_of_completion, item_id)
+        self.calls += 1
+
+        parsed = [self.policy.parse(completion_text(c)) for c in completions]
+        expansions = [p.text for p in parsed]
+        prompts_of_step = batch.prompts
+        prompt_position = {id(item): index for index, item in enumerate(prompts_of_step)}
+        # Completions of each prompt, in call order.
+        completions_of_prompt: dict[int, list[int]] = {}
+        for position, index in enumerate(prompt_of_completion):
+            completions_of_prompt.setdefault(int(index), []).append(position)
+
+        # Lay the samples out query by query and document by document (relevance order).
+        def samples(items, join) -> tuple[list[str], list[int], list[int]]:
+            texts, owner, completion_of_sample = [], [], []
+            for row, item in enumerate(items):
+                if item.expand:
+                    for position in completions_of_prompt[prompt_position[id(item)]]:
+                        texts.append(join(item, expansions[position]))
+                        owner.append(row)
+                        completion_of_sample.append(position)
+                else:
+                    texts.append(join(item, None))
+                    owner.append(row)
+                    completion_of_sample.append(-1)
+            return texts, owner, completion_of_sample
+
+        corpus = self.builder.corpus
+        q_texts, q_owner, q_completion = samples(batch.queries, lambda item, e: query_text(item.text, e))
+        d_texts, d_owner, d_completion = samples(batch.documents, lambda item, e: document_text(corpus[item.item_id], e))
+        relevance = batch.relevance
+        d_owner = np.asarray(d_owner)
+        if self.merge_duplicates:
+            relevance, d_owner = merge_duplicate_documents([item.item_id for item in batch.documents], relevance, d_owner)
+        scores = self.scorer.score(q_texts, d_texts)
+        result = sampled_ndcg_rewards(
+            scores,
+            np.asarray(q_owner),
+            d_owner,
+            relevance,
+            rounds=self.rounds,
+            k=self.k,
+            relevant_weight=self.relevant_weight,
+            seed=np.random.default_rng([self.seed, current]),
+            ties=self.ties,
+        )
+
+        raw = np.full(len(completions), np.nan)
+        for sample, position in enumerate(q_completion):
+            if position >= 0:
+                raw[position] = result.query_rewards[sample]
+        for sample, position in enumerate(d_completion):
+            if position >= 0:
+                raw[position] = result.document_rewards[sample]
+        kinds = [item.kind for item in prompts_of_step]
+        scale = np.array([self.scales.for_kind(kinds[i]) for i in prompt_of_completion])
+        scaled = raw * scale
+
+        metrics = self._metrics(parsed, raw, prompt_of_completion, prompts_of_step, completions)
+        metrics.update(group_spread_metrics(raw, prompt_of_completion, [item.role for item in prompts_of_step]))
+        metrics["coaug/pool_documents"] = float(relevance.shape[1])
+        if log_metric is not None:
+            for name, value in metrics.items():
+                log_metric(name, value)
+        self.last = RewardCall(current, raw, scaled, prompt_of_completion, kinds, expansions, metrics)
+        return [None if np.isnan(v) else float(v) for v in scaled]
+
+    @staticmethod
+    def _metrics(parsed, raw, prompt_of_completion, prompts_of_step, completions) -> dict[str, float]:
+        roles = np.array([prompts_of_step[i].role for i in prompt_of_completion])
+        kinds = np.array([prompts_of_step[i].kind for i in prompt_of_completion])
+        empty = np.array([not p.text for p in parsed])
+        well_formed = np.array([p.ok for p in parsed])
+        words = np.array([len(p.text.split()) for p in parsed])
+        length = np.array([len(completion_text(c)) for c in completions])
+        metrics: dict[str, float] = {
+            "coaug/empty_expansion_rate": float(empty.mean()),
+            "coaug/format_ok_rate": float(well_formed.mean()),
+            "coaug/expansion_words": float(words.mean()),
+            "coaug/completion_chars": float(length.mean()),
+        }
+        groups = {
+            "query": roles == "query",
+            "relevant_doc": kinds == "relevant",
+            "negative_doc": (roles == "document") & (kinds != "relevant"),
+        }
+        for name, mask in groups.items():
+            if mask.any():
+                values = raw[mask]
+                if np.isfinite(values).any():
+                    metrics[f"coaug/reward_{name}"] = float(np.nanmean(values))
+                metrics[f"coaug/empty_rate_{name}"] = float(empty[mask].mean())
+        return metrics

@@ -1,48 +1,18 @@
-"""Group advantages for co-augmentation: reward minus the prompt's mean, scaled by role.
+"""Test oracle: CoAug's group advantages computed directly, to check what TRL computes from our rewards.
 
-Each prompt's samples form a group; the advantage is ``reward - mean reward of the group``
-with no division by the standard deviation (dividing would blow up tiny differences between
-near-identical expansions). The result is then scaled by what the prompt is: query 1.0,
-relevant document 0.2, negative document 0.1 by default — documents are many and their
-rewards are noisier, so their updates are damped.
+TRL computes the advantages in training; these functions exist only so tests can state what
+they must be: ``reward - mean reward of the prompt's samples`` (no std division), scaled by
+the prompt's role.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from searchrl.errors import ConfigError, DataError
-
-PROMPT_KINDS = ("query", "relevant", "hard_negative", "random_negative")
-"""The kinds of prompt a :class:`searchrl.coaug.batch.CoAugBatch` holds."""
-
-
-@dataclass(frozen=True)
-class AdvantageScales:
-    """Multiplier of the centred reward per prompt role."""
-
-    query: float = 1.0
-    relevant_document: float = 0.2
-    negative_document: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("query", "relevant_document", "negative_document"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value >= 0):
-                raise ConfigError(f"advantage scale {name}={value} must be a finite number >= 0")
-
-    def for_kind(self, kind: str) -> float:
-        """The scale of a prompt kind: ``query``, ``relevant``, ``hard_negative`` or ``random_negative``."""
-        if kind == "query":
-            return self.query
-        if kind == "relevant":
-            return self.relevant_document
-        if kind in ("hard_negative", "random_negative"):
-            return self.negative_document
-        raise DataError(f"unknown prompt kind {kind!r}", hint=f"use one of {PROMPT_KINDS}")
+from searchrl.coaug.reward import AdvantageScales
+from searchrl.errors import DataError
 
 
 def group_advantages(rewards: Sequence[float] | np.ndarray, prompt_of_sample: Sequence[int] | np.ndarray) -> np.ndarray:

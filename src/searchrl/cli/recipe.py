@@ -1,0 +1,96 @@
+"""``searchrl recipe coaug|agent``: one command per published result, end to end and resumable.
+
+Each trains with checkpoint selection on its own dev data, then evaluates the untrained and
+the trained policy the same way on the split or question file given, and prints one JSON
+object (``--json``) or a short table. Rerunning the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+recipe_app = typer.Typer(
+    help="Reproduce a result end to end: train, expand or run the agent, evaluate (resumable).", no_args_is_help=True
+)
+
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a config field, e.g. --set optim.steps=20 (repeatable).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Resume even if RUN holds a different config.")]
+
+
+@recipe_app.command("coaug")
+def recipe_coaug(
+    data: Annotated[Path, typer.Option("--data", help="BEIR folder with train and dev qrels (and the eval split).")],
+    eval_split: Annotated[str, typer.Option("--eval-split", help="Split to report on, e.g. test (or dev: its report part).")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (training, expansions, recipe.json).")],
+    config: Annotated[
+        str, typer.Option("--config", help="Packaged recipe name or YAML file.")
+    ] = "coaug-cpu",
+    set_: SetOption = None,
+    json_: JsonOption = False,
+    force: ForceOption = False,
+) -> None:
+    """Co-augmentation: train (selecting on dev), expand the whole corpus and the eval queries with the
+    untrained and the best checkpoint, and compare BM25, untrained and trained nDCG@10 on --eval-split."""
+    from searchrl.coaug.config import CoAugConfig
+    from searchrl.coaug.recipe import run_coaug_recipe
+    from searchrl.config import load_config
+
+    settings = load_config(CoAugConfig, config, [*(set_ or []), f"data={data}", f"output_dir={out}"])
+    summary = run_coaug_recipe(settings, eval_split=eval_split, out=out, force=force)
+    if json_:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(f"nDCG@10 on {summary['queries']} ({eval_split}):")
+    for name in ("bm25", "untrained", "trained"):
+        typer.echo(f"  {name:<10} {summary[name]:.4f}")
+    typer.echo(f"checkpoint: {summary['checkpoint']['path']} (step {summary['checkpoint']['step']}, "
+               f"chosen on {summary['selection']})")
+
+
+@recipe_app.command("agent")
+def recipe_agent(
+    data: Annotated[Path, typer.Option("--data", help="Folder with corpus.jsonl and questions.jsonl (the training QA set).")],
+    eval_questions: Annotated[
+        Path, typer.Option("--eval-questions", help="QA JSONL to report on; questions sharing an id or gold document "
+                           "with the run's training or dev questions are left out with a warning.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (training, eval transcripts, recipe.json).")],
+    config: Annotated[str, typer.Option("--config", help="Packaged recipe name or YAML file.")] = "agent-cpu",
+    ablate_retry: Annotated[
+        bool, typer.Option("--ablate-retry", help="Also train without the retry reward (same warm-start) and report it.")
+    ] = False,
+    set_: SetOption = None,
+    json_: JsonOption = False,
+    force: ForceOption = False,
+) -> None:
+    """Search agent: warm-start + GRPO (best checkpoint chosen on the run's own dev split), then greedy
+    episodes of the warm-start and the trained agent on --eval-questions: EM, F1, searches and retries."""
+    from searchrl.agent.config import load_agent_config
+    from searchrl.agent.recipe import RECIPE_METRICS, recipe_config, run_agent_recipe
+
+    settings = recipe_config(load_agent_config(config, list(set_ or [])), data=data, out=out)
+    summary = run_agent_recipe(settings, eval_questions=eval_questions, ablate_retry=ablate_retry, force=force)
+    if json_:
+        typer.echo(json.dumps(summary))
+        return
+    names = [n for n in ("warm_start", "trained", "trained_no_retry") if n in summary]
+    typer.echo(f"greedy episodes on {summary['eval_questions']['evaluated']} questions of {eval_questions}:")
+    typer.echo("  " + f"{'':<18}" + "".join(f"{m:>22}" for m in RECIPE_METRICS[:4]))
+    for name in names:
+        typer.echo("  " + f"{name:<18}" + "".join(f"{summary[name][m]:>22.4f}" for m in RECIPE_METRICS[:4]))
+    for name, record in summary["checkpoints"].items():
+        if record is not None:
+            where = "the warm-start (no GRPO step beat it)" if record["is_warm_start"] else f"GRPO step {record['step']}"
+            typer.echo(f"{name}: best/ is {where}; {summary['selection']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``recipe coaug`` and ``recipe agent`` to ``app``."""
+    app.add_typer(recipe_app, name="recipe")

@@ -1,0 +1,221 @@
+"""The configuration of one co-augmentation run (YAML + ``--set key=value`` overrides).
+
+Sections follow the order of a step: which prompts a step holds (``batch``), how they are
+rewarded (``reward``, ``role_scales``), how the policy is updated (``optim``) and sampled
+(``generation``), what an expansion is (``expansion``, shared with ``searchrl augment``), and
+how checkpoints are chosen (``eval``). :func:`searchrl.coaug.train.train_coaug` consumes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from searchrl.augment import ExpansionPolicy
+from searchrl.llm.precision import Precision
+from searchrl.resolver import DEFAULT_ENCODER, DEFAULT_LLM
+from searchrl.training import LoraSettings
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchSettings(_Section):
+    """Composite sampling per step (CoAug's letters in brackets)."""
+
+    queries_per_step: int = Field(32, ge=1, description="B: query groups per step")
+    group_size: int = Field(16, ge=2, description="H: prompts per group, the query included")
+    relevant_per_query: int = Field(5, ge=1, description="P: relevant documents per group (drawn with replacement)")
+    hard_negatives: int = Field(0, ge=0, description="M: hard negatives per group (top unexpanded-BM25 non-relevant)")
+    hard_negative_depth: int = Field(30, ge=1, description="hard negatives are drawn from this many top results")
+    background: int = Field(
+        0, ge=0,
+        description="per query, its top-N unexpanded-BM25 documents over the whole corpus join every pool "
+        "unexpanded (0: in-batch documents only, as CoAug)",
+    )
+    samples_per_prompt: int = Field(5, ge=2, description="G: sampled expansions per prompt (the GRPO group)")
+    micro_batch_size: int | None = Field(None, ge=1, description="completions per forward/backward pass")
+    updates_per_step: int = Field(1, ge=1, description="optimiser updates per step (CoAug: 4)")
+
+
+class RewardSettings(_Section):
+    rounds: int = Field(512, ge=1, description="T: sampled pools per step")
+    k: int = Field(10, ge=1, description="nDCG cut-off")
+    relevant_weight: float = Field(10.0, ge=0.0, description="w: document weight 1 + w·relevance on its own query")
+    ties: Literal["pessimistic", "index"] = "pessimistic"
+    merge_duplicates: bool = Field(
+        True, description="a document drawn several times in a step is one pool slot (CoAug); false: one slot per draw"
+    )
+    unseen_terms: Literal["zero", "rare"] = Field(
+        "zero", description="IDF of a query word no corpus document contains: zero (CoAug) or that of a df=1 word"
+    )
+    bm25_k1: float = 1.2
+    bm25_b: float = 0.75
+
+
+class RoleScales(_Section):
+    query: float = Field(1.0, ge=0.0)
+    relevant_document: float = Field(0.2, ge=0.0)
+    negative_document: float = Field(0.1, ge=0.0)
+
+
+class OptimSettings(_Section):
+    steps: int = Field(300, ge=1, description="RL steps")
+    learning_rate: float = Field(1e-5, gt=0.0)
+    lr_scheduler: str = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    epsilon: float = Field(0.2, ge=0.0, description="clip low: ratio >= 1 - epsilon")
+    epsilon_high: float = Field(0.28, ge=0.0, description="clip high: ratio <= 1 + epsilon_high")
+    beta: float = Field(0.0, ge=0.0, description="KL coefficient (0: no reference model)")
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    num_iterations: int = Field(1, ge=1, description="passes over each generated batch")
+    gradient_checkpointing: bool = False
+
+
+class GenerationSettings(_Section):
+    """Sampling of training rollouts (evaluation decodes greedily)."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    generation_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra sampling options passed to TRL (e.g. vLLM 'stop')"
+    )
+
+
+class ExpansionSettings(_Section):
+    """What an expansion is (shared with ``searchrl augment`` through ExpansionPolicy)."""
+
+    think: bool = False
+    prefill: bool = Field(True, description="the prompt opens the answer (<answer>, or <think> when thinking)")
+    max_words: int = Field(64, ge=1)
+    max_input_words: int | None = Field(256, ge=1)
+    lenient: bool = False
+
+
+class EvalSettings(_Section):
+    """Dev evaluation while training, on the *selection* part of dev (see ``report_fraction``)."""
+
+    every: int = Field(10, ge=1, description="evaluate dev every N steps")
+    report_fraction: float = Field(
+        0.5, ge=0.0, lt=1.0,
+        description="share of the judged dev queries held out from checkpoint selection and used only to report "
+        "results (seeded); the checkpoint is chosen on the rest",
+    )
+    max_queries: int | None = Field(100, ge=1, description="selection queries evaluated (None: all of them)")
+    candidate_docs: int | None = Field(
+        500, ge=1, description="documents in the evaluation slice (None: the whole corpus)"
+    )
+    candidate_depth: int = Field(20, ge=0, description="top unexpanded results per dev query put in the slice")
+    expand_depth: int | None = Field(
+        None, ge=1,
+        description="expand only the union of each dev query's top-N unexpanded results; other documents are "
+        "ranked unexpanded (None: expand every document ranked)",
+    )
+    batch_size: int = Field(16, ge=1, description="prompts per generation call during evaluation")
+    patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")
+    at_start: bool = Field(True, description="evaluate the untrained policy at step 0")
+
+
+class CoAugConfig(_Section):
+    """One co-augmentation training run (YAML + ``--set key=value`` overrides)."""
+
+    model: str = Field(DEFAULT_LLM, description="policy model: name, folder or .gguf")
+    data: str = Field(..., description="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    train_split: str = "train"
+    dev_split: str = "dev"
+    qrels_dir: str | None = Field(None, description="folder of <split>.tsv qrels files to use instead of DATA/qrels")
+    max_train_queries: int | None = Field(None, ge=1, description="use only this many training queries (seeded)")
+    mode: Literal["query", "document", "coaug"] = "coaug"
+    retriever: Literal["sparse", "dense"] = "sparse"
+    dense_model: str = Field(DEFAULT_ENCODER, description="encoder for retriever: dense")
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    reward: RewardSettings = Field(default_factory=RewardSettings)
+    role_scales: RoleScales = Field(default_factory=RoleScales)
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    expansion: ExpansionSettings = Field(default_factory=ExpansionSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    save_every: int = Field(10, ge=1, description="checkpoint every N steps (resume point)")
+    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Precision = Field(
+        "auto", description="policy weights: bf16 where the hardware multiplies it natively (see searchrl.llm.precision)"
+    )
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="rollout engine: vllm (colocated) when a GPU and vllm are present under auto"
+    )
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    output_dir: str = "runs/coaug"
+    wandb_project: str | None = Field(None, description="also log metrics to this Weights & Biases project")
+
+    @model_validator(mode="after")
+    def _check_group(self) -> "CoAugConfig":
+        b = self.batch
+        if b.group_size < 1 + b.relevant_per_query + b.hard_negatives:
+            raise ValueError(
+                f"batch.group_size {b.group_size} cannot hold the query, {b.relevant_per_query} relevant "
+                f"documents and {b.hard_negatives} hard negatives"
+            )
+        return self
+
+    def expansion_policy(self) -> ExpansionPolicy:
+        """The policy (prompts + parser) used in rollouts, rewards and evaluation."""
+        e = self.expansion
+        return ExpansionPolicy(
+            retriever=self.retriever,
+            think=e.think,
+            prefill=e.prefill,
+            max_words=e.max_words,
+            max_input_words=e.max_input_words,
+            lenient=e.lenient,
+            sampling=ExpansionPolicy().sampling.model_copy(update={"max_new_tokens": self.generation.max_new_tokens}),
+        )
+
+    def prompts_per_step(self) -> int:
+        """Expanded prompts per step: queries and/or documents depending on ``mode``."""
+        b = self.batch
+        queries = b.queries_per_step if self.mode in ("query", "coaug") else 0
+        documents = b.queries_per_step * (b.group_size - 1) if self.mode in ("document", "coaug") else 0
+        return queries + documents
+
+
+#: Config keys that may change when a run is resumed (extending or re-scheduling training).
+RESUMABLE_KEYS = (
+    "optim.steps", "eval.every", "eval.patience", "save_every", "keep_checkpoints", "output_dir", "wandb_project"
+)
+
+
+def augment_flags(config: CoAugConfig) -> str:
+    """The ``searchrl augment`` flags that reproduce the training run's expansion policy."""
+    e = config.expansion
+    flags = [
+        f"--retriever {config.retriever}",
+        "--think" if e.think else "--no-think",
+        "--prefill" if e.prefill else "--no-prefill",
+        "--lenient" if e.lenient else "--strict",
+        f"--max-new-tokens {config.generation.max_new_tokens}",
+        f"--max-words {e.max_words}",
+    ]
+    if e.max_input_words is not None:
+        flags.append(f"--max-input-words {e.max_input_words}")
+    return " ".join(flags)
+
+
+__all__ = [
+    "BatchSettings",
+    "CoAugConfig",
+    "EvalSettings",
+    "ExpansionSettings",
+    "GenerationSettings",
+    "OptimSettings",
+    "RESUMABLE_KEYS",
+    "RewardSettings",
+    "RoleScales",
+    "augment_flags",
+]

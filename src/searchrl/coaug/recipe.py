@@ -1,0 +1,155 @@
+"""``searchrl recipe coaug``: train, expand the whole corpus and the evaluation queries, compare.
+
+One resumable command from a config to the three numbers a reader wants, on a split that did
+not choose the checkpoint:
+
+1. train (or resume) the run; the best checkpoint is chosen on the *selection* part of dev;
+2. expand the whole corpus and the evaluation split's queries with the untrained policy and
+   with the best checkpoint (greedy, the training run's expansion policy; each a resumable
+   :class:`~searchrl.augment.CorpusAugmentationJob` under ``RUN/expansions/``);
+3. index the corpus with BM25 three times (plain, untrained expansions, trained expansions) and
+   score the evaluation queries: nDCG@10 of ``bm25``, ``untrained`` and ``trained``.
+
+When the evaluation split is the dev split, only its *report* queries are scored (the ones
+that took no part in choosing the checkpoint) and the output says so. Rerunning the command
+skips every finished part. The result is also written to ``RUN/recipe.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from searchrl.coaug.config import CoAugConfig
+from searchrl.coaug.dataset import DevSelection
+from searchrl.errors import ConfigError
+
+MEASURES = ("ndcg@10", "recall@100", "mrr@10")
+
+
+def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, force: bool = False) -> dict[str, Any]:
+    """Train ``config`` into ``out``, then compare BM25, untrained and trained expansions on ``eval_split``."""
+    from searchrl.coaug.train import train_coaug
+
+    started = time.time()
+    if config.retriever != "sparse":
+        raise ConfigError("the co-augmentation recipe evaluates with BM25", hint="set retriever: sparse")
+    out = Path(out)
+    config = config.model_copy(update={"output_dir": str(out)})
+    if eval_split == config.train_split:
+        raise ConfigError(f"--eval-split {eval_split} is the training split", hint="evaluate on dev or a held-out split")
+    if not (out / "final").is_dir():
+        train_coaug(config, force=force)
+    trained_at = time.time()
+    best = json.loads((out / "best.json").read_text(encoding="utf-8")) if (out / "best.json").exists() else None
+
+    queries, qrels, note = _evaluation_queries(config, out, eval_split)
+    results: dict[str, Any] = {}
+    expansions: dict[str, tuple[dict[str, str], dict[str, str]]] = {"bm25": ({}, {})}
+    for name, model in (("untrained", config.model), ("trained", str(out / "best"))):
+        expansions[name] = _expand(config, model, out / "expansions" / name, queries, eval_split)
+    scored_at = time.time()
+    corpus = _corpus(config)
+    for name, (doc_expansions, query_expansions) in expansions.items():
+        results[name] = _score(corpus, queries, qrels, doc_expansions, query_expansions)
+
+    summary = {
+        "bm25": results["bm25"]["ndcg@10"],
+        "untrained": results["untrained"]["ndcg@10"],
+        "trained": results["trained"]["ndcg@10"],
+        "eval_split": eval_split,
+        "num_queries": len(queries),
+        "queries": note,
+        "selection": f"{config.dev_split} split, selection queries (see {out / 'selection.json'})",
+        "checkpoint": {"path": str(out / "best"), "step": None if best is None else best.get("step"),
+                       "selection_value": None if best is None else best.get("value")},
+        "mode": config.mode,
+        "measures": results,
+        "seconds": {"training": round(trained_at - started, 1), "expansion": round(scored_at - trained_at, 1),
+                    "total": round(time.time() - started, 1)},
+    }
+    (out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def _evaluation_queries(config: CoAugConfig, out: Path, split: str) -> tuple[dict[str, str], dict, str]:
+    """The judged queries of ``split``; only the report part when ``split`` chose the checkpoint."""
+    from searchrl.data.beir import load_beir
+
+    dataset = load_beir(config.data, split)
+    judged = [q for q in dataset.queries if any(g > 0 for g in dataset.qrels.get(q, {}).values())]
+    note = f"all {len(judged)} judged queries of {split}"
+    if split == config.dev_split:
+        selection = DevSelection.load(out / "selection.json")
+        if not selection.report:
+            raise ConfigError(
+                f"every {split} query took part in choosing the checkpoint (eval.report_fraction is 0)",
+                hint="evaluate on another split, or train with eval.report_fraction > 0",
+            )
+        judged = [q for q in judged if q in set(selection.report)]
+        note = f"the {len(judged)} {split} queries held out from checkpoint selection (report part)"
+    return {q: dataset.queries[q] for q in judged}, {q: dataset.qrels[q] for q in judged}, note
+
+
+def _corpus(config: CoAugConfig):
+    from searchrl.data.beir import load_corpus
+    from searchrl.data.hub import resolve_data_path
+    from searchrl.data.io import resolve_data_file
+
+    return load_corpus(resolve_data_file(resolve_data_path(config.data), "corpus.jsonl"))
+
+
+def _expand(
+    config: CoAugConfig, model: str, out: Path, queries: dict[str, str], split: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``(document expansions, query expansions)`` of ``model`` under the run's expansion policy (resumable)."""
+    from searchrl.augment import CorpusAugmentationJob
+    from searchrl.data.expansions import load_expansions
+    from searchrl.data.types import document_text
+    from searchrl.llm import build_engine
+
+    policy = config.expansion_policy()
+    engine_cache: dict[str, Any] = {}
+
+    def engine():
+        if "engine" not in engine_cache:
+            engine_cache["engine"] = build_engine(
+                "transformers", model=model, batch_size=config.eval.batch_size, dtype=config.precision
+            )
+        return engine_cache["engine"]
+
+    jobs = []
+    if config.mode in ("document", "coaug"):
+        corpus = _corpus(config)
+        items = {doc_id: document_text(doc) for doc_id, doc in corpus.items()}
+        jobs.append(("documents", items, "document", out / "corpus"))
+    if config.mode in ("query", "coaug"):
+        jobs.append(("queries", queries, "query", out / f"queries-{split}"))
+    found: dict[str, dict[str, str]] = {"documents": {}, "queries": {}}
+    for kind, items, role, folder in jobs:
+        job = CorpusAugmentationJob(
+            items, folder, role=role, policy=policy, engine=engine, model_name=model, engine_name="transformers",
+            source={"data": str(config.data), "items": kind, "split": split if role == "query" else None},
+            batch_size=32,
+        )
+        job.run()
+        found[kind] = load_expansions(job.expansions_path)
+    if "engine" in engine_cache:
+        engine_cache["engine"].close()
+    return found["documents"], found["queries"]
+
+
+def _score(corpus, queries, qrels, doc_expansions, query_expansions) -> dict[str, float]:
+    from searchrl.data.types import query_text
+    from searchrl.metrics import evaluate_run
+    from searchrl.retrieval.bm25 import BM25Retriever
+
+    retriever = BM25Retriever().index(corpus.values(), doc_expansions, show_progress=False)
+    texts = {q: query_text(text, query_expansions.get(q)) for q, text in queries.items()}
+    aggregate, _ = evaluate_run(qrels, retriever.run(texts, k=100), MEASURES)
+    return aggregate
+
+
+__all__ = ["run_coaug_recipe"]

@@ -1,0 +1,71 @@
+"""``searchrl recipe coaug`` end to end with the tiny model: train, expand, compare, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from searchrl.cli import main
+from searchrl.coaug import recipe as recipe_module
+from searchrl.coaug.dataset import DevSelection
+from searchrl.errors import ConfigError
+from test_coaug_train import TOPICS, tiny_config, write_tiny_beir
+
+
+def tiny_beir_with_test(directory):
+    folder = write_tiny_beir(directory)
+    header = "query-id\tcorpus-id\tscore\n"
+    (folder / "qrels" / "test.tsv").write_text(header + f"q{len(TOPICS) - 1}\td{len(TOPICS) - 1}-1\t1\n")
+    return folder
+
+
+def test_recipe_trains_expands_and_compares_then_resumes_without_work(tiny_lm_dir, tmp_path, monkeypatch):
+    data = tiny_beir_with_test(tmp_path / "beir")
+    out = tmp_path / "run"
+    config = tiny_config(tiny_lm_dir, data, out, optim__steps=1, eval__every=1)
+    summary = recipe_module.run_coaug_recipe(config, eval_split="test", out=out)
+    assert {"bm25", "untrained", "trained", "num_queries", "selection", "checkpoint"} <= set(summary)
+    assert summary["num_queries"] == 1 and summary["queries"] == "all 1 judged queries of test"
+    for name in ("bm25", "untrained", "trained"):
+        assert 0.0 <= summary[name] <= 1.0 and summary[name] == summary["measures"][name]["ndcg@10"]
+    # both policies expanded every document and the evaluation query
+    for name in ("untrained", "trained"):
+        lines = (out / "expansions" / name / "corpus" / "expansions.jsonl").read_text().splitlines()
+        assert len(lines) == 32
+        assert (out / "expansions" / name / "queries-test" / "expansions.jsonl").read_text().count("\n") == 1
+    assert json.loads((out / "recipe.json").read_text())["trained"] == summary["trained"]
+
+    # rerun: nothing is trained or generated again, and the figures are the same
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished part ran again")
+
+    monkeypatch.setattr("searchrl.coaug.train.train_coaug", fail)
+    monkeypatch.setattr("searchrl.llm.build_engine", fail)
+    again = recipe_module.run_coaug_recipe(config, eval_split="test", out=out)
+    assert {k: again[k] for k in ("bm25", "untrained", "trained")} == {k: summary[k] for k in ("bm25", "untrained", "trained")}
+
+
+def test_recipe_on_dev_reports_only_queries_that_did_not_choose_the_checkpoint(tiny_lm_dir, tmp_path):
+    data = tiny_beir_with_test(tmp_path / "beir")
+    out = tmp_path / "run"
+    config = tiny_config(tiny_lm_dir, data, out, optim__steps=1, eval__every=1, mode="query", batch__micro_batch_size=4)
+    summary = recipe_module.run_coaug_recipe(config, eval_split="dev", out=out)
+    selection = DevSelection.load(out / "selection.json")
+    assert summary["num_queries"] == len(selection.report) == 1
+    assert "held out from checkpoint selection" in summary["queries"]
+    assert not (out / "expansions" / "trained" / "corpus").exists()  # query mode expands no document
+    with pytest.raises(ConfigError, match="training split"):
+        recipe_module.run_coaug_recipe(config, eval_split="train", out=out)
+
+
+def test_recipe_command_prints_one_json_object(tiny_lm_dir, tmp_path, capsys):
+    data = tiny_beir_with_test(tmp_path / "beir")
+    out = tmp_path / "run"
+    config = tiny_config(tiny_lm_dir, data, out, optim__steps=1, eval__every=1, mode="query", batch__micro_batch_size=4)
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    main(["recipe", "coaug", "--data", str(data), "--eval-split", "test", "--out", str(out), "--config", str(path),
+          "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["eval_split"] == "test" and printed["num_queries"] == 1
