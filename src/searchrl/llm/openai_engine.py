@@ -4,6 +4,21 @@ vLLM, SGLang, llama.cpp, TGI and hosted APIs all speak this protocol. Connection
 and 429 replies are retried with exponential backoff; anything else that is not the expected
 JSON raises :class:`~searchrl.errors.EngineError` naming the server.
 
+Limits, so a broken or hostile server cannot hang a job or fill a disk:
+
+* ``timeout`` is a *total* deadline per attempt, measured on a monotonic clock from sending the
+  request to the last byte of the reply (httpx's own timeout is per read, which a server
+  dribbling one byte at a time never trips). An attempt past it is abandoned and counts as a
+  failed attempt (retried like a dropped connection), so one request takes at most about
+  ``(max_retries + 1) × timeout`` plus the backoff waits.
+* ``max_response_bytes`` caps a reply body (after decompression); a larger one is an error at
+  once, whether announced by ``Content-Length`` or found while reading, and is not retried.
+* A completion longer than ``max_new_tokens × max_chars_per_token`` characters (plus the longest
+  stop string) is an error, not truncated: the server ignored ``max_tokens``, and a silently cut
+  text would be stored as if it were the model's answer.
+* An API key about to go over plain ``http://`` to a host that is not this machine gives one
+  warning per host (the key itself is never printed).
+
 Stop strings: servers strip the matched stop string from the text. vLLM (``stop_reason``) and
 SGLang (``matched_stop``) say which one matched, and it is put back. A server that does not say
 is asked again without ``stop`` and the text is cut here, so every engine returns completions
@@ -12,8 +27,12 @@ that end *with* their stop string.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,6 +42,12 @@ from searchrl.errors import EngineError
 from searchrl.llm.engine import Chat, GenerationEngine, SamplingParams
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+_WARNED_HOSTS: set[str] = set()
+"""Hosts already warned about an API key over plain http (once per process)."""
+
+
+class _DeadlineExceeded(Exception):
+    """An attempt did not get its whole reply within the engine's total deadline."""
 
 
 class OpenAIEngine(GenerationEngine):
@@ -32,7 +57,8 @@ class OpenAIEngine(GenerationEngine):
     ``http://host:port``); it defaults to ``$OPENAI_BASE_URL``. ``api_key`` defaults to
     ``$OPENAI_API_KEY`` (local servers usually need none). ``concurrency`` prompts are in flight
     at once; a failing request is tried ``max_retries`` more times, waiting ``backoff * 2**k``
-    seconds.
+    seconds. ``timeout`` (total seconds per attempt), ``max_response_bytes`` and
+    ``max_chars_per_token`` are the limits described in the module docstring.
     """
 
     def __init__(
@@ -46,6 +72,8 @@ class OpenAIEngine(GenerationEngine):
         backoff: float = 1.0,
         concurrency: int = 8,
         extra_body: dict[str, Any] | None = None,
+        max_response_bytes: int = 32 << 20,
+        max_chars_per_token: float = 32.0,
     ) -> None:
         import httpx
 
@@ -61,7 +89,14 @@ class OpenAIEngine(GenerationEngine):
         self.backoff = float(backoff)
         self.concurrency = max(1, int(concurrency))
         self.extra_body = dict(extra_body or {})
+        if timeout <= 0 or max_response_bytes < 1 or max_chars_per_token <= 0:
+            raise EngineError("timeout, max_response_bytes and max_chars_per_token must be positive")
+        self.timeout = float(timeout)
+        self.max_response_bytes = int(max_response_bytes)
+        self.max_chars_per_token = float(max_chars_per_token)
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        if api_key:
+            _warn_if_key_travels_in_clear(self.base_url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
         # None until a reply shows whether this server reports which stop string matched.
@@ -97,8 +132,16 @@ class OpenAIEngine(GenerationEngine):
         server_side_stop = bool(stops) and self._server_reports_stop is not False
         reply = self._post(self._body(chat, params, n, stops if server_side_stop else []))
         texts = []
+        limit = int(params.max_new_tokens * self.max_chars_per_token) + max((len(s) for s in stops), default=0)
         for choice in _choices(reply, self._url):
             text = _choice_text(choice, self._url)
+            if len(text) > limit:
+                raise EngineError(
+                    f"{self._url} returned a completion of {len(text)} characters for max_new_tokens="
+                    f"{params.max_new_tokens} (the cap is {limit})",
+                    hint="the server ignores max_tokens; check it, or raise max_chars_per_token if this "
+                    "model's tokens really are that long",
+                )
             if server_side_stop:
                 matched = _matched_stop(choice)
                 if matched is _UNREPORTED and choice.get("finish_reason") == "stop":
@@ -145,28 +188,86 @@ class OpenAIEngine(GenerationEngine):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                response = self._client.post(self._url, json=body)
+                status, payload = self._exchange(body)
+            except _DeadlineExceeded:
+                problem = f"no complete reply within the {self.timeout:g} s deadline"
+                continue
             except httpx.TransportError as err:  # refused, reset, DNS, timeout
                 problem = f"{type(err).__name__}: {err}"
                 continue
-            if response.status_code in _RETRY_STATUS:
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            text = payload.decode("utf-8", errors="replace")
+            if status in _RETRY_STATUS:
+                problem = f"HTTP {status}: {text[:200]}"
                 continue
-            if response.status_code >= 400:
+            if status >= 400:
                 raise EngineError(
-                    f"{self._url} answered HTTP {response.status_code}: {response.text[:300]}",
+                    f"{self._url} answered HTTP {status}: {text[:300]}",
                     hint="check the model name, the API key and the request options",
                 )
             try:
-                return response.json()
+                return json.loads(payload)
             except ValueError:
                 raise EngineError(
-                    f"{self._url} did not answer JSON: {response.text[:200]!r}",
+                    f"{self._url} did not answer JSON: {text[:200]!r}",
                     hint="is base_url the /v1 root of an OpenAI-compatible server?",
                 ) from None
         raise EngineError(
             f"cannot get a completion from {self._url} after {self.max_retries + 1} attempts ({problem})",
             hint="start the server, or check --base-url",
+        )
+
+    def _exchange(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        """``(status, body)`` of one POST, within the total deadline (else :class:`_DeadlineExceeded`).
+
+        The exchange runs in a helper thread that the caller stops waiting for at the deadline:
+        body reads check the clock after every chunk, but a server dribbling its *headers* keeps
+        httpx inside one call. An abandoned exchange ends on its own at its next chunk, or when
+        httpx's per-read timeout (the time left at its start) fires; its result is dropped.
+        """
+        deadline = time.monotonic() + self.timeout
+        outcome: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def attempt() -> None:
+            try:
+                outcome["reply"] = self._read_reply(body, deadline)
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+                outcome["error"] = err
+            finally:
+                finished.set()
+
+        threading.Thread(target=attempt, name="searchrl-openai-request", daemon=True).start()
+        if not finished.wait(max(deadline - time.monotonic(), 0.0) + 0.05):
+            raise _DeadlineExceeded
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["reply"]
+
+    def _read_reply(self, body: dict[str, Any], deadline: float) -> tuple[int, bytes]:
+        import httpx
+
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _DeadlineExceeded
+        with self._client.stream("POST", self._url, json=body, timeout=httpx.Timeout(remaining)) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise self._too_large(f"it announces {int(declared):,} bytes")
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise self._too_large(f"more than {self.max_response_bytes:,} bytes arrived")
+                if time.monotonic() > deadline:
+                    raise _DeadlineExceeded
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
+
+    def _too_large(self, detail: str) -> EngineError:
+        return EngineError(
+            f"{self._url} sent a reply larger than the {self.max_response_bytes:,}-byte cap ({detail})",
+            hint="the server is misbehaving; raise max_response_bytes only if such replies are expected",
         )
 
 
@@ -203,6 +304,29 @@ def _choice_text(choice: dict, url: str) -> str:
 def _cut_at_first_stop(text: str, stops: list[str]) -> str:
     ends = [text.find(stop) + len(stop) for stop in stops if stop in text]
     return text[: min(ends)] if ends else text
+
+
+def _warn_if_key_travels_in_clear(api_root_url: str) -> None:
+    """Warn once per host when an API key would go unencrypted to another machine."""
+    parts = urlsplit(api_root_url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or _is_loopback(host) or host in _WARNED_HOSTS:
+        return
+    _WARNED_HOSTS.add(host)
+    warnings.warn(
+        f"the API key for {host} will be sent over plain http, unencrypted; use an https:// --base-url, "
+        "or a server on this machine",
+        stacklevel=1,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def api_root(base_url: str) -> str:
