@@ -207,6 +207,41 @@ def test_api_streams_the_agent_turn_by_turn(beir, agent_run):
     assert empty == [("error", {"message": "the question is empty (type a question)"})]
 
 
+def test_a_closed_page_stops_its_episode(beir, agent_run):
+    """Leaving the page ends the episode at its next turn, so the next question does not wait for it."""
+    import httpx
+
+    demo = load_demo(beir, model=agent_run)
+    page_gone = threading.Event()
+
+    def search_forever(prompt: str, turn: int) -> str:
+        if turn > 0:
+            page_gone.wait(10)
+        return f"<search>crew {turn}</search>"
+
+    policy = ScriptedPolicy(demo.agent.policy.tokenizer, search_forever)
+    demo.agent.policy = policy  # would search until the turn limit
+    demo.agent.episode_config = demo.agent.episode_config.model_copy(update={"max_turns": 8, "max_model_tokens": 1000})
+    with ServerThread(create_app(demo)) as server:
+        with httpx.stream("GET", server.url + "/api/ask", params={"question": QUESTION}, timeout=10) as response:
+            names = []
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    names.append(line.removeprefix("event: "))
+                if names[-1:] == ["turn"]:
+                    break  # the first turn has arrived: close the page
+        time.sleep(1.0)  # the server looks for a closed connection every 0.2 s
+        page_gone.set()
+        deadline = time.monotonic() + 10
+        while demo._agent_lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not demo._agent_lock.locked() and len(policy.calls) == 2  # the turn under way when the page closed
+
+        demo.agent.policy = ScriptedPolicy(policy.tokenizer, SCRIPT)
+        events = read_events(httpx.get(server.url + "/api/ask", params={"question": QUESTION}, timeout=10))
+        assert events[1] == ("status", {"text": "generating"}) and events[-1][1]["answer"] == "oxygen tank two"
+
+
 def test_the_real_checkpoint_plays_an_episode(beir, agent_run):
     """The tiny model writes gibberish, but the episode must still stream and finish within the run's limits."""
     from fastapi.testclient import TestClient

@@ -28,6 +28,7 @@ Example (no server needed):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import threading
@@ -35,6 +36,10 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from searchrl.data.types import Document, Qrels, query_text
 from searchrl.errors import ConfigError, DataError, SearchRLError
@@ -229,18 +234,25 @@ class Demo:
             "missed": missed, "metrics": metrics,
         }
 
-    def ask_events(self, question: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def ask_events(self, question: str, *, cancel: threading.Event | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """The agent's episode as ``(event, data)`` pairs, each yielded as soon as it happens.
 
         The question and the agent are checked now; the episode starts when iteration does.
+        Setting ``cancel`` (or closing the iterator) ends the episode at its next message, so the
+        model is free for the next question; the iterator then stops.
         """
         if self.agent is None:
             raise ConfigError("no agent loaded", hint="start the demo with --model RUN/best")
-        return self._episode_events(_check_text(question, "question"))
+        return self._episode_events(_check_text(question, "question"), cancel or threading.Event())
 
-    def _episode_events(self, question: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _episode_events(self, question: str, abandoned: threading.Event) -> Iterator[tuple[str, dict[str, Any]]]:
         events: queue.Queue = queue.Queue()
         started = time.perf_counter()
+
+        def on_message(message: Mapping[str, str]) -> None:
+            if abandoned.is_set():
+                raise _Abandoned
+            events.put(("message", message))
 
         def work() -> None:
             try:
@@ -248,30 +260,39 @@ class Demo:
                     events.put(("status", {"text": "waiting: the model is answering another question"}))
                     self._agent_lock.acquire()
                 try:
+                    if abandoned.is_set():
+                        raise _Abandoned
                     events.put(("status", {"text": "generating"}))
-                    answer = self.agent.ask(question, on_message=lambda message: events.put(("message", message)))
+                    answer = self.agent.ask(question, on_message=on_message)
                 finally:
                     self._agent_lock.release()
                 events.put(("done", answer))
+            except _Abandoned:
+                events.put(("abandoned", {}))
             except Exception as err:  # noqa: BLE001 - shown on the page, the server keeps serving
                 message = err.format() if isinstance(err, SearchRLError) else f"{type(err).__name__}: {err}"
                 events.put(("error", {"message": message}))
 
         threading.Thread(target=work, name="demo-agent", daemon=True).start()
-        yield "start", {"question": question, "model": getattr(self.agent, "model_name", None)}
-        while True:
-            kind, payload = events.get()
-            if kind == "message":
-                turn = turn_event(payload)
-                if turn is not None:
-                    yield "turn", turn
-            elif kind == "done":
-                yield "done", self._done_event(payload, time.perf_counter() - started)
-                return
-            else:
-                yield kind, payload
-                if kind == "error":
+        try:
+            yield "start", {"question": question, "model": getattr(self.agent, "model_name", None)}
+            while True:
+                kind, payload = events.get()
+                if kind == "message":
+                    turn = turn_event(payload)
+                    if turn is not None:
+                        yield "turn", turn
+                elif kind == "done":
+                    yield "done", self._done_event(payload, time.perf_counter() - started)
                     return
+                elif kind == "abandoned":
+                    return
+                else:
+                    yield kind, payload
+                    if kind == "error":
+                        return
+        finally:
+            abandoned.set()
 
     def _done_event(self, answer: Any, seconds: float) -> dict[str, Any]:
         searches = [{"query": s["query"], "doc_ids": list(s["doc_ids"])} for s in answer.episode.searches]
@@ -280,6 +301,10 @@ class Demo:
             "turns": answer.episode.num_turns, "seconds": round(seconds, 2), "searches": searches,
             "sources": [{"id": d.id, "title": d.title, "snippet": _snippet(d, 200)} for d in answer.sources],
         }
+
+
+class _Abandoned(Exception):
+    """Raised inside an episode whose page went away, to end it early."""
 
 
 def turn_event(message: Mapping[str, str]) -> dict[str, Any] | None:
@@ -331,9 +356,6 @@ def _jsonable(value: Any) -> Any:
 
 def create_app(demo: Demo):
     """A FastAPI app serving the page and its API for ``demo``."""
-    from fastapi import FastAPI, Query
-    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-
     app = FastAPI(title="searchrl demo", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(SearchRLError)
@@ -357,15 +379,28 @@ def create_app(demo: Demo):
         return demo.compare(q or None, query_id=query_id or None, k=k)
 
     @app.get("/api/ask")
-    def ask(question: str = ""):
+    async def ask(request: Request, question: str = ""):
+        cancel = threading.Event()  # set when the page goes away: the episode stops, the model is free
         try:  # the question and the agent are checked before streaming; a problem is the one event sent
-            events = demo.ask_events(question)
+            events = demo.ask_events(question, cancel=cancel)
         except SearchRLError as err:
             events = iter([("error", {"message": err.format()})])
 
-        def stream() -> Iterator[str]:
-            for name, data in events:
-                yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
+        async def watch_disconnect() -> None:
+            while not cancel.is_set():
+                if await request.is_disconnected():
+                    cancel.set()
+                await asyncio.sleep(0.2)
+
+        async def stream():
+            watcher = asyncio.create_task(watch_disconnect())
+            try:
+                while (item := await run_in_threadpool(next, events, None)) is not None:
+                    name, data = item
+                    yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
+            finally:
+                cancel.set()
+                watcher.cancel()
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
