@@ -23,7 +23,7 @@ from searchrl.runs import RunDirectory
 
 
 def quickstart_config(data: str | Path, output_dir: str | Path, *, model: str | None = None) -> dict[str, Any]:
-    """The quickstart recipe (mirrored by ``configs/coaug-quickstart.yaml``) as a config dict.
+    """The quickstart recipe (mirrored by the packaged recipe ``coaug-quickstart``) as a config dict.
 
     Co-augmentation (queries and documents) sized for under 15 minutes on 2 CPU cores with
     SmolLM2-135M-Instruct; the sizing is explained in the YAML file's header.

@@ -556,6 +556,9 @@ class CoAugReward:
 
     >>> from searchrl.data import Document
     >>> from searchrl.augment import ExpansionPolicy
+    >>> from searchrl.coaug.batch import CoAugBatchBuilder
+    >>> from searchrl.coaug.bm25 import CorpusStatistics
+    >>> from searchrl.coaug.evaluate import BatchScorer
     >>> corpus = {f"d{i}": Document(f"d{i}", f"filler text number {i}") for i in range(6)}
     >>> corpus["d0"] = Document("d0", "vitamin d deficiency and bone fractures")
     >>> builder = CoAugBatchBuilder(corpus, {"q1": "vitamin d bone"}, {"q1": {"d0": 1}}, mode="query",
