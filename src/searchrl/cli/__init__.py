@@ -51,9 +51,9 @@ def _options(
 
 
 def _register_all() -> None:
-    from searchrl.cli import agent, augment, demo, export, models, report, retrieval, serve, train
+    from searchrl.cli import agent, augment, demo, export, models, recipe, report, retrieval, serve, train
 
-    for module in (retrieval, models, augment, train, agent, report, serve, demo, export):
+    for module in (retrieval, models, augment, train, recipe, agent, report, serve, demo, export):
         module.register(app)
 
 
