@@ -105,5 +105,6 @@ def test_token_f1_is_the_max_over_answers():
     assert token_f1("oxygen tank two", ["fuel cell", "oxygen tank two"]) == 1.0
     assert token_f1("tank tank", ["tank"]) == pytest.approx(2 * 0.5 * 1 / 1.5)  # repeated tokens count once
     assert token_f1("mars", ["moon"]) == 0.0
-    assert token_f1("", ["the"]) == 1.0  # both normalise to nothing (SQuAD's convention)
+    assert token_f1("", ["the"]) == 0.0  # an answer emptied by normalisation matches nothing empty
+    assert token_f1("The", ["the"]) == 1.0  # but still matches itself
     assert token_f1("moon", []) == 0.0

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from searchrl.data.types import Qrels, Run
-from searchrl.errors import ConfigError
+from searchrl.errors import ConfigError, DataError
 
 DEFAULT_MEASURES = ("ndcg@10", "recall@100", "mrr@10", "map")
 
@@ -65,7 +65,8 @@ def evaluate_run(
     one relevant document (relevance > 0) is scored; a query the run has no results for
     scores 0 rather than being left out of the average (which would inflate it). Queries of
     the run that ``qrels`` does not judge are ignored, and queries whose judgments are all
-    non-relevant are skipped with a warning, since every measure is undefined for them.
+    non-relevant are skipped with a warning, since every measure is undefined for them. When
+    no query at all can be scored, :class:`DataError` is raised rather than reporting 0.
 
     >>> qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
     >>> aggregate, per_query = evaluate_run(qrels, {"q1": {"d1": 2.0, "d3": 1.0}}, ["mrr@10"])
@@ -84,6 +85,11 @@ def evaluate_run(
         if any(int(rel) > 0 for rel in docs.values())
     }
     unanswerable = [query_id for query_id in qrels if str(query_id) not in judged]
+    if not judged:
+        raise DataError(
+            f"no query can be scored: none of the {len(qrels)} judged queries has a relevant document",
+            hint="the qrels must mark relevant documents with a relevance above 0",
+        )
     if unanswerable:
         warnings.warn(
             f"{len(unanswerable)} queries have no relevant document in the qrels and are not scored: "
@@ -97,14 +103,14 @@ def evaluate_run(
         for query_id, hits in run.items()
         if str(query_id) in judged and hits
     }
-    if judged and clean_run:
+    if clean_run:
         key_of = {measure: key for key, measure in parsed.items()}
         evaluator = ir_measures.evaluator(list(parsed.values()), judged)
         for metric in evaluator.iter_calc(clean_run):
             if metric.query_id in per_query:
                 per_query[metric.query_id][key_of[metric.measure]] = float(metric.value)
     count = len(per_query)
-    aggregate = {key: (sum(scores[key] for scores in per_query.values()) / count if count else 0.0) for key in parsed}
+    aggregate = {key: sum(scores[key] for scores in per_query.values()) / count for key in parsed}
     return aggregate, per_query
 
 
@@ -130,19 +136,39 @@ def _as_answers(answers: str | Iterable[str]) -> list[str]:
     return [answers] if isinstance(answers, str) else list(answers)
 
 
+def _without_punctuation(s: str) -> str:
+    return " ".join("".join(ch for ch in s.lower() if ch not in _PUNCTUATION).split())
+
+
+def _comparable(prediction: str, answer: str) -> tuple[str, str] | None:
+    """``(prediction, answer)`` normalised alike, or ``None`` when the answer leaves nothing to compare.
+
+    An answer that SQuAD normalisation empties ("A", "The") is compared with articles kept, so
+    it matches "a" but not every answer that also normalises to nothing; an answer of only
+    punctuation can match nothing.
+    """
+    gold = normalize_answer(answer)
+    if gold:
+        return normalize_answer(prediction), gold
+    gold = _without_punctuation(answer)
+    if gold:
+        return _without_punctuation(prediction), gold
+    return None
+
+
 def exact_match(prediction: str, answers: str | Iterable[str]) -> float:
     """1.0 when the normalised prediction equals any normalised gold answer, else 0.0.
 
-    >>> exact_match("the Moon", ["moon", "lunar surface"])
-    1.0
+    >>> exact_match("the Moon", ["moon", "lunar surface"]), exact_match("", ["The"]), exact_match("a", ["A"])
+    (1.0, 0.0, 1.0)
     """
-    predicted = normalize_answer(prediction)
-    return float(any(predicted == normalize_answer(answer) for answer in _as_answers(answers)))
+    pairs = (_comparable(prediction, answer) for answer in _as_answers(answers))
+    return float(any(pair is not None and pair[0] == pair[1] for pair in pairs))
 
 
 def _f1(predicted_tokens: list[str], gold_tokens: list[str]) -> float:
     if not predicted_tokens or not gold_tokens:
-        return float(predicted_tokens == gold_tokens)
+        return 0.0
     common = sum((Counter(predicted_tokens) & Counter(gold_tokens)).values())
     if common == 0:
         return 0.0
@@ -154,11 +180,11 @@ def _f1(predicted_tokens: list[str], gold_tokens: list[str]) -> float:
 def token_f1(prediction: str, answers: str | Iterable[str]) -> float:
     """Best token-overlap F1 between the normalised prediction and any gold answer (SQuAD).
 
-    >>> round(token_f1("oxygen tank two", ["the oxygen tank"]), 3)
-    0.8
+    >>> round(token_f1("oxygen tank two", ["the oxygen tank"]), 3), token_f1("", ["The"])
+    (0.8, 0.0)
     """
-    predicted_tokens = normalize_answer(prediction).split()
-    scores = [_f1(predicted_tokens, normalize_answer(answer).split()) for answer in _as_answers(answers)]
+    pairs = [_comparable(prediction, answer) for answer in _as_answers(answers)]
+    scores = [_f1(pair[0].split(), pair[1].split()) for pair in pairs if pair is not None]
     return max(scores, default=0.0)
 
 

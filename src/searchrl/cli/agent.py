@@ -203,6 +203,9 @@ def evaluate(
         max_turn_tokens=max_turn_tokens, max_model_tokens=max_model_tokens,
     )
     agent = _load_agent(model, data, settings, temperature=temperature, seed=seed, device=device)
+    from searchrl.data.qa import check_gold_ids
+
+    check_gold_ids(examples, agent.tool.corpus, questions)  # an unknown gold id would score retrieval 0
     policy, tool, config, model_name = agent.policy, agent.tool, agent.episode_config, agent.model_name
     judge = None
     if judge_model is not None:

@@ -109,6 +109,7 @@ def _run(
         raise ConfigError(f"unknown engine {engine!r}", hint="use transformers, vllm or openai")
     if retriever not in ("sparse", "dense"):
         raise ConfigError(f"unknown retriever kind {retriever!r}", hint="use sparse or dense")
+    shard_range = parse_shard(shard) if shard is not None else None  # "" is an error, not "no shard"
     if model is None:
         from searchrl.resolver import DEFAULT_LLM
 
@@ -157,7 +158,7 @@ def _run(
         engine_name=engine,
         source=source,
         batch_size=batch_size,
-        shard=parse_shard(shard) if shard else None,
+        shard=shard_range,
         limit=limit,
         keep_completions=keep_completions,
         generator=generator,

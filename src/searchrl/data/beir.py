@@ -226,8 +226,26 @@ class BeirDataset:
         )
 
 
+def check_split_name(split: str) -> None:
+    """A split is a plain file name (``dev``, ``test``, ``train-v2``): never a path out of ``qrels/``.
+
+    >>> check_split_name("dev")
+    >>> check_split_name("../../etc/passwd")
+    Traceback (most recent call last):
+    searchrl.errors.DataError: split '../../etc/passwd' must be a plain name such as dev or test (a name in qrels/, without folders)
+    """
+    if (
+        not isinstance(split, str)
+        or split in ("", ".", "..")
+        or Path(split).name != split
+        or any(ch in split for ch in "/\\\0")
+    ):
+        raise DataError(f"split {split!r} must be a plain name such as dev or test (a name in qrels/, without folders)")
+
+
 def qrels_path(directory: str | Path, split: str) -> Path:
     """``directory/qrels/<split>.tsv`` (or ``.gz``); an unknown split raises listing the available ones."""
+    check_split_name(split)
     directory = resolve_data_path(directory)
     if not directory.is_dir():
         raise DataError("data directory not found", path=directory, hint="point --data at a BEIR folder")

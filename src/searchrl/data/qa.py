@@ -7,6 +7,7 @@ from JSONL or from Parquet files (Search-R1 ships ``train.parquet`` / ``test.par
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from collections.abc import Iterator
@@ -95,3 +96,22 @@ def load_qa(path: str | Path) -> list[QAExample]:
     if not examples:
         raise DataError("the file holds no questions", path=path)
     return examples
+
+
+def check_gold_ids(examples: Sequence[QAExample], doc_ids: Collection[str], path: str | Path) -> None:
+    """Raise :class:`DataError` when a question's ``gold_ids`` name a document ``doc_ids`` does not hold.
+
+    A gold id outside the corpus can never be retrieved, so every retrieval reward and hit rate
+    for that question would silently be 0. ``path`` is the QA file, named in the message.
+    """
+    known = doc_ids if isinstance(doc_ids, (set, frozenset, dict)) else set(doc_ids)
+    missing = [(example.id, gold_id) for example in examples for gold_id in example.gold_ids if gold_id not in known]
+    if missing:
+        question_id, gold_id = missing[0]
+        questions = len({question for question, _ in missing})
+        raise DataError(
+            f"question {question_id!r} names gold document {gold_id!r}, which is not in the corpus "
+            f"({len(missing)} unknown gold ids in {questions} of {len(examples)} questions)",
+            path=path,
+            hint="gold_ids must be ids of the corpus searched: fix them, or pass the corpus the questions were written for",
+        )
