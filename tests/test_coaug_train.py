@@ -444,3 +444,21 @@ def test_dense_reward_training_end_to_end(tiny_lm_dir, tiny_st_dir, tiny_beir, t
     rows = setup.run.read_metrics()
     assert [r["step"] for r in rows if "dev/ndcg@10" in r] == [0, 1]
     assert any("train/loss" in r for r in rows)
+
+
+def test_quickstart_end_to_end_reports_on_queries_that_did_not_choose_the_checkpoint(tiny_lm_dir, tmp_path):
+    from searchrl.coaug.dataset import DevSelection
+    from searchrl.coaug.quickstart import run_quickstart
+
+    data = write_tiny_beir(tmp_path / "beir", with_dev=False)
+    before = {p.name: p.read_bytes() for p in (data / "qrels").iterdir()}
+    summary = run_quickstart(data=data, out=tmp_path / "run", model=str(tiny_lm_dir), steps=1)
+    assert {p.name: p.read_bytes() for p in (data / "qrels").iterdir()} == before  # the data set is untouched
+    selection = DevSelection.load(tmp_path / "run" / "selection.json")
+    assert selection.report and not set(selection.report) & set(selection.select)
+    saved = json.loads((tmp_path / "run" / "quickstart.json").read_text())
+    assert {k: saved[k] for k in ("bm25", "untrained", "trained")} == pytest.approx(
+        {"bm25": summary.bm25, "untrained": summary.untrained, "trained": summary.trained})
+    assert f"{len(selection.report)} report queries" in summary.table()
+    if summary.trained_step is None:  # best/ is the untrained policy: the same figure, said so
+        assert summary.trained == summary.untrained and "untrained policy" in summary.table()

@@ -84,7 +84,7 @@ def derive_dev_split(directory: str | Path, out_dir: str | Path, *, dev_queries:
     qrels = load_qrels(qrels_path(directory, "train"))
     query_ids = sorted(qrels)
     if len(query_ids) < 2 * dev_queries:
-        dev_queries = max(1, len(query_ids) // 5)
+        dev_queries = max(2, len(query_ids) // 5)  # two at least: one chooses the checkpoint, one reports
     rng = np.random.default_rng(seed)
     dev = {query_ids[i] for i in rng.choice(len(query_ids), size=dev_queries, replace=False)}
     out_dir = Path(out_dir)
