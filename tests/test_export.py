@@ -200,3 +200,17 @@ def test_export_errors(tmp_path, capsys):
     (run / "config.yaml").write_text("model: x\n")
     code, _, err = run_cli(capsys, "export", run)
     assert_user_error(code, err, "no best checkpoint yet")
+
+
+def test_recipe_results_in_the_run_become_the_held_out_figures(coaug_run, capsys):
+    from huggingface_hub import ModelCard
+
+    recipe = {"bm25": 0.61, "untrained": 0.6, "trained": 0.64, "eval_split": "dev", "num_queries": 50,
+              "queries": "the dev report queries (not used to choose the checkpoint)",
+              "measures": {"bm25": {"ndcg@10": 0.6123}, "untrained": {"ndcg@10": 0.6001}, "trained": {"ndcg@10": 0.6456}}}
+    (coaug_run / "recipe.json").write_text(json.dumps(recipe))
+    assert run_cli(capsys, "export", coaug_run)[0] == 0
+    text = ModelCard.load(coaug_run / "export" / "README.md").text
+    held_out = text.split("## Held-out results", 1)[1].split("## Dev curve", 1)[0]
+    assert "searchrl recipe coaug" in held_out and "50 queries" in held_out
+    assert "**trained**" in held_out and "0.6456" in held_out and "0.6123" in held_out

@@ -254,11 +254,12 @@ def test_flashrag_and_search_r1_qa_rows(tmp_path):
 # --- Hub data sets ------------------------------------------------------------------------------------
 
 
-def build_offline_hub_cache(root: Path, repo: str) -> Path:
+def build_offline_hub_cache(root: Path, repo: str, *, mteb: bool = False) -> Path:
     """Put ``repo`` (and ``repo-qrels``) in a ``datasets`` cache as a real first download leaves it.
 
     The same files a BEIR Hub repo holds are loaded from local folders, and the cache folders
     renamed to the Hub names, so that an offline ``load_dataset(repo, "corpus")`` finds them.
+    With ``mteb``, the qrels are the repository's own ``default`` configuration, as MTEB keeps them.
     """
     import datasets
 
@@ -267,16 +268,25 @@ def build_offline_hub_cache(root: Path, repo: str) -> Path:
     source = root / "hub-source" / name
     jsonl(source / "corpus.jsonl", CORPUS)
     jsonl(source / "queries.jsonl", QUERIES)
+    qrels = root / "hub-source" / f"{name}-qrels"
+    if mteb:  # MTEB keeps qrels as JSONL rows next to the corpus
+        keys = ("query-id", "corpus-id", "score")
+        jsonl(source / "qrels" / "test.jsonl", [dict(zip(keys, row.split("\t"))) | {"score": int(row.split("\t")[2])}
+                                                for row in QRELS[1:]])
+        jsonl(source / "qrels" / "train.jsonl", [{"query-id": "q9", "corpus-id": "d2", "score": 1}])
+    else:
+        write(qrels / "test.tsv", "\n".join(QRELS) + "\n")
+        write(qrels / "train.tsv", "query-id\tcorpus-id\tscore\nq9\td2\t1\n")
+    default = ("- config_name: default\n  data_files:\n  - split: test\n    path: qrels/test.jsonl\n"
+               "  - split: train\n    path: qrels/train.jsonl\n") if mteb else ""
     write(source / "README.md", "---\nconfigs:\n"
           "- config_name: corpus\n  data_files:\n  - split: corpus\n    path: corpus.jsonl\n"
-          "- config_name: queries\n  data_files:\n  - split: queries\n    path: queries.jsonl\n---\n")
-    qrels = root / "hub-source" / f"{name}-qrels"
-    write(qrels / "test.tsv", "\n".join(QRELS) + "\n")
-    write(qrels / "train.tsv", "query-id\tcorpus-id\tscore\nq9\td2\t1\n")
-    for config in ("corpus", "queries"):
+          "- config_name: queries\n  data_files:\n  - split: queries\n    path: queries.jsonl\n" + default + "---\n")
+    for config in ("corpus", "queries") + (("default",) if mteb else ()):
         datasets.load_dataset(str(source), config, cache_dir=str(cache))
-    datasets.load_dataset(str(qrels), cache_dir=str(cache))
-    for folder in (name, f"{name}-qrels"):
+    if not mteb:
+        datasets.load_dataset(str(qrels), cache_dir=str(cache))
+    for folder in (name,) if mteb else (name, f"{name}-qrels"):
         shutil.move(cache / folder, cache / f"{owner}___{folder}")
     return cache
 
@@ -371,3 +381,14 @@ def test_agent_eval_transcripts_follow_the_documented_schema(tmp_path):
         assert not errors, errors
     # A field the document does not describe is caught.
     assert not validator.is_valid({**records[0], "undocumented": 1})
+
+
+def test_hub_data_set_in_mteb_layout(beir, tmp_path, capsys, monkeypatch):
+    import datasets
+
+    if not datasets.config.HF_HUB_OFFLINE:
+        pytest.skip("the test needs HF_HUB_OFFLINE=1 when datasets is imported")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", build_offline_hub_cache(tmp_path, "mteb/tinyfact", mteb=True))
+    monkeypatch.setenv("SEARCHRL_CACHE", str(tmp_path / "searchrl-cache"))
+    expected = eval_json(capsys, "--data", beir, "--split", "test")
+    assert eval_json(capsys, "--data", "hf:mteb/tinyfact", "--split", "test")["ndcg@10"] == expected["ndcg@10"]

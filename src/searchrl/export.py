@@ -146,19 +146,36 @@ def _dataset_ids(config: dict[str, Any]) -> list[str]:
     return sorted({parse_hub_reference(v)[0] for v in values if isinstance(v, str) and is_hub_reference(v)})
 
 
-def _results(path: Path | None) -> dict[str, dict[str, Any]]:
-    """``{name: {metric: value}}`` from ``--results FILE``: one JSON object of figures (e.g. `eval --json`),
-    or an object of such objects, one per evaluation."""
+@dataclass
+class HeldOut:
+    """Held-out figures for the card: ``{evaluation: {measure: value}}`` and where they come from."""
+
+    figures: dict[str, dict[str, Any]]
+    source: str
+
+
+def held_out_results(path: str | Path | None, run: Path) -> HeldOut | None:
+    """Figures from ``--results FILE`` (one JSON object of figures, e.g. `eval --json`, or an object of
+    such objects), else from ``RUN/recipe.json`` written by `searchrl recipe coaug`, else None."""
     if path is None:
-        return {}
+        recipe = _read_json(run / "recipe.json")
+        measures = recipe.get("measures") if isinstance(recipe, dict) else None
+        if isinstance(measures, dict) and measures and all(isinstance(v, dict) for v in measures.values()):
+            detail = ", ".join(str(x) for x in (recipe.get("queries"),) if x)
+            source = (f"measured by `searchrl recipe coaug` (RUN/recipe.json) on the {recipe.get('eval_split')} split, "
+                      f"{recipe.get('num_queries')} queries{': ' + detail if detail else ''}; "
+                      "none of them trained the model or chose the checkpoint")
+            return HeldOut({str(k): v for k, v in measures.items()}, source)
+        return None
     data = _read_json(Path(path))
     if data is None:
         raise DataError("results file not found", path=path)
     if not isinstance(data, dict) or not data:
         raise DataError("expected a JSON object of figures", path=path, hint='e.g. the output of `searchrl eval --json`')
-    if all(isinstance(v, dict) for v in data.values()):
-        return {str(k): v for k, v in data.items()}
-    return {Path(path).stem: data}
+    figures = {str(k): v for k, v in data.items()} if all(isinstance(v, dict) for v in data.values()) else {Path(path).stem: data}
+    source = (f"given to `searchrl export --results {Path(path).name}`, which states they were measured on data "
+              "that neither trained the model nor chose the checkpoint")
+    return HeldOut(figures, source)
 
 
 # --- writing the folder -------------------------------------------------------------------------------
@@ -235,7 +252,7 @@ def export_run(
             path=run / "config.yaml",
             hint="pass --base-model OWNER/NAME",
         )
-    figures = _results(results)
+    held_out = held_out_results(results, run)
     staging = _prepare_folder(out)
     try:
         adapter_base = None
@@ -254,7 +271,7 @@ def export_run(
             folder=out, run=run, kind=run_kind(config), merged=is_adapter and merge, base_model=hub_id,
             adapter_base=adapter_base, files=sorted(p.name for p in staging.iterdir()),
         )
-        card = build_model_card(run, config, result, figures=figures, provenance=provenance, repo_id=repo_id)
+        card = build_model_card(run, config, result, held_out=held_out, provenance=provenance, repo_id=repo_id)
         card.save(str(staging / "README.md"))
         result.files = sorted(p.name for p in staging.iterdir()) + [EXPORT_MARKER]
         (staging / EXPORT_MARKER).write_text(json.dumps({
@@ -385,7 +402,7 @@ def build_model_card(
     config: dict[str, Any],
     result: ExportResult,
     *,
-    figures: dict[str, dict[str, Any]] | None = None,
+    held_out: HeldOut | None = None,
     provenance: dict[str, Any] | None = None,
     repo_id: str | None = None,
 ):
@@ -426,15 +443,14 @@ def build_model_card(
     lines += _usage(result.kind, config, repo_id or str(result.folder), result.merged, is_adapter)
 
     lines += ["## Held-out results", ""]
-    if figures:
-        lines += ["Figures as given to `searchrl export --results`, measured after training on data that neither "
-                  "trained the model nor chose the checkpoint:", ""]
-        for name, values in figures.items():
+    if held_out:
+        lines += [f"Figures {held_out.source}:", ""]
+        for name, values in held_out.figures.items():
             numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             lines += [f"**{name}**", ""] + _table(["measure", "value"], [[k, v] for k, v in numbers.items()]) + [""]
     else:
-        lines += ["None were given at export time. The dev figures below chose the checkpoint, so they overstate "
-                  "what to expect on new data.", ""]
+        lines += ["None were given at export time (`--results FILE`, or `searchrl recipe coaug` before exporting). "
+                  "The dev figures below chose the checkpoint, so they overstate what to expect on new data.", ""]
 
     columns, rows = dev_curve(run, best)
     lines += ["## Dev curve", ""]

@@ -21,7 +21,11 @@ def export_command(
     ] = False,
     results: Annotated[
         Optional[Path],
-        typer.Option("--results", help="JSON of held-out figures for the card (e.g. the output of `searchrl eval --json`)."),
+        typer.Option(
+            "--results",
+            help="JSON of held-out figures for the card (e.g. the output of `searchrl eval --json`); "
+            "default: RUN/recipe.json when `searchrl recipe coaug` wrote one.",
+        ),
     ] = None,
     base_model: Annotated[
         Optional[str],

@@ -3,7 +3,9 @@
 BEIR publishes each data set as two Hub data sets: ``BeIR/scifact`` with the configurations
 ``corpus`` and ``queries`` (columns ``_id``, ``title``, ``text``), and ``BeIR/scifact-qrels``
 whose splits (``train``, ``test``, ...) hold ``query-id``, ``corpus-id``, ``score``. Any data set
-laid out that way works: ``hf:OWNER/NAME`` or ``hf:OWNER/NAME@REVISION``.
+laid out that way works: ``hf:OWNER/NAME`` or ``hf:OWNER/NAME@REVISION``. MTEB's copies
+(``mteb/scifact``), which keep the qrels in the same repository's ``default`` configuration,
+work too.
 
 The data is loaded with :func:`datasets.load_dataset` (so it lands in, and is reused from, the
 ``datasets`` cache; offline, ``HF_HUB_OFFLINE=1`` reads that cache) and then written once as a
@@ -77,7 +79,14 @@ def hub_beir_folder(reference: str | Path, *, refresh: bool = False) -> Path:
     corpus = _load_split(repo, "corpus", revision)
     queries = _load_split(repo, "queries", revision)
     qrels_repo = f"{repo}-qrels"
-    qrels = _load_all_splits(qrels_repo, None, None)
+    try:
+        qrels = _load_all_splits(qrels_repo, None, None)
+    except DataError as no_qrels_repo:
+        try:  # MTEB layout: the qrels are the `default` configuration of the same repository
+            qrels = _load_all_splits(repo, "default", revision)
+        except DataError:
+            raise no_qrels_repo from None
+        qrels_repo = f"{repo} (default)"
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         _write_beir_folder(staging, corpus, queries, qrels, repo, qrels_repo)
