@@ -192,3 +192,24 @@ def test_a_config_folder_reaches_the_user_as_one_line(tmp_path, capsys):
     folder.mkdir()
     code, _, err = run_cli(capsys, "train", "coaug", "--config", folder)
     assert_usage_error(code, err, "configs", "is a folder")
+
+
+def test_output_file_under_a_file_is_named(beir, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep", encoding="utf-8")
+    code, _, err = run_cli(capsys, "eval", "--data", beir, "--split", "test", "--per-query", blocker / "x.jsonl")
+    assert_usage_error(code, err, "--per-query", "afile", "is a file, not a folder")
+
+
+def test_search_index_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("x", encoding="utf-8")
+    code, _, err = run_cli(capsys, "search", "--index", target, "oxygen")
+    assert_usage_error(code, err, "afile", "is a file, not an index folder")
+
+
+def test_models_cache_dir_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("x", encoding="utf-8")
+    code, _, err = run_cli(capsys, "models", "list", "--cache-dir", target)
+    assert_usage_error(code, err, "afile", "is a file")

@@ -8,11 +8,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from searchrl.errors import ConfigError
+
 models_app = typer.Typer(help="Fetch models into the local cache and list them.", no_args_is_help=True)
 
 CacheOption = Annotated[
     Optional[Path], typer.Option("--cache-dir", help="Model cache folder (default: $SEARCHRL_CACHE/models).")
 ]
+
+
+def _check_cache_dir(cache_dir: Path | None) -> None:
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise ConfigError("--cache-dir is a file; it takes a folder", path=cache_dir)
 
 
 @models_app.command("pull")
@@ -27,6 +34,7 @@ def pull(
     """Resolve NAME to a local model folder (downloading / converting once) and print the folder."""
     from searchrl.resolver import guess_kind, resolve_model
 
+    _check_cache_dir(cache_dir)
     folder = resolve_model(name, kind=kind or guess_kind(name), cache_dir=cache_dir)  # type: ignore[arg-type]
     typer.echo(str(folder))
 
@@ -39,6 +47,7 @@ def list_models(
     """List the models in the cache: name, kind, source, size and folder."""
     from searchrl.resolver import list_cached_models, models_dir
 
+    _check_cache_dir(cache_dir)
     models = list_cached_models(cache_dir)
     if as_json:
         for model in models:

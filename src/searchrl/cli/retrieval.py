@@ -215,8 +215,13 @@ def _check_expansion_ids(expansions: Mapping[str, str], wanted_ids: list[str], p
 
 def _check_output_file(path: Path | None, option: str) -> None:
     """Fail before any work when an output file cannot be written where it is asked for."""
-    if path is not None and path.is_dir():
+    if path is None:
+        return
+    if path.is_dir():
         raise ConfigError(f"{option} is a folder; it takes a file name", path=path, hint="e.g. per_query.jsonl")
+    blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{option} cannot be written: {blocker} is a file, not a folder", path=path)
 
 
 def _parse_measures(measures: str) -> list[str]:

@@ -357,6 +357,8 @@ def read_manifest(
     """
     directory = Path(directory)
     path = directory / MANIFEST_NAME
+    if directory.exists() and not directory.is_dir():
+        raise IndexFileError("is a file, not an index folder", path=directory, hint=REBUILD_HINT)
     if not directory.is_dir():
         aside = _previous_index_aside(directory) if directory.parent.is_dir() else []
         if aside:
