@@ -177,7 +177,12 @@ def evaluate(
         str | None, typer.Option("--judge-model", help="A fixed judge model (must differ from --model); adds judge accuracy.")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write every transcript to this JSONL (rerun to resume).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write every transcript to this JSONL (rerun to resume): one object per question with its "
+            "messages, searches, answer, finish_reason and scores (schema: docs/SCHEMAS.md).",
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out instead of resuming it.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Episodes generated together.")] = 16,
