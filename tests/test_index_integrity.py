@@ -305,3 +305,12 @@ def test_saving_over_a_file_or_a_folder_of_other_files_is_refused(tmp_path):
     shutil.rmtree(folder)
     retriever.save(folder)
     assert load_retriever(folder).doc_ids == [d.id for d in CORPUS]
+
+
+def test_saving_into_the_current_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "here"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    BM25Retriever().index(CORPUS, show_progress=False).save(".")
+    assert load_retriever(folder).doc_ids == [d.id for d in CORPUS]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]

@@ -259,7 +259,7 @@ def staged_directory(directory: str | Path) -> Iterator[Path]:
     folder is removed, or after a kill left as ``.<name>.new-*`` (removed by the next save
     once it is an hour old).
     """
-    directory = Path(directory)
+    directory = Path(os.path.abspath(directory))  # "." or "idx/.." name a folder whose parent holds the staging
     check_index_target(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(directory)
