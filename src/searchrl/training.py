@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -173,6 +174,13 @@ def build_grpo_config(
             hint="pick a micro batch size that divides prompts_per_step × num_generations",
         )
     micro_batches = batch // micro
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    if micro_batches % processes != 0:
+        raise ConfigError(
+            f"the {micro_batches} micro-batches of one step cannot be shared by {processes} processes",
+            hint="choose micro_batch_size so that prompts × samples / micro_batch_size is a multiple of the processes",
+        )
+    micro_batches //= processes
     if micro_batches % updates_per_step != 0:
         raise ConfigError(
             f"updates_per_step {updates_per_step} does not divide the {micro_batches} micro-batches of one step",

@@ -554,6 +554,9 @@ class CoAugReward:
     :func:`~searchrl.coaug.reward.sampled_ndcg_rewards`, and returns ``role_scale × reward``
     per completion (``None`` for a document sample never drawn).
 
+    Under several processes (``accelerate launch``) TRL hands each process its share of the
+    step; the shares are gathered first, so N processes compute the rewards one process would.
+
     >>> from searchrl.data import Document
     >>> from searchrl.augment import ExpansionPolicy
     >>> from searchrl.coaug.batch import CoAugBatchBuilder
@@ -635,6 +638,29 @@ class CoAugReward:
         item_id: Sequence[str],
         log_metric: Any = None,
         **_: Any,
+    ) -> list[float | None]:
+        world = _process_group_size()
+        if world > 1:
+            # Each process holds a share of the step's completions; the pool needs all of them.
+            # Gather every share (in process order), score the whole step on every process (the
+            # same seed gives the same rewards), and return this process's share.
+            import torch.distributed as dist
+
+            local = [list(completions), [int(s) for s in step], [int(i) for i in prompt_index], list(item_id)]
+            shares: list[Any] = [None] * world
+            dist.all_gather_object(shares, local)
+            rewards = self._score_step(
+                [c for share in shares for c in share[0]], [s for share in shares for s in share[1]],
+                [i for share in shares for i in share[2]], [d for share in shares for d in share[3]],
+                log_metric if dist.get_rank() == 0 else None,
+            )
+            start = sum(len(share[0]) for share in shares[: dist.get_rank()])
+            return rewards[start : start + len(completions)]
+        return self._score_step(completions, step, prompt_index, item_id, log_metric)
+
+    def _score_step(
+        self, completions: Sequence[Any], step: Sequence[int], prompt_index: Sequence[int], item_id: Sequence[str],
+        log_metric: Any,
     ) -> list[float | None]:
         steps = set(int(s) for s in step)
         if len(steps) != 1:
@@ -738,3 +764,12 @@ class CoAugReward:
                     metrics[f"coaug/reward_{name}"] = float(np.nanmean(values))
                 metrics[f"coaug/empty_rate_{name}"] = float(empty[mask].mean())
         return metrics
+
+
+def _process_group_size() -> int:
+    """Processes of the running ``torch.distributed`` group (1 when there is none)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 1
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -19,9 +19,10 @@ How one RL step maps onto TRL's ``GRPOTrainer`` (checked against TRL 1.16's sour
   CoAug's advantage does (``tests/coaug_oracle.py`` computes it directly).
 * **Loss.** PPO clipped surrogate with ``epsilon=0.2, epsilon_high=0.28`` (range [0.8, 1.28]),
   token-mean (``loss_type="dapo"``), grad clip 1.0, optional KL ``beta`` (0 = no reference model).
-* **Single process.** In multi-process training TRL calls each reward function on its own
-  shard of the batch, so the in-batch pool would be split; training refuses more than one
-  process (use one GPU, with vLLM colocated for fast rollouts).
+* **Several processes** (``accelerate launch --num_processes N -m searchrl train coaug ...``).
+  TRL calls each process's reward function on that process's share of the step; the reward
+  gathers the shares first (:class:`~searchrl.coaug.reward.CoAugReward`), so the pool is the
+  whole step's and N processes compute the rewards one process would.
 
 Everything else — run directory, resume, dev evaluation and best checkpoint — comes from
 :mod:`searchrl.runs` and :mod:`searchrl.training`. The best checkpoint ``RUN/best`` is a LoRA
@@ -210,11 +211,6 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         gradient_checkpointing=config.optim.gradient_checkpointing,
         extra={"generation_kwargs": dict(config.generation.generation_kwargs)} if config.generation.generation_kwargs else None,
     )
-    if grpo_args.world_size > 1:
-        raise ConfigError(
-            f"co-augmentation training runs in one process (got {grpo_args.world_size})",
-            hint="TRL scores each process's shard separately, which would split the in-batch pool; use one GPU",
-        )
     model, tokenizer = load_policy(config.model, device=device, precision=config.precision)
     dataset = build_step_dataset(builder, policy, config.optim.steps, tokenizer)
     dev_callback = DevEvaluationCallback(
