@@ -462,3 +462,21 @@ def test_quickstart_end_to_end_reports_on_queries_that_did_not_choose_the_checkp
     assert f"{len(selection.report)} report queries" in summary.table()
     if summary.trained_step is None:  # best/ is the untrained policy: the same figure, said so
         assert summary.trained == summary.untrained and "untrained policy" in summary.table()
+
+
+def test_skip_solved_leaves_out_queries_the_unexpanded_retriever_ranks_perfectly(tiny_lm_dir, tiny_beir, tmp_path):
+    from searchrl.coaug.train import _informative_queries
+    from searchrl.coaug.dataset import load_coaug_data
+    from searchrl.coaug.evaluate import BatchScorer
+    from searchrl.coaug.bm25 import CorpusStatistics
+
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", batch__skip_solved=True, batch__queries_per_step=1)
+    data = load_coaug_data(config)
+    scorer = BatchScorer("sparse", statistics=CorpusStatistics.from_documents(data.corpus.values()))
+    # q0 ("does vitamin matter") finds both of its relevant documents first: solved. Make q1 unsolved
+    # by judging a document that shares no word with it.
+    data.train_qrels["q1"] = {"n9": 1}
+    kept = _informative_queries(config, data, scorer, None)
+    assert "q0" not in kept and "q1" in kept
+    off = config.model_copy(update={"batch": config.batch.model_copy(update={"skip_solved": False})})
+    assert _informative_queries(off, data, scorer, None) == data.train_queries

@@ -35,6 +35,11 @@ class BatchSettings(_Section):
         description="per query, its top-N unexpanded-BM25 documents over the whole corpus join every pool "
         "unexpanded (0: in-batch documents only, as CoAug)",
     )
+    skip_solved: bool = Field(
+        False,
+        description="leave out training queries the unexpanded retriever already ranks perfectly (nDCG@k = 1): "
+        "their samples tie and carry no gradient",
+    )
     samples_per_prompt: int = Field(5, ge=2, description="G: sampled expansions per prompt (the GRPO group)")
     micro_batch_size: int | None = Field(None, ge=1, description="completions per forward/backward pass")
     updates_per_step: int = Field(1, ge=1, description="optimiser updates per step (CoAug: 4)")

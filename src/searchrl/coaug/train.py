@@ -115,6 +115,30 @@ def _top_candidates(config: CoAugConfig, data: CoAugData, scorer: BatchScorer) -
     return top_documents_per_query(data.corpus, data.train_queries, scorer, depth)
 
 
+def _informative_queries(
+    config: CoAugConfig, data: CoAugData, scorer: BatchScorer, candidates: Mapping[str, list[str]] | None
+) -> dict[str, str]:
+    """The training queries, without those the unexpanded retriever already ranks perfectly (``skip_solved``).
+
+    A query whose relevant documents already fill the top of the unexpanded ranking has nDCG@k 1
+    before any expansion; every sample of it tends to tie at 1, so its group carries no gradient
+    (DAPO drops such groups after sampling; dropping them before costs nothing).
+    """
+    if not config.batch.skip_solved:
+        return data.train_queries
+    from searchrl.metrics import evaluate_run
+
+    k = config.reward.k
+    ranked = candidates if candidates is not None else top_documents_per_query(data.corpus, data.train_queries, scorer, k)
+    run = {q: {doc: float(len(docs) - rank) for rank, doc in enumerate(docs[:k])} for q, docs in ranked.items()}
+    qrels = {q: data.train_qrels[q] for q in data.train_queries if q in data.train_qrels}
+    _, per_query = evaluate_run(qrels, run, [f"ndcg@{k}"])
+    kept = {q: text for q, text in data.train_queries.items() if per_query.get(q, {}).get(f"ndcg@{k}", 0.0) < 1.0}
+    log.info("skip_solved: %d of %d training queries are already ranked perfectly and left out",
+             len(data.train_queries) - len(kept), len(data.train_queries))
+    return kept if len(kept) >= config.batch.queries_per_step else data.train_queries
+
+
 def _prefixes(candidates: Mapping[str, list[str]] | None, depth: int) -> dict[str, list[str]] | None:
     return None if candidates is None else {q: docs[:depth] for q, docs in candidates.items()}
 
@@ -141,9 +165,10 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         unseen=config.reward.unseen_terms,
     )
     candidates = _top_candidates(config, data, scorer)
+    train_queries = _informative_queries(config, data, scorer, candidates)
     builder = CoAugBatchBuilder(
         data.corpus,
-        data.train_queries,
+        train_queries,
         data.train_qrels,
         mode=config.mode,
         queries_per_step=config.batch.queries_per_step,
