@@ -90,6 +90,9 @@ def grpo_summary(run: Path) -> dict:
         "rollout_seconds_per_step": sum(r["rollout/seconds"] for r in rollouts) / max(len(rollouts), 1),
         "rollout_searches_per_episode": [round(r["rollout/searches_per_episode"], 3) for r in rollouts],
         "train_reward": [round(r.get("train/reward", float("nan")), 3) for r in steps],
+        "fired": {term: [round(r.get(f"train/rewards/fired_{term}", float("nan")), 3) for r in steps]
+                  for term in ("correctness", "format", "retry", "retrieval")},
+        "rollout_retries_per_episode": [round(r.get("rollout/retries_per_episode", float("nan")), 3) for r in rollouts],
         "dev_final": pick(final) | {"step": final.get("step")},
         "dev_best": best,
     }
@@ -117,7 +120,7 @@ def main() -> None:
 
     import torch
 
-    from searchrl.agent.train import AgentTrainConfig, build_tool, evaluate_on_dev, load_policy_model, run_agent_training
+    from searchrl.agent.train import AgentTrainConfig, build_tool, evaluate_on_dev, load_policy_model, train_agent_from_yaml
     from searchrl.agent.splits import make_split
 
     work = args.work_dir
@@ -156,7 +159,7 @@ def main() -> None:
     retry_config["output_dir"] = str(work / "grpo-retry")
     retry_config["sft"]["enabled"] = True
     started = time.perf_counter()
-    run_a = run_agent_training(write_config(work / "grpo-retry.yaml", retry_config), [])
+    run_a = train_agent_from_yaml(write_config(work / "grpo-retry.yaml", retry_config), [])
     seconds_a = time.perf_counter() - started
     sft = json.loads((run_a / "sft" / "sft.json").read_text())
     first_eval = dev_rows(run_a)[0]
@@ -173,7 +176,7 @@ def main() -> None:
     ablation["grpo"] |= {"steps": max(steps, 1), "max_minutes": None}
     ablation["eval"] = dict(ablation.get("eval") or {}) | {"at_start": False}
     started = time.perf_counter()
-    run_b = run_agent_training(write_config(work / "grpo-noretry.yaml", ablation), [])
+    run_b = train_agent_from_yaml(write_config(work / "grpo-noretry.yaml", ablation), [])
     results["grpo_no_retry"] = grpo_summary(run_b) | {"wall_seconds_this_invocation": round(time.perf_counter() - started, 1)}
 
     results["notes"] = (

@@ -12,7 +12,7 @@ from searchrl.agent.episode import ChatFormat, EpisodeConfig, ScriptedPolicy
 from searchrl.agent.protocol import format_information, user_prompt
 from searchrl.agent.splits import load_split, make_split, source_groups, split_by_source
 from searchrl.agent.tool import SearchTool
-from searchrl.agent.train import AgentRollout, AgentTrainConfig, agent_dataset_rows, load_agent_config, run_agent_training
+from searchrl.agent.train import AgentRollout, AgentTrainConfig, agent_dataset_rows, load_agent_config, train_agent_from_yaml
 from searchrl.data.types import Document, QAExample
 from searchrl.errors import ConfigError
 from searchrl.retrieval import build_retriever
@@ -242,7 +242,7 @@ def _write_data(directory):
             handle.write(json.dumps({"id": e.id, "question": e.question, "answers": list(e.answers), "gold_ids": list(e.gold_ids)}) + "\n")
 
 
-def test_run_agent_training_end_to_end_and_resume(tmp_path, tiny_lm_dir):
+def test_train_agent_from_yaml_end_to_end_and_resume(tmp_path, tiny_lm_dir):
     _write_data(tmp_path / "data")
     config = {
         "model": str(tiny_lm_dir),
@@ -258,7 +258,7 @@ def test_run_agent_training_end_to_end_and_resume(tmp_path, tiny_lm_dir):
     }
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(config))
-    run = run_agent_training(path, [])
+    run = train_agent_from_yaml(path, [])
 
     assert (run / "sft" / "sft.json").exists() and (run / "sft" / "adapter" / "adapter_config.json").exists()
     assert (run / "best" / "adapter_config.json").exists() and (run / "final" / "adapter_config.json").exists()
@@ -273,7 +273,7 @@ def test_run_agent_training_end_to_end_and_resume(tmp_path, tiny_lm_dir):
 
     # Extending the same run resumes from its last checkpoint: the warm-start is not redone.
     sft_time = (run / "sft" / "sft.json").stat().st_mtime
-    assert run_agent_training(path, ["grpo.steps=3"]) == run
+    assert train_agent_from_yaml(path, ["grpo.steps=3"]) == run
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert sorted(r["step"] for r in records if "rollout/episodes" in r) == [1, 2, 3]
     assert (run / "sft" / "sft.json").stat().st_mtime == sft_time
@@ -281,7 +281,7 @@ def test_run_agent_training_end_to_end_and_resume(tmp_path, tiny_lm_dir):
 
     # Any other change to a finished run's configuration is refused.
     with pytest.raises(ConfigError, match="different configuration"):
-        run_agent_training(path, ["grpo.learning_rate=0.1"])
+        train_agent_from_yaml(path, ["grpo.learning_rate=0.1"])
 
 
 def test_training_config_refuses_judge_without_model():

@@ -411,8 +411,9 @@ class RewardScorer:
     A retrieval term is ``None`` also when the question has no gold ids (or the episode does not
     record what it retrieved): that means "not applicable", and the other terms still count.
 
-    Per batch, ``rewards/unscorable_rate`` (and ``rewards/judge_failure_rate`` with the judge
-    metric) go to TRL's ``log_metric`` when it is passed; :attr:`samples`, :attr:`unscorable` and
+    Per batch, ``rewards/unscorable_rate``, ``rewards/fired_<term>`` (the share of scored samples
+    whose term is non-zero, see :func:`fired_rates`) and ``rewards/judge_failure_rate`` with the
+    judge metric go to TRL's ``log_metric`` when it is passed; :attr:`samples`, :attr:`unscorable` and
     :attr:`judge_failures` count over the scorer's life.
     """
 
@@ -513,9 +514,27 @@ class RewardScorer:
         log_metric = columns.get("log_metric")
         if callable(log_metric) and n:
             log_metric("rewards/unscorable_rate", sum(failed) / n)
+            for term, fired in fired_rates(scores).items():
+                log_metric(f"rewards/fired_{term}", fired)
             if weights.metric == "judge" and needs_answers:
                 log_metric("rewards/judge_failure_rate", judge_failures / n)
         return scores
+
+
+def fired_rates(scores: Mapping[str, Sequence[float | None]]) -> dict[str, float]:
+    """Per term, the share of scored samples (not ``None``) whose value is non-zero.
+
+    A term that pays nothing in a batch gives its samples no advantage, whatever its weight:
+    this is how a run shows which terms actually drive learning.
+
+    >>> fired_rates({"retry": [0.0, 0.25, None, 0.0], "format": [1.0, 1.0, None, 0.0]})
+    {'retry': 0.3333333333333333, 'format': 0.6666666666666666}
+    """
+    rates = {}
+    for term, values in scores.items():
+        scored = [v for v in values if v is not None]
+        rates[term] = sum(v != 0 for v in scored) / len(scored) if scored else 0.0
+    return rates
 
 
 def build_reward_functions(

@@ -7,7 +7,11 @@ training questions:
 * direct: ``<think>…</think><search>keywords of the question</search>`` → real results from the
   search tool → ``<think>Passage [n] …</think><answer>gold answer</answer>``;
 * retry (what ReZero rewards): a first search with only a few of the keywords that misses the gold
-  chunk → results → a second search with all the keywords that finds it → results → the answer.
+  chunk → results → a second search with all the keywords that finds it → results → the answer;
+* retry after a real miss (``retry_after_miss``): when the full keyword query does not show the
+  answer, a second query made of other keywords of the question (one half of them, or all but
+  one) that does → the answer. These teach searching again exactly where it helps: after
+  passages that do not answer the question.
 
 The transcripts are *played* through :func:`~searchrl.agent.episode.run_episodes` by a
 :class:`~searchrl.agent.episode.ScriptedPolicy` with the real search tool, so their token ids and
@@ -37,6 +41,7 @@ from searchrl.agent.protocol import user_prompt
 from searchrl.agent.tool import SearchTool
 from searchrl.data.types import QAExample
 from searchrl.errors import ConfigError, DataError
+from searchrl.memory import release_freed_memory
 from searchrl.progress import progress_bar
 
 TranscriptKind = Literal["direct", "retry"]
@@ -77,6 +82,9 @@ class SFTConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     retry_fraction: float = Field(0.3, ge=0, le=1, description="share of transcripts that search twice")
+    retry_after_miss: bool = Field(
+        False, description="also make retry transcripts for questions whose keyword query misses, from another query"
+    )
     max_transcripts: int | None = Field(None, ge=1, description="train on at most this many transcripts")
     max_tokens: int = Field(2048, ge=16, description="transcripts longer than this are left out")
     seed: int = 0
@@ -122,6 +130,25 @@ def partial_query(question: str, rng: np.random.Generator) -> str | None:
     return " ".join(words[i] for i in chosen)
 
 
+def alternative_queries(question: str) -> list[str]:
+    """Other keyword queries for a question whose full keyword query failed, most different first.
+
+    The two halves of the keywords, then the keywords with one word left out (never an empty
+    query, never the full query, no duplicates).
+
+    >>> alternative_queries("Who commanded the Apollo 13 crew?")
+    ['commanded Apollo', '13 crew', 'Apollo 13 crew', 'commanded 13 crew', 'commanded Apollo crew', 'commanded Apollo 13']
+    """
+    words = question_keywords(question)
+    if len(words) < 2:
+        return []
+    half = (len(words) + 1) // 2
+    candidates = [words[:half], words[half:]] + [words[:i] + words[i + 1 :] for i in range(len(words))]
+    full = " ".join(words)
+    queries = [" ".join(c) for c in candidates if c]
+    return [q for q in dict.fromkeys(queries) if q != full]
+
+
 def _squash(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -149,6 +176,7 @@ def build_transcripts(
     tool: SearchTool,
     *,
     retry_fraction: float = 0.3,
+    retry_after_miss: bool = False,
     seed: int = 0,
 ) -> tuple[list[Transcript], dict[str, int]]:
     """Synthetic transcripts for ``examples`` whose gold chunk the keyword query finds.
@@ -157,8 +185,11 @@ def build_transcripts(
     (the tool may truncate passages). Every candidate query is run once through ``tool`` (batched) to see whether it finds a gold
     document. A question becomes a *retry* transcript (with probability ``retry_fraction``, when
     possible) if a partial query misses and the full keyword query hits; otherwise a *direct* one
-    if the full query hits. Questions that no query answers are skipped — a transcript answering
-    without evidence would teach the model to make answers up. Returns the transcripts and counts.
+    if the full query hits. With ``retry_after_miss``, a question whose full query does not show
+    the answer becomes a retry transcript (kind ``retry``, counted as ``retry_after_miss``) when
+    one of its :func:`alternative_queries` does: full query → the first alternative that shows
+    the answer. Questions that no query answers are skipped — a transcript answering without
+    evidence would teach the model to make answers up. Returns the transcripts and counts.
     """
     if not examples:
         raise DataError("no training questions for the warm-start transcripts")
@@ -179,11 +210,26 @@ def build_transcripts(
     full_results = results[: len(examples)]
     partial_iter = iter(results[len(examples) :])
     partial_results = [next(partial_iter) if q is not None else None for q in partial_queries]
+    second_chances = _second_chances(examples, full_results, tool) if retry_after_miss else {}
 
     transcripts: list[Transcript] = []
     counts = {"questions": len(examples), "direct": 0, "retry": 0, "skipped_not_found": 0, "skipped_answer_not_shown": 0}
+    if retry_after_miss:
+        counts["retry_after_miss"] = 0
     for i, example in enumerate(examples):
         gold = set(example.gold_ids)
+        first_thought = _SEARCH_THOUGHTS[thought_picks[i, 0] % len(_SEARCH_THOUGHTS)]
+        if i in second_chances:
+            second, rank = second_chances[i]
+            turns = (
+                _search_turn(full_queries[i], first_thought),
+                _search_turn(second.query, _RETRY_THOUGHTS[thought_picks[i, 1] % len(_RETRY_THOUGHTS)]),
+                _answer_turn(example.answers[0], rank),
+            )
+            transcripts.append(Transcript(example, turns, "retry", (full_queries[i], second.query)))
+            counts["retry"] += 1
+            counts["retry_after_miss"] += 1
+            continue
         hit_ranks = [r for r, d in enumerate(full_results[i].doc_ids, start=1) if d in gold]
         if not hit_ranks:
             counts["skipped_not_found"] += 1
@@ -192,7 +238,6 @@ def build_transcripts(
             counts["skipped_answer_not_shown"] += 1
             continue
         answer_turn = _answer_turn(example.answers[0], hit_ranks[0])
-        first_thought = _SEARCH_THOUGHTS[thought_picks[i, 0] % len(_SEARCH_THOUGHTS)]
         partial = partial_results[i]
         if wants_retry[i] and partial is not None and not gold.intersection(partial.doc_ids):
             retry_thought = _RETRY_THOUGHTS[thought_picks[i, 1] % len(_RETRY_THOUGHTS)]
@@ -208,6 +253,33 @@ def build_transcripts(
             transcripts.append(Transcript(example, turns, "direct", (full_queries[i],)))
             counts["direct"] += 1
     return transcripts, counts
+
+
+def _shows_answer(example: QAExample, result: Any) -> int | None:
+    """The rank of the first gold document in ``result`` if the shown passages hold the answer, else ``None``."""
+    gold = set(example.gold_ids)
+    ranks = [r for r, d in enumerate(result.doc_ids, start=1) if d in gold]
+    return ranks[0] if ranks and answer_shown(example.answers, result.text) else None
+
+
+def _second_chances(examples: Sequence[QAExample], full_results: Sequence[Any], tool: SearchTool) -> dict[int, tuple[Any, int]]:
+    """For each question whose full query does not show the answer: the first alternative query that does, and its rank."""
+    asks: list[tuple[int, str]] = [
+        (i, query)
+        for i, (example, result) in enumerate(zip(examples, full_results))
+        if example.gold_ids and _shows_answer(example, result) is None
+        for query in alternative_queries(example.question)
+    ]
+    if not asks:
+        return {}
+    found = tool.search_batch([q for _, q in asks], keys=[f"sft-alt:{n}" for n in range(len(asks))])
+    chances: dict[int, tuple[Any, int]] = {}
+    for (i, _), result in zip(asks, found):
+        if i not in chances:
+            rank = _shows_answer(examples[i], result)
+            if rank is not None:
+                chances[i] = (result, rank)
+    return chances
 
 
 def play_transcripts(
@@ -347,6 +419,8 @@ def train_on_episodes(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.item()))
+            del loss
+            release_freed_memory()  # batches differ in width: keep freed blocks from piling up on the heap
             if on_step is not None:
                 on_step(step, {"loss": losses[-1], "learning_rate": schedule.get_last_lr()[0]})
             advance()
@@ -393,7 +467,9 @@ def run_sft_stage(
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    transcripts, counts = build_transcripts(examples, tool, retry_fraction=config.retry_fraction, seed=config.seed)
+    transcripts, counts = build_transcripts(
+        examples, tool, retry_fraction=config.retry_fraction, retry_after_miss=config.retry_after_miss, seed=config.seed
+    )
     if not transcripts:
         raise DataError(
             "the search tool showed the gold answer for none of the training questions",

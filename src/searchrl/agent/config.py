@@ -1,0 +1,212 @@
+"""Settings of one search-agent training run (read from YAML, stored as ``RUN/config.yaml``).
+
+:class:`AgentTrainConfig` holds every section: data and its chunk-disjoint split, the search
+tool, episode limits, reward weights, LoRA, the supervised warm-start (:class:`SFTConfig`), the
+RL stage (:class:`GRPOSettings`) and the dev evaluation that chooses ``best/``
+(:class:`DevEvalSettings`).
+
+Loss presets (``grpo.preset``) fill in the loss settings a YAML file leaves out:
+
+* ``searchrl`` (default): group-centred advantages without std division
+  (``scale_rewards: none``, Dr. GRPO), token-mean loss (``loss_type: dapo``), asymmetric clip
+  0.2 / 0.28, grad-norm clip 1.0, no KL (``beta: 0``);
+* ``rezero``: ReZero's own settings — std-scaled advantages (``scale_rewards: group``), KL
+  0.04 to the policy GRPO starts from, grad-norm clip 0.1, ``loss_type: grpo``, symmetric
+  clip 0.2.
+
+A value given explicitly always wins over the preset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from searchrl.agent.episode import EpisodeConfig
+from searchrl.agent.rewards import RewardWeights
+from searchrl.agent.sft import SFTConfig
+from searchrl.agent.tool import SearchToolConfig
+from searchrl.config import load_config
+from searchrl.llm.precision import Precision
+from searchrl.resolver import DEFAULT_LLM
+from searchrl.training import LoraSettings
+
+LossPreset = Literal["searchrl", "rezero"]
+
+#: The loss settings each ``grpo.preset`` fills in (see the module docstring).
+LOSS_PRESETS: dict[str, dict[str, Any]] = {
+    "searchrl": {
+        "loss_type": "dapo", "scale_rewards": "none", "beta": 0.0, "max_grad_norm": 1.0,
+        "epsilon": 0.2, "epsilon_high": 0.28,
+    },
+    "rezero": {
+        "loss_type": "grpo", "scale_rewards": "group", "beta": 0.04, "max_grad_norm": 0.1,
+        "epsilon": 0.2, "epsilon_high": None,
+    },
+}
+
+
+class AgentDataConfig(BaseModel):
+    """The QA set, its corpus and the chunk-disjoint split (default: Apollo 13 from the shared data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    questions: Path | None = Field(None, description="QA JSONL; default $SEARCHRL_DATA/apollo13/questions.jsonl")
+    corpus: Path | None = Field(None, description="corpus JSONL (_id, title, text); default the Apollo 13 chunks")
+    split_dir: Path | None = Field(None, description="existing split (train.jsonl, dev.jsonl); default RUN/split")
+    dev_size: int | None = Field(40, ge=1, description="dev questions (None: use dev_fraction)")
+    dev_fraction: float = Field(0.15, gt=0, lt=1)
+    split_seed: int = 0
+    max_train_questions: int | None = Field(None, ge=1, description="use only the first N training questions")
+
+    def resolved(self) -> "AgentDataConfig":
+        from searchrl.paths import shared_data_dir
+
+        apollo = shared_data_dir() / "apollo13"
+        return self.model_copy(
+            update={
+                "questions": Path(self.questions or apollo / "questions.jsonl").expanduser(),
+                "corpus": Path(self.corpus or apollo / "corpus.jsonl").expanduser(),
+            }
+        )
+
+
+class GRPOSettings(BaseModel):
+    """The RL stage; see :func:`searchrl.training.build_grpo_config` for the batch layout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: LossPreset = Field("searchrl", description="loss settings left out are filled in from this preset")
+    steps: int = Field(20, ge=0, description="RL steps (0: only the warm-start and evaluation)")
+    prompts_per_step: int = Field(2, ge=1, description="questions per step")
+    num_generations: int = Field(4, ge=2, description="episodes per question (the GRPO group)")
+    micro_batch_size: int | None = Field(None, ge=1, description="completions per forward/backward pass")
+    learning_rate: float = Field(1e-5, gt=0)
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of rollouts (also used in the loss)")
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(
+        0.0, ge=0, description="KL weight to the policy GRPO starts from (the warm-start); 0 keeps no reference"
+    )
+    epsilon: float = 0.2
+    epsilon_high: float | None = 0.28
+    loss_type: str = "dapo"
+    scale_rewards: str = "none"
+    num_iterations: int = Field(1, ge=1)
+    mask_truncated_completions: bool = False
+    shuffle: bool = True
+    save_steps: int = Field(5, ge=1)
+    save_total_limit: int | None = 2
+    use_vllm: bool | Literal["auto"] = "auto"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    generation_batch_size: int = Field(16, ge=1, description="sequences per transformers generate call")
+    max_minutes: float | None = Field(None, gt=0, description="stop (and save) once this invocation ran this long")
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to GRPOConfig as is")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "searchrl")
+        if preset not in LOSS_PRESETS:
+            return data  # the field's own validation names the allowed values
+        return {**LOSS_PRESETS[preset], **data}
+
+
+class DevEvalSettings(BaseModel):
+    """Periodic dev evaluation (greedy episodes) and best-checkpoint keeping.
+
+    The dev split is cut once more, by source chunk, into a *selection* part, whose score
+    chooses ``best/``, and a *report* part, which is evaluated alongside and only reported
+    (``dev_report/...`` in ``metrics.jsonl``): a maximum over noisy evaluations flatters the
+    set that chose it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(5, ge=1, description="evaluate every N RL steps (and before the first, and after the last)")
+    metric: Literal["em", "f1"] = "f1"
+    patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")
+    max_questions: int | None = Field(None, ge=1, description="evaluate on the first N dev questions only")
+    report_fraction: float = Field(
+        0.5, ge=0, lt=1, description="share of dev questions held out from choosing best/ (0: select and report on all)"
+    )
+    batch_size: int = Field(20, ge=1)
+    at_start: bool = Field(True, description="also evaluate the policy before the first RL step")
+
+
+class AgentTrainConfig(BaseModel):
+    """Everything one agent training run needs; stored as ``config.yaml`` in the run directory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_LLM, description="policy: a name, folder or .gguf (see searchrl.resolver)")
+    init_adapter: Path | None = Field(None, description="start from this LoRA adapter (e.g. another run's sft/adapter)")
+    output_dir: Path = Path("runs/agent")
+    wandb_project: str | None = Field(None, description="also log metrics to this Weights & Biases project")
+    device: str = "auto"
+    precision: Precision = Field(
+        "auto", description="policy weights: bf16 where the hardware multiplies it natively (see searchrl.llm.precision)"
+    )
+    seed: int = 0
+    data: AgentDataConfig = Field(default_factory=AgentDataConfig)
+    tool: SearchToolConfig = Field(default_factory=lambda: SearchToolConfig(k=3))
+    episode: EpisodeConfig = Field(
+        default_factory=lambda: EpisodeConfig(max_turns=4, max_model_tokens=384, max_turn_tokens=128)
+    )
+    rewards: RewardWeights = Field(default_factory=RewardWeights)
+    retry_reward: bool = Field(True, description="false: drop the retry reward (ReZero's ablation)")
+    judge_model: str | None = Field(None, description="judge model when rewards.metric is 'judge'")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    sft: SFTConfig = Field(default_factory=lambda: SFTConfig(enabled=False))
+    grpo: GRPOSettings = Field(default_factory=GRPOSettings)
+    eval: DevEvalSettings = Field(default_factory=DevEvalSettings)
+
+    @model_validator(mode="after")
+    def _check(self) -> "AgentTrainConfig":
+        if self.rewards.metric == "judge" and not self.judge_model:
+            raise ValueError("rewards.metric 'judge' needs judge_model (a fixed model other than the policy)")
+        if not self.lora.enabled and (self.sft.enabled or self.init_adapter is not None):
+            raise ValueError("the warm-start and init_adapter produce LoRA adapters: keep lora.enabled true")
+        return self
+
+    def reward_weights(self) -> RewardWeights:
+        """The reward weights in effect (retry weight 0 when ``retry_reward`` is false)."""
+        return self.rewards if self.retry_reward else self.rewards.model_copy(update={"retry": 0.0})
+
+    def rollout_episode_config(self) -> EpisodeConfig:
+        """Episode settings of RL rollouts: sampled at the GRPO temperature the loss also uses."""
+        return self.episode.model_copy(
+            update={"temperature": self.grpo.temperature, "top_p": self.grpo.top_p, "seed": self.seed}
+        )
+
+    def eval_episode_config(self) -> EpisodeConfig:
+        """Episode settings of dev evaluation: greedy."""
+        return self.episode.model_copy(update={"temperature": 0.0, "top_p": 1.0, "seed": self.seed})
+
+
+#: Keys a finished run may change when it is rerun (to extend it or stop it differently).
+RESUMABLE_KEYS = ("grpo.steps", "grpo.max_minutes", "eval.patience", "wandb_project")
+
+
+def load_agent_config(config_path: str | Path | None, overrides: Sequence[str] | None = None) -> AgentTrainConfig:
+    """Read a YAML config (or a packaged recipe's name), apply ``key=value`` overrides, validate."""
+    return load_config(AgentTrainConfig, config_path, list(overrides or []))
+
+
+__all__ = [
+    "LOSS_PRESETS",
+    "RESUMABLE_KEYS",
+    "AgentDataConfig",
+    "AgentTrainConfig",
+    "DevEvalSettings",
+    "GRPOSettings",
+    "LossPreset",
+    "load_agent_config",
+]

@@ -1,0 +1,198 @@
+"""``searchrl recipe agent``: warm-start + GRPO, then warm-start vs trained on questions the run never saw.
+
+One resumable command from a config to the figures a reader wants:
+
+1. train (or resume) the run in ``OUT``: the warm-start, then GRPO; ``best/`` is chosen on the
+   selection part of the run's own chunk-disjoint dev split (it may be the warm-start itself);
+2. with ``ablate_retry``, train the same recipe without the retry reward in ``OUT/no-retry``,
+   starting from the same warm-start adapter (``OUT/sft/adapter``, reused, not retrained);
+3. play greedy episodes on the evaluation questions with the warm-start, ``OUT/best`` (and
+   ``OUT/no-retry/best``): ``em``, ``f1``, ``searches_per_episode``, ``retries_per_episode``, ...
+
+The held-out check: a question of the evaluation file that shares its id or a gold document with
+any training or dev question of the run is left out with a warning (none left: an error). Every
+transcript goes to ``OUT/eval/<name>.jsonl`` and every finished part is skipped when the command
+is rerun. The result is also written to ``OUT/recipe.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from searchrl.agent.config import AgentTrainConfig
+from searchrl.data.types import QAExample
+from searchrl.errors import DataError
+
+#: Metrics of each evaluated policy that the recipe prints.
+RECIPE_METRICS = (
+    "em", "f1", "searches_per_episode", "retries_per_episode", "answered_rate", "retrieval_hit_rate", "format_rate",
+    "num_questions",
+)
+NO_RETRY_DIR = "no-retry"
+
+
+def recipe_config(config: AgentTrainConfig, *, data: str | Path, out: str | Path) -> AgentTrainConfig:
+    """``config`` pointed at the data folder ``data`` (corpus.jsonl, questions.jsonl unless the config names
+    another file, and distractors given by a relative path) and the run directory ``out``."""
+    data = Path(data).expanduser().resolve()
+    questions = Path(config.data.questions).expanduser().resolve() if config.data.questions else data / "questions.jsonl"
+    noise = config.tool.noise
+    distractors = noise.distractors
+    if distractors is not None and not Path(distractors).is_absolute() and not Path(distractors).exists():
+        distractors = data / distractors
+    return config.model_copy(
+        update={
+            "output_dir": Path(out),
+            "data": config.data.model_copy(update={"questions": Path(questions), "corpus": data / "corpus.jsonl"}),
+            "tool": config.tool.model_copy(update={"noise": noise.model_copy(update={"distractors": distractors})}),
+        }
+    )
+
+
+def ablation_config(config: AgentTrainConfig) -> AgentTrainConfig:
+    """The same recipe without the retry reward, from the main run's warm-start adapter, in ``OUT/no-retry``."""
+    adapter = Path(config.output_dir) / "sft" / "adapter" if config.sft.enabled else config.init_adapter
+    return config.model_copy(
+        update={
+            "output_dir": Path(config.output_dir) / NO_RETRY_DIR,
+            "retry_reward": False,
+            "init_adapter": adapter,
+            "sft": config.sft.model_copy(update={"enabled": False}),
+            "data": config.data.model_copy(update={"split_dir": config.data.split_dir or Path(config.output_dir) / "split"}),
+        }
+    )
+
+
+def run_agent_recipe(
+    config: AgentTrainConfig,
+    *,
+    eval_questions: str | Path,
+    ablate_retry: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Train ``config`` (and its no-retry ablation), then evaluate warm-start and trained policies on ``eval_questions``."""
+    from searchrl.agent.train import split_questions, train_agent
+
+    started = time.time()
+    out = Path(config.output_dir)
+    runs = {"trained": config}
+    if ablate_retry:
+        runs["trained_no_retry"] = ablation_config(config)
+    for settings in runs.values():
+        if not run_finished(settings):
+            train_agent(settings, force=force)
+    trained_at = time.time()
+
+    questions = split_questions(config.model_copy(update={"data": config.data.resolved()}), out)
+    examples, left_out = held_out_questions(eval_questions, [*questions.train, *questions.dev])
+    warm_adapter = Path(out) / "sft" / "adapter" if config.sft.enabled else config.init_adapter
+    results = {"warm_start": evaluate_policy(config, warm_adapter, examples, out / "eval" / "warm_start.jsonl")}
+    for name, settings in runs.items():
+        best = _best_record(Path(settings.output_dir))
+        if best is not None and best["is_warm_start"]:
+            # best/ holds the step-0 policy, i.e. the warm-start adapter saved as it was loaded: the same
+            # weights, so the same greedy episodes.
+            results[name] = results["warm_start"]
+        else:
+            results[name] = evaluate_policy(config, Path(settings.output_dir) / "best", examples, out / "eval" / f"{name}.jsonl")
+
+    summary: dict[str, Any] = {name: {k: metrics.get(k) for k in RECIPE_METRICS} for name, metrics in results.items()}
+    summary["eval_questions"] = {"file": str(eval_questions), "evaluated": len(examples), "left_out": left_out,
+                                 "held_out_by": "question id and gold document ids"}
+    summary["checkpoints"] = {name: _best_record(Path(s.output_dir)) for name, s in runs.items()}
+    summary["selection"] = (f"best/ chosen on the selection part of the run's dev split ({len(questions.select)} "
+                            f"questions, {out / 'selection.json'}); step 0 is the warm-start")
+    summary["seconds"] = {"training": round(trained_at - started, 1), "evaluation": round(time.time() - trained_at, 1)}
+    (out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def run_finished(config: AgentTrainConfig) -> bool:
+    """Whether ``config``'s run directory holds a finished run of exactly this configuration."""
+    from searchrl.runs import config_to_dict
+
+    out = Path(config.output_dir)
+    stored = out / "config.yaml"
+    if not (out / "final").is_dir() or not (out / "best").is_dir() or not stored.is_file():
+        return False
+    resolved = config.model_copy(update={"data": config.data.resolved()})
+    return yaml.safe_load(stored.read_text(encoding="utf-8")) == config_to_dict(resolved)
+
+
+def held_out_questions(path: str | Path, seen: Sequence[QAExample]) -> tuple[list[QAExample], int]:
+    """The questions of ``path`` that share neither id nor gold document with ``seen``; and how many were left out."""
+    from searchrl.data.qa import load_qa
+
+    examples = load_qa(path)
+    seen_ids = {e.id for e in seen}
+    seen_gold = {g for e in seen for g in e.gold_ids}
+    kept = [e for e in examples if e.id not in seen_ids and not seen_gold.intersection(e.gold_ids)]
+    left_out = len(examples) - len(kept)
+    if not kept:
+        raise DataError(
+            f"all {len(examples)} evaluation questions share an id or a gold document with the run's training or dev questions",
+            path=path,
+            hint="evaluate on questions about other documents (e.g. a chunk-disjoint part held out with "
+            "searchrl.agent.splits.make_split, and train with --set data.questions=<the rest>)",
+        )
+    if left_out:
+        warnings.warn(
+            f"{path}: left out {left_out} of {len(examples)} evaluation questions that share an id or a gold document "
+            "with the run's training or dev questions (held-out check)",
+            stacklevel=2,
+        )
+    return kept, left_out
+
+
+def evaluate_policy(
+    config: AgentTrainConfig, adapter: Path | None, examples: Sequence[QAExample], out_path: Path
+) -> dict[str, Any]:
+    """Greedy episodes of the base model plus ``adapter`` on ``examples`` (metrics cached next to the transcripts)."""
+    from searchrl.agent.evaluate import example_key
+    from searchrl.agent.train import _play_dev, build_tool, load_policy_model
+    from searchrl.llm.identity import folder_fingerprint
+    from searchrl.training import resolve_device
+
+    cache = out_path.with_suffix(".json")
+    identity = {
+        "model": config.model,
+        "precision": config.precision,
+        "adapter": None if adapter is None else folder_fingerprint(adapter),
+        "tool": config.tool.model_dump(mode="json"),
+        "episode": config.eval_episode_config().model_dump(mode="json"),
+        "questions": [example_key(e) for e in examples],
+    }
+    if cache.exists():
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        if stored.get("identity") == identity:
+            return stored["metrics"]
+    device = resolve_device(config.device)
+    model, tokenizer = load_policy_model(config, adapter, device)
+    report = _play_dev(
+        model, tokenizer, build_tool(config), examples, config.eval_episode_config(), out_path=out_path,
+        batch_size=config.eval.batch_size, overwrite=False,
+        run_info={k: v for k, v in identity.items() if k != "questions"},
+    )
+    metrics = {k: v for k, v in report.metrics.items() if not isinstance(v, dict)}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"identity": identity, "metrics": metrics}, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def _best_record(run: Path) -> dict[str, Any] | None:
+    path = run / "best.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["is_warm_start"] = int(record.get("step", -1)) == 0
+    return record
+
+
+__all__ = ["ablation_config", "evaluate_policy", "held_out_questions", "recipe_config", "run_agent_recipe", "run_finished"]

@@ -1,0 +1,212 @@
+"""Rollouts for TRL's ``GRPOTrainer``: the training rows, the policies and the ``rollout_func``.
+
+TRL's sampler already repeats every prompt ``num_generations`` times, so the ``rollout_func``
+(:class:`AgentRollout`) plays exactly one episode per prompt it receives — ``num_generations``
+episodes per question — with :func:`~searchrl.agent.episode.run_episodes` and the trainer's
+*current* policy: on CPU (or GPU without vLLM) through ``transformers`` generation on the
+trainer's model itself; with ``use_vllm`` through the vLLM engine TRL colocates and keeps in
+sync with the trained weights (:class:`TrainerVLLMPolicy`). Completions are the whole multi-turn
+continuation after the prompt; ``env_mask`` is 0 on search results and inserted template tokens,
+so only model-written tokens (and the end-of-turn tokens that close its turns) get gradient.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from searchrl.agent.episode import EpisodeConfig, EnginePolicy, TurnOutput, rollout_batch, run_episodes
+from searchrl.agent.protocol import SYSTEM_PROMPT, user_prompt
+from searchrl.agent.tool import SearchTool
+from searchrl.data.types import QAExample
+from searchrl.errors import ConfigError, DataError
+from searchrl.llm.engine import SamplingParams
+
+
+# ----------------------------------------------------------------------------------------
+# Data
+
+
+def agent_dataset_rows(examples: Sequence[QAExample], system_prompt: str = SYSTEM_PROMPT) -> list[dict[str, Any]]:
+    """Rows of the GRPO training set: the opening chat as ``prompt`` plus the reward columns."""
+    return [
+        {
+            "prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt(e.question)}],
+            "question_id": e.id,
+            "question": e.question,
+            "answers": list(e.answers),
+            "gold_ids": list(e.gold_ids),
+        }
+        for e in examples
+    ]
+
+
+def _prompt_key(prompt: Any) -> str:
+    """The lookup key of a dataset prompt: the content of its last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    if not users:
+        raise DataError("a rollout prompt has no user message", hint="rows must come from agent_dataset_rows()")
+    return users[-1]
+
+
+# ----------------------------------------------------------------------------------------
+# Policies over the trainer's model
+
+
+class TrainerVLLMPolicy:
+    """Turn generation with the vLLM engine TRL colocates (``vllm_mode="colocate"``).
+
+    TRL pushes the trained weights into this engine before every rollout, so episodes sample
+    from the current policy. Sampled-token log-probabilities come back with the tokens, which
+    TRL uses for its vLLM importance-sampling correction.
+    """
+
+    def __init__(self, trainer: Any) -> None:
+        generation = getattr(trainer, "vllm_generation", None)
+        if generation is None or getattr(generation, "mode", None) != "colocate":
+            raise ConfigError("vLLM rollouts need vllm_mode 'colocate'", hint="set grpo.use_vllm: false to use transformers")
+        if getattr(generation, "enable_sleep_mode", False):
+            raise ConfigError("vLLM sleep mode is not supported by agent rollouts", hint="leave vllm_enable_sleep_mode off")
+        if getattr(generation, "tensor_parallel_size", 1) > 1:
+            raise ConfigError("agent rollouts support vLLM tensor_parallel_size 1 only")
+        self.llm = generation.llm
+        self.tokenizer = trainer.processing_class
+        config = trainer.accelerator.unwrap_model(trainer.model).config
+        self.context_length: int | None = getattr(config, "max_position_embeddings", None)
+
+    def generate_turns(self, token_id_lists: Sequence[Sequence[int]], params: SamplingParams) -> list[TurnOutput]:
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        sampling = VLLMSamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop),
+            include_stop_str_in_output=True,
+            logprobs=0,
+        )
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(ids)} for ids in token_id_lists], sampling_params=sampling, use_tqdm=False
+        )
+        turns = []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids = list(completion.token_ids)
+            logprobs = None
+            if completion.logprobs is not None:
+                logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, ids)]
+            if completion.finish_reason == "length":
+                finish = "length"
+            elif isinstance(completion.stop_reason, str):
+                finish = "stop"
+            else:
+                finish = "eos"
+            turns.append(TurnOutput(ids, completion.text, logprobs, finish))  # type: ignore[arg-type]
+        return turns
+
+
+def trainer_policy(trainer: Any, *, batch_size: int = 16) -> Any:
+    """The episode policy that samples from the trainer's current model (vLLM when TRL runs it)."""
+    if getattr(trainer, "use_vllm", False):
+        return TrainerVLLMPolicy(trainer)
+    from searchrl.llm.transformers_engine import TransformersEngine
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    engine = TransformersEngine.from_model(model, trainer.processing_class, batch_size=batch_size)
+    # Without vLLM the sampler *is* the trained model, so TRL's own log-probabilities are exact
+    # and the extra scoring pass is skipped.
+    return EnginePolicy(engine, logprobs=False)
+
+
+# ----------------------------------------------------------------------------------------
+# The rollout function
+
+
+class AgentRollout:
+    """``rollout_func`` for TRL's ``GRPOTrainer``: one search episode per received prompt.
+
+    ``examples`` are the training questions; prompts are matched to them by their user
+    message. Returns ``prompt_ids``, ``completion_ids``, ``env_mask``, ``logprobs`` and the
+    ``episode`` records (read by the reward functions). Rollout statistics (searches, answers,
+    finish reasons) go to ``run`` when one is given.
+
+    ``policy_factory(trainer)`` builds the policy; the default samples from the trainer's model.
+    """
+
+    def __init__(
+        self,
+        tool: SearchTool,
+        examples: Sequence[QAExample],
+        episode_config: EpisodeConfig,
+        *,
+        run: Any = None,
+        policy_factory: Any = None,
+        generation_batch_size: int = 16,
+    ) -> None:
+        self.tool = tool
+        self.by_prompt = {user_prompt(e.question): e for e in examples}
+        if len(self.by_prompt) != len(examples):
+            raise DataError("two training questions have the same text", hint="remove duplicate questions")
+        self.episode_config = episode_config
+        self.run = run
+        self.policy_factory = policy_factory or (lambda trainer: trainer_policy(trainer, batch_size=generation_batch_size))
+        self.last_episodes: list = []
+
+    def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]:
+        import torch
+
+        try:
+            examples = [self.by_prompt[_prompt_key(p)] for p in prompts]
+        except KeyError as err:
+            raise DataError(f"rollout prompt not in the training set: {err}") from None
+        step = int(trainer.state.global_step)
+        # A different seed every step: the engine seeds its sampler per call, and the same seed
+        # each step would replay the same random numbers.
+        config = self.episode_config.model_copy(update={"seed": self.episode_config.seed + 10_007 * (step + 1)})
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        model.eval()
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():
+                episodes = run_episodes(self.policy_factory(trainer), self.tool, examples, config, step=step)
+        finally:
+            if was_training:
+                model.train()
+        self.last_episodes = episodes
+        if self.run is not None and getattr(trainer, "accelerator", None) is not None and trainer.accelerator.is_main_process:
+            self.run.log_metrics(step + 1, rollout_statistics(episodes, time.perf_counter() - started), prefix="rollout/")
+        return rollout_batch(episodes)
+
+
+def rollout_statistics(episodes: Sequence[Any], seconds: float | None = None) -> dict[str, float]:
+    """Means over a batch of episodes: searches, retries (searches after the first), turns, answered and
+    tool-error rates, tokens."""
+    n = max(len(episodes), 1)
+    stats = {
+        "episodes": float(len(episodes)),
+        "searches_per_episode": sum(e.num_searches for e in episodes) / n,
+        "retries_per_episode": sum(max(e.num_searches - 1, 0) for e in episodes) / n,
+        "retry_rate": sum(e.num_searches > 1 for e in episodes) / n,
+        "answered_rate": sum(e.finish_reason == "answered" for e in episodes) / n,
+        "tool_error_rate": sum(e.finish_reason == "tool_error" for e in episodes) / n,
+        "turns_per_episode": sum(e.num_turns for e in episodes) / n,
+        "model_tokens_per_episode": sum(e.num_model_tokens for e in episodes) / n,
+        "completion_tokens_per_episode": sum(len(e.completion_ids) for e in episodes) / n,
+    }
+    if seconds is not None:
+        stats["seconds"] = seconds
+    return stats
+
+
+__all__ = [
+    "AgentRollout",
+    "TrainerVLLMPolicy",
+    "agent_dataset_rows",
+    "rollout_statistics",
+    "trainer_policy",
+]

@@ -1,0 +1,177 @@
+"""Agent GRPO settings: loss presets, the KL reference, fired reward terms, honest dev selection, retry transcripts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from searchrl.agent.config import LOSS_PRESETS, AgentTrainConfig, load_agent_config
+from searchrl.agent.rewards import RewardWeights, build_reward_functions, fired_rates
+from searchrl.agent.rollout import rollout_statistics
+from searchrl.agent.sft import alternative_queries, build_transcripts
+from searchrl.agent.tool import SearchTool
+from searchrl.data.types import Document, QAExample
+from searchrl.retrieval import build_retriever
+from test_agent_recipe import TOPICS, write_data
+
+
+# ----------------------------------------------------------------------------------------
+# Loss presets
+
+
+def test_rezero_preset_fills_in_reinforce_settings_and_explicit_values_win(tmp_path):
+    rezero = AgentTrainConfig.model_validate({"grpo": {"preset": "rezero"}}).grpo
+    assert (rezero.scale_rewards, rezero.beta, rezero.max_grad_norm, rezero.loss_type, rezero.epsilon_high) == (
+        "group", 0.04, 0.1, "grpo", None)
+    ours = AgentTrainConfig().grpo
+    assert ours.preset == "searchrl"
+    assert {k: getattr(ours, k) for k in LOSS_PRESETS["searchrl"]} == LOSS_PRESETS["searchrl"]
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"grpo": {"preset": "rezero", "beta": 0.02}}))
+    assert load_agent_config(path).grpo.beta == 0.02  # the file's own value
+    assert load_agent_config(path, ["grpo.max_grad_norm=0.5"]).grpo.max_grad_norm == 0.5
+    with pytest.raises(Exception, match="preset"):
+        AgentTrainConfig.model_validate({"grpo": {"preset": "ppo"}})
+
+
+def test_the_stored_config_reloads_to_the_same_settings():
+    config = AgentTrainConfig.model_validate({"grpo": {"preset": "rezero", "beta": 0.02}})
+    again = AgentTrainConfig.model_validate(config.model_dump(mode="json"))
+    assert again == config
+
+
+def test_shipped_recipes_say_which_preset_they_use():
+    for name in ("agent-cpu", "agent-gpu"):
+        assert load_agent_config(name).grpo.preset in LOSS_PRESETS
+
+
+# ----------------------------------------------------------------------------------------
+# Rewards and rollouts: how often each term fired, retries per episode
+
+
+def test_fired_rates_count_non_zero_terms_among_scored_samples():
+    assert fired_rates({"retry": [0.0, 0.0], "format": [None, None]}) == {"retry": 0.0, "format": 0.0}
+    logged = {}
+    functions, _ = build_reward_functions(RewardWeights(metric="em", max_searches=2))
+    episodes = [
+        {"messages": [{"role": "assistant", "content": "<search>a</search>"}, {"role": "user", "content": "r"},
+                      {"role": "assistant", "content": "<search>b</search>"}, {"role": "user", "content": "r"},
+                      {"role": "assistant", "content": "<answer>Lovell</answer>"}],
+         "searches": [{"doc_ids": ["c9"]}, {"doc_ids": ["c2"]}], "finish_reason": "answered"},
+        {"messages": [{"role": "assistant", "content": "Haise"}], "searches": [],
+         "finish_reason": "answered"},
+    ]
+    columns = {"episode": episodes, "answers": [["Lovell"], ["Lovell"]], "gold_ids": [["c2"], ["c2"]],
+               "log_metric": lambda name, value: logged.__setitem__(name, value)}
+    values = {f.__name__: f(prompts=["p", "p"], completions=["", ""], **columns) for f in functions}
+    assert values["retry_reward"] == [1.0, 0.0]  # max_searches 2: a correct answer after one retry earns 1.0
+    assert logged["rewards/fired_retry"] == 0.5 and logged["rewards/fired_correctness"] == 0.5
+    assert logged["rewards/fired_retrieval"] == 0.5 and logged["rewards/fired_format"] == 0.5
+
+
+def test_rollout_statistics_count_retries_per_episode():
+    from types import SimpleNamespace
+
+    episodes = [SimpleNamespace(num_searches=n, finish_reason="answered", num_turns=n + 1, num_model_tokens=10,
+                                completion_ids=[1, 2]) for n in (0, 1, 2, 3)]
+    stats = rollout_statistics(episodes)
+    assert stats["retries_per_episode"] == (0 + 0 + 1 + 2) / 4 and stats["retry_rate"] == 0.5
+
+
+# ----------------------------------------------------------------------------------------
+# Retry transcripts after a real miss
+
+
+def test_a_question_whose_keyword_query_misses_gets_a_retry_from_other_keywords():
+    corpus = {
+        # The full keyword query "crew ate dinner meal" ranks the decoy first with k=1.
+        "decoy": Document("decoy", "crew crew crew meal meal meal"),
+        "gold": Document("gold", "At dinner the astronauts ate hot dogs."),
+    }
+    tool = SearchTool(build_retriever("bm25").index(list(corpus.values()), show_progress=False), corpus, k=1)
+    question = QAExample("q", "What did the crew eat at dinner?", ("hot dogs",), ("gold",))
+    assert tool.search("crew eat dinner").doc_ids == ("decoy",)
+    plain, counts = build_transcripts([question], tool, retry_fraction=0.0)
+    assert not plain and counts["skipped_not_found"] == 1
+    transcripts, counts = build_transcripts([question], tool, retry_fraction=0.0, retry_after_miss=True)
+    assert counts["retry_after_miss"] == 1 and transcripts[0].kind == "retry"
+    first, second = transcripts[0].queries
+    assert first == "crew eat dinner" and second in alternative_queries(question.question)
+    assert "gold" in tool.search(second).doc_ids and "hot dogs" in transcripts[0].turns[-1]
+
+
+# ----------------------------------------------------------------------------------------
+# A run: KL to the warm-start, the selection and report parts of dev
+
+
+def test_kl_reference_is_the_warm_start_and_dev_is_cut_into_selection_and_report(tiny_lm_dir, tmp_path):
+    from searchrl.agent.train import train_agent
+
+    data = write_data(tmp_path / "data")
+    config = AgentTrainConfig.model_validate({
+        "model": str(tiny_lm_dir), "device": "cpu", "output_dir": str(tmp_path / "run"),
+        "data": {"questions": str(data / "questions.jsonl"), "corpus": str(data / "corpus.jsonl"), "dev_size": 4},
+        "tool": {"k": 2}, "episode": {"max_turns": 2, "max_turn_tokens": 6, "max_model_tokens": 16},
+        "lora": {"r": 4, "alpha": 8},
+        "sft": {"enabled": True, "max_steps": 1, "batch_size": 2, "max_tokens": 4096},
+        "grpo": {"preset": "rezero", "steps": 2, "prompts_per_step": 1, "num_generations": 2, "save_steps": 1},
+        "eval": {"every": 1, "report_fraction": 0.5},
+    })
+    run = train_agent(config)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    kl = [r["train/kl"] for r in records if "train/kl" in r]
+    assert len(kl) == 2 and kl[0] == pytest.approx(0.0, abs=1e-6)  # the first step samples the reference itself
+    fired = [r for r in records if "train/rewards/fired_format" in r]
+    assert len(fired) == 2 and all(0.0 <= r["train/rewards/fired_retry"] <= 1.0 for r in fired)
+    assert all("rollout/retries_per_episode" in r for r in records if "rollout/episodes" in r)
+
+    selection = json.loads((run / "selection.json").read_text())
+    questions = {json.loads(line)["id"]: json.loads(line) for line in (run / "split" / "dev.jsonl").read_text().splitlines()}
+    assert sorted(selection["select"] + selection["report"]) == sorted(questions)
+    gold = lambda ids: {g for i in ids for g in questions[i]["gold_ids"]}  # noqa: E731
+    assert selection["select"] and selection["report"] and not gold(selection["select"]) & gold(selection["report"])
+    select_steps = sorted(r["step"] for r in records if "dev/f1" in r)
+    report_steps = sorted(r["step"] for r in records if "dev_report/f1" in r)
+    assert select_steps == report_steps == [0, 1, 2]
+    assert all(r["dev/num_questions"] == len(selection["select"]) for r in records if "dev/num_questions" in r)
+    report = (run / "report.md").read_text()
+    assert "chosen on the selection part" in report and "report f1" in report
+
+
+def test_the_kl_reference_adapter_is_a_frozen_copy_of_the_starting_adapter(tiny_lm_dir, tmp_path):
+    """TRL 1.16 keeps a frozen copy named "ref" of a loaded adapter when beta > 0."""
+    import torch
+    from peft import get_peft_model
+
+    from searchrl.agent.train import AgentSplit, DevEvaluation, build_tool, build_trainer, load_policy_model
+    from searchrl.runs import RunDirectory
+    from searchrl.training import LoraSettings, build_lora_config
+
+    data = write_data(tmp_path / "data")
+    config = AgentTrainConfig.model_validate({
+        "model": str(tiny_lm_dir), "device": "cpu", "output_dir": str(tmp_path / "run"),
+        "data": {"questions": str(data / "questions.jsonl"), "corpus": str(data / "corpus.jsonl")},
+        "lora": {"r": 4, "alpha": 8}, "grpo": {"preset": "rezero", "num_generations": 2, "prompts_per_step": 1},
+    })
+    from transformers import AutoModelForCausalLM
+
+    start = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), build_lora_config(LoraSettings(r=4, alpha=8)))
+    with torch.no_grad():
+        for name, parameter in start.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.01)  # a trained-looking adapter: not the base model
+    start.save_pretrained(str(tmp_path / "warm"))
+    model, tokenizer = load_policy_model(config, tmp_path / "warm", "cpu")
+    run = RunDirectory.create_or_resume(tmp_path / "run", config)
+    examples = [QAExample(f"q{i}", t[2], (t[3],), (f"c{i}",)) for i, t in enumerate(TOPICS[:4])]
+    questions = AgentSplit(train=examples, select=[], report=[])
+    trainer = build_trainer(config, run, model, tokenizer, build_tool(config), examples,
+                            DevEvaluation(config, run, build_tool(config), questions))
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
+    assert "ref" in peft_model.peft_config
+    parameters = dict(peft_model.named_parameters())
+    copies = [(name, name.replace(".default.", ".ref.")) for name in parameters if ".default." in name]
+    assert copies and all(torch.equal(parameters[a], parameters[b]) for a, b in copies)
+    assert all(parameters[a].requires_grad and not parameters[b].requires_grad for a, b in copies)

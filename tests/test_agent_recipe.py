@@ -1,0 +1,144 @@
+"""``searchrl recipe agent`` end to end with the tiny model: warm-start, GRPO, ablation, held-out check, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from searchrl.agent import recipe as recipe_module
+from searchrl.cli import main
+from searchrl.errors import DataError
+
+TOPICS = [
+    ("oxygen tank", "The oxygen tank number two failed at 55 hours into the flight.", "When did the oxygen tank fail?", "55 hours"),
+    ("commander", "The commander of the crew was James Lovell, a Navy captain.", "Who was the commander?", "James Lovell"),
+    ("lifeboat", "The lunar module served as a lifeboat with batteries and water.", "What served as a lifeboat?", "lunar module"),
+    ("splashdown", "Splashdown happened in the Pacific Ocean near Samoa.", "Where was the splashdown?", "Pacific Ocean"),
+    ("pilot", "The command module pilot was John Swigert after a late crew change.", "Who was the pilot?", "John Swigert"),
+    ("filters", "Carbon dioxide filters were adapted with tape and cardboard.", "How were the filters adapted?", "tape and cardboard"),
+    ("launch", "The launch took place from Kennedy Space Center on April 11.", "When was the launch?", "April 11"),
+    ("reentry", "Reentry began after the service module was jettisoned.", "What was jettisoned before reentry?", "service module"),
+    ("power", "Power was saved by shutting down the command module computer.", "How was power saved?", "shutting down"),
+    ("water", "Water was rationed to six ounces a day per crewman.", "How much water per day?", "six ounces"),
+]
+
+
+def write_data(directory, topics=TOPICS):
+    """corpus.jsonl (one chunk per topic) and questions.jsonl (one question per chunk)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "corpus.jsonl", "w") as handle:
+        for i, (title, text, _, _) in enumerate(topics):
+            handle.write(json.dumps({"_id": f"c{i}", "title": title, "text": text}) + "\n")
+    with open(directory / "questions.jsonl", "w") as handle:
+        for i, (_, _, question, answer) in enumerate(topics[:8]):
+            handle.write(json.dumps({"id": f"q{i}", "question": question, "answers": [answer], "gold_ids": [f"c{i}"]}) + "\n")
+    return directory
+
+
+def write_eval_questions(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_recipe(tiny_lm_dir, path):
+    config = {
+        "model": str(tiny_lm_dir),
+        "device": "cpu",
+        "data": {"dev_size": 4},
+        "tool": {"k": 2},
+        "episode": {"max_turns": 2, "max_turn_tokens": 6, "max_model_tokens": 16},
+        "rewards": {"metric": "f1"},
+        "lora": {"r": 4, "alpha": 8},
+        "sft": {"enabled": True, "max_steps": 1, "batch_size": 2, "max_tokens": 4096, "retry_fraction": 0.5},
+        "grpo": {"steps": 1, "prompts_per_step": 1, "num_generations": 2, "save_steps": 1, "preset": "rezero"},
+        "eval": {"every": 1, "report_fraction": 0.5},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_path, capsys, monkeypatch):
+    data = write_data(tmp_path / "data")
+    config = tiny_recipe(tiny_lm_dir, tmp_path / "agent.yaml")
+    # Two questions about chunks no training question uses, and one about a chunk the run trains or develops on.
+    held_out = write_eval_questions(tmp_path / "held-out.jsonl", [
+        {"id": "h8", "question": "How was power saved?", "answers": ["shutting down"], "gold_ids": ["c8"]},
+        {"id": "h9", "question": "How much water per day?", "answers": ["six ounces"], "gold_ids": ["c9"]},
+        {"id": "h0", "question": "Which oxygen tank failed?", "answers": ["number two"], "gold_ids": ["c0"]},
+    ])
+    out = tmp_path / "run"
+    argv = ["recipe", "agent", "--data", str(data), "--eval-questions", str(held_out), "--out", str(out),
+            "--config", str(config), "--ablate-retry", "--json"]
+    with pytest.warns(UserWarning, match="left out 1 of 3"):
+        main(argv)
+    summary = json.loads(capsys.readouterr().out)
+
+    for name in ("warm_start", "trained", "trained_no_retry"):
+        assert {"em", "f1", "searches_per_episode", "retries_per_episode"} <= set(summary[name])
+        assert summary[name]["num_questions"] == 2
+        assert 0.0 <= summary[name]["f1"] <= 1.0
+        # A best/ that is the warm-start itself (step 0) holds the same weights: it is not played again.
+        played = name == "warm_start" or not summary["checkpoints"][name]["is_warm_start"]
+        assert (out / "eval" / f"{name}.jsonl").exists() == played
+        if played:
+            assert (out / "eval" / f"{name}.jsonl").read_text().count("\n") == 2
+        else:
+            assert summary[name] == summary["warm_start"]
+    assert summary["eval_questions"]["evaluated"] == 2 and summary["eval_questions"]["left_out"] == 1
+    assert json.loads((out / "recipe.json").read_text()) == summary
+
+    # The ablation starts from the main run's warm-start and has no retry reward.
+    ablation = yaml.safe_load((out / "no-retry" / "config.yaml").read_text())
+    assert ablation["retry_reward"] is False and ablation["sft"]["enabled"] is False
+    assert ablation["init_adapter"] == str(out / "sft" / "adapter") and not (out / "no-retry" / "sft").exists()
+    main_config = yaml.safe_load((out / "config.yaml").read_text())
+    assert {k: v for k, v in ablation["grpo"].items()} == main_config["grpo"]
+    assert main_config["grpo"]["beta"] == 0.04 and main_config["grpo"]["scale_rewards"] == "group"  # the rezero preset
+
+    # The selection and report parts of dev share no gold chunk; only the selection part chose best/.
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["select"] and selection["report"] and not set(selection["select"]) & set(selection["report"])
+    best_step = json.loads((out / "best.json").read_text())["step"]
+    assert summary["checkpoints"]["trained"]["is_warm_start"] == (best_step == 0)
+
+    # Rerunning skips every finished part: no training, no evaluation.
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished part ran again")
+
+    monkeypatch.setattr("searchrl.agent.train.train_agent", fail)
+    monkeypatch.setattr("searchrl.agent.train._play_dev", fail)
+    with pytest.warns(UserWarning, match="left out"):
+        main(argv)
+    again = json.loads(capsys.readouterr().out)
+    assert {k: again[k] for k in ("warm_start", "trained", "trained_no_retry")} == {
+        k: summary[k] for k in ("warm_start", "trained", "trained_no_retry")}
+
+
+def test_recipe_refuses_evaluation_questions_that_all_overlap_training(tiny_lm_dir, tmp_path, capsys):
+    data = write_data(tmp_path / "data")
+    config = tiny_recipe(tiny_lm_dir, tmp_path / "agent.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recipe", "agent", "--data", str(data), "--eval-questions", str(data / "questions.jsonl"),
+              "--out", str(tmp_path / "run"), "--config", str(config), "--set", "grpo.steps=0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "share an id or a gold document" in err and "Traceback" not in err
+
+
+def test_held_out_check_by_id_and_by_gold_document(tmp_path):
+    from searchrl.data.types import QAExample
+
+    seen = [QAExample("a", "?", ("x",), ("c1",)), QAExample("b", "?", ("y",), ("c2", "c3"))]
+    path = write_eval_questions(tmp_path / "eval.jsonl", [
+        {"id": "a", "question": "same id", "answers": ["x"], "gold_ids": ["c9"]},
+        {"id": "z", "question": "same chunk", "answers": ["x"], "gold_ids": ["c3"]},
+        {"id": "k", "question": "new", "answers": ["x"], "gold_ids": ["c7"]},
+    ])
+    with pytest.warns(UserWarning, match="left out 2 of 3"):
+        kept, left_out = recipe_module.held_out_questions(path, seen)
+    assert [e.id for e in kept] == ["k"] and left_out == 2
+    with pytest.raises(DataError, match="all 1 evaluation questions"):
+        recipe_module.held_out_questions(write_eval_questions(tmp_path / "bad.jsonl", [
+            {"id": "q", "question": "?", "answers": ["x"], "gold_ids": ["c1"]}]), seen)
