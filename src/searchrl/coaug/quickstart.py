@@ -45,6 +45,7 @@ def quickstart_config(data: str | Path, output_dir: str | Path, *, model: str | 
             "hard_negatives": 4,
             "hard_negative_depth": 5,
             "background": 50,
+            "skip_solved": True,
             "samples_per_prompt": 4,
             "micro_batch_size": 8,
         },
