@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 
 import pytest
 from pydantic import ValidationError
 
-from searchrl.agent import noise as noise_module
 from searchrl.agent import tool as tool_module
 from searchrl.agent.noise import (
     NoiseConfig,
@@ -64,12 +62,6 @@ CORPUS = {f"c{i}": Document(f"c{i}", f"passage {i} about topic{i} and shared wor
 
 def keyword_tool(**options) -> SearchTool:
     return SearchTool(KeywordRetriever().index(CORPUS.values()), CORPUS, k=5, **options)
-
-
-@pytest.mark.parametrize("module", [noise_module, tool_module])
-def test_docstring_examples_run(module):
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_schedules():

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 
-from searchrl.agent import judge, protocol
 from searchrl.agent.protocol import (
     SYSTEM_PROMPT,
     extract_answer,
@@ -16,12 +13,6 @@ from searchrl.agent.protocol import (
     last_search_query,
     parse_turn,
 )
-
-
-@pytest.mark.parametrize("module", [protocol, judge])
-def test_docstring_examples_run(module):
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_system_prompt_names_the_model_tags_but_never_the_information_tag():
