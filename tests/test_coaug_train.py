@@ -480,3 +480,10 @@ def test_skip_solved_leaves_out_queries_the_unexpanded_retriever_ranks_perfectly
     assert "q0" not in kept and "q1" in kept
     off = config.model_copy(update={"batch": config.batch.model_copy(update={"skip_solved": False})})
     assert _informative_queries(off, data, scorer, None) == data.train_queries
+
+
+def test_bm25_settings_have_their_own_section_and_the_old_keys_name_the_new_ones(tiny_beir, tmp_path):
+    config = tiny_config(Path("m"), tiny_beir, tmp_path / "run", bm25__k1=0.9, bm25__b=0.4)
+    assert (config.bm25.k1, config.bm25.b) == (0.9, 0.4)
+    with pytest.raises(ValueError, match=r"reward.bm25_k1 is now bm25.k1"):
+        tiny_config(Path("m"), tiny_beir, tmp_path / "run", reward__bm25_k1=0.9)

@@ -56,8 +56,13 @@ class RewardSettings(_Section):
     unseen_terms: Literal["zero", "rare"] = Field(
         "zero", description="IDF of a query word no corpus document contains: zero (CoAug) or that of a df=1 word"
     )
-    bm25_k1: float = 1.2
-    bm25_b: float = 0.75
+
+
+class BM25Settings(_Section):
+    """The retriever the reward scores with and evaluation searches with (Lucene BM25, the whole corpus's statistics)."""
+
+    k1: float = Field(1.2, ge=0.0)
+    b: float = Field(0.75, ge=0.0, le=1.0)
 
 
 class RoleScales(_Section):
@@ -138,6 +143,7 @@ class CoAugConfig(_Section):
     retriever: Literal["sparse", "dense"] = "sparse"
     dense_model: str = Field(DEFAULT_ENCODER, description="encoder for retriever: dense")
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    bm25: BM25Settings = Field(default_factory=BM25Settings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     role_scales: RoleScales = Field(default_factory=RoleScales)
     optim: OptimSettings = Field(default_factory=OptimSettings)
@@ -158,6 +164,16 @@ class CoAugConfig(_Section):
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     output_dir: str = "runs/coaug"
     wandb_project: str | None = Field(None, description="also log metrics to this Weights & Biases project")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, raw: Any) -> Any:
+        reward = raw.get("reward") if isinstance(raw, dict) else None
+        if isinstance(reward, dict):
+            for old, new in (("bm25_k1", "bm25.k1"), ("bm25_b", "bm25.b")):
+                if old in reward:
+                    raise ValueError(f"reward.{old} is now {new}: the retriever's settings left the reward section")
+        return raw
 
     @model_validator(mode="after")
     def _check_group(self) -> "CoAugConfig":
@@ -213,6 +229,7 @@ def augment_flags(config: CoAugConfig) -> str:
 
 
 __all__ = [
+    "BM25Settings",
     "BatchSettings",
     "CoAugConfig",
     "EvalSettings",

@@ -86,6 +86,9 @@ def top_documents_per_query(
 ) -> dict[str, list[str]]:
     """``{query_id: its top-depth document ids, best first}`` under the unexpanded retriever.
 
+    The one top-k of the co-augmentation: hard negatives, the background pool, skipped solved
+    queries and the dev evaluation's candidate slice all come from it.
+
     Documents that share no term with the query (score 0 under BM25) are left out, as a
     retriever would not return them.
     """
@@ -107,16 +110,10 @@ def top_documents(
     corpus: Mapping[str, Document], queries: Mapping[str, str], scorer: BatchScorer, depth: int
 ) -> list[str]:
     """Union of each query's top-``depth`` documents under the unexpanded retriever, in corpus order."""
-    doc_ids = list(corpus)
-    if depth <= 0 or not queries or not doc_ids:
+    if depth <= 0 or not queries or not corpus:
         return []
-    texts = [document_text(corpus[d]) for d in doc_ids]
-    scores = scorer.score([query_text(queries[q]) for q in queries], texts)
-    depth = min(depth, len(doc_ids))
-    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-    chosen = np.zeros(len(doc_ids), dtype=bool)
-    chosen[top.ravel()] = True
-    return [doc_ids[i] for i in np.flatnonzero(chosen)]
+    chosen = {doc_id for docs in top_documents_per_query(corpus, queries, scorer, depth).values() for doc_id in docs}
+    return [doc_id for doc_id in corpus if doc_id in chosen]
 
 
 def select_candidates(
@@ -143,16 +140,11 @@ def select_candidates(
             if grade > 0 and doc_id in corpus:
                 chosen[doc_id] = None
     if candidate_depth > 0 and queries:
-        doc_ids = list(corpus)
-        texts = [document_text(corpus[d]) for d in doc_ids]
-        scores = scorer.score([query_text(queries[q]) for q in queries], texts)
-        depth = min(candidate_depth, len(doc_ids))
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-        for row in top:
-            for index in row:
+        for ranked in top_documents_per_query(corpus, queries, scorer, candidate_depth).values():
+            for doc_id in ranked:
                 if len(chosen) >= candidate_docs:
                     break
-                chosen[doc_ids[index]] = None
+                chosen[doc_id] = None
     rest = [d for d in corpus if d not in chosen]
     rng = np.random.default_rng(seed)
     fill = max(0, candidate_docs - len(chosen))

@@ -160,8 +160,8 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         config.retriever,
         statistics=statistics,
         dense_model=config.dense_model,
-        k1=config.reward.bm25_k1,
-        b=config.reward.bm25_b,
+        k1=config.bm25.k1,
+        b=config.bm25.b,
         unseen=config.reward.unseen_terms,
     )
     candidates = _top_candidates(config, data, scorer)
