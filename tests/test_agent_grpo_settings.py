@@ -175,3 +175,24 @@ def test_the_kl_reference_adapter_is_a_frozen_copy_of_the_starting_adapter(tiny_
     copies = [(name, name.replace(".default.", ".ref.")) for name in parameters if ".default." in name]
     assert copies and all(torch.equal(parameters[a], parameters[b]) for a, b in copies)
     assert all(parameters[a].requires_grad and not parameters[b].requires_grad for a, b in copies)
+
+
+def test_freed_memory_is_returned_after_every_warm_start_and_rl_step(tiny_lm_dir, tmp_path, monkeypatch):
+    """bf16 batches of changing width left GBs of freed heap behind (see searchrl.memory)."""
+    from searchrl.agent import sft, train
+
+    calls = []
+    monkeypatch.setattr(sft, "release_freed_memory", lambda: calls.append("sft"))
+    monkeypatch.setattr(train, "release_freed_memory", lambda: calls.append("train"))
+    data = write_data(tmp_path / "data")
+    config = AgentTrainConfig.model_validate({
+        "model": str(tiny_lm_dir), "device": "cpu", "output_dir": str(tmp_path / "run"),
+        "data": {"questions": str(data / "questions.jsonl"), "corpus": str(data / "corpus.jsonl"), "dev_size": 2},
+        "tool": {"k": 2}, "episode": {"max_turns": 2, "max_turn_tokens": 6, "max_model_tokens": 16},
+        "lora": {"r": 4, "alpha": 8}, "sft": {"enabled": True, "max_steps": 2, "batch_size": 2, "max_tokens": 4096},
+        "grpo": {"steps": 2, "prompts_per_step": 1, "num_generations": 2, "save_steps": 5},
+        "eval": {"every": 5, "at_start": False, "report_fraction": 0},
+    })
+    train.train_agent(config)
+    assert calls.count("sft") == 2  # one per warm-start step
+    assert calls.count("train") >= 2  # one per RL step (and one per dev evaluation)

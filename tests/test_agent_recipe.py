@@ -142,3 +142,18 @@ def test_held_out_check_by_id_and_by_gold_document(tmp_path):
     with pytest.raises(DataError, match="all 1 evaluation questions"):
         recipe_module.held_out_questions(write_eval_questions(tmp_path / "bad.jsonl", [
             {"id": "q", "question": "?", "answers": ["x"], "gold_ids": ["c1"]}]), seen)
+
+
+def test_recipe_config_points_at_the_data_folder(tmp_path):
+    from searchrl.agent.config import AgentTrainConfig
+
+    data = write_data(tmp_path / "data")
+    (data / "paraphrases.jsonl").write_text(json.dumps({"_id": "p1", "text": "a paraphrase", "source_id": "c0"}) + "\n")
+    config = AgentTrainConfig.model_validate({"tool": {"noise": {"distractors": "paraphrases.jsonl"}}})
+    resolved = recipe_module.recipe_config(config, data=data, out=tmp_path / "run")
+    assert resolved.data.corpus == data.resolve() / "corpus.jsonl"
+    assert resolved.data.questions == data.resolve() / "questions.jsonl"
+    assert resolved.tool.noise.distractors == data.resolve() / "paraphrases.jsonl"  # relative to --data
+    other = write_eval_questions(tmp_path / "mine.jsonl", [])
+    given = config.model_copy(update={"data": config.data.model_copy(update={"questions": other})})
+    assert recipe_module.recipe_config(given, data=data, out=tmp_path / "run").data.questions == other.resolve()
