@@ -487,3 +487,21 @@ def test_bm25_settings_have_their_own_section_and_the_old_keys_name_the_new_ones
     assert (config.bm25.k1, config.bm25.b) == (0.9, 0.4)
     with pytest.raises(ValueError, match=r"reward.bm25_k1 is now bm25.k1"):
         tiny_config(Path("m"), tiny_beir, tmp_path / "run", reward__bm25_k1=0.9)
+
+
+def test_train_and_quickstart_json_print_one_object(tiny_lm_dir, tiny_beir, tmp_path, capsys, monkeypatch):
+    from searchrl.cli import main
+    from searchrl.coaug import quickstart as quickstart_module
+
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, eval__every=1)
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    main(["train", "coaug", "--config", str(path), "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["run_dir"] == str(tmp_path / "run") and printed["steps"] == 1
+    assert printed["best"]["metric"] == "ndcg@10" and [r["step"] for r in printed["dev"]] == [0, 1]
+
+    summary = quickstart_module.QuickstartSummary(tmp_path, 0.6, 0.61, 0.62, 3, 12.0, "e", "s")
+    monkeypatch.setattr(quickstart_module, "run_quickstart", lambda **kwargs: summary)
+    main(["quickstart", "--data", str(tiny_beir), "--json"])
+    assert json.loads(capsys.readouterr().out)["trained"] == 0.62

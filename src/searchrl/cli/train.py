@@ -11,6 +11,7 @@ small model and prints BM25 vs untrained vs trained nDCG@10 on dev.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,6 +28,7 @@ SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a config field, e.g. --set steps=20 (repeatable).")
 ]
 OutOption = Annotated[Optional[Path], typer.Option("--out", help="Run directory (overrides output_dir in the config).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 ForceOption = Annotated[
     bool,
     typer.Option("--force", help="Resume even if the run directory holds a different config (the new one replaces it)."),
@@ -54,6 +56,23 @@ def _resolve_models(*models: tuple[str | None, str]) -> None:
             resolve_model(name, kind=kind)  # type: ignore[arg-type]
 
 
+def _run_summary(run_dir: Path) -> dict:
+    """What a finished training run says about itself: where it is, its best checkpoint, its dev evaluations."""
+    from searchrl.runs import RunDirectory
+
+    run = RunDirectory(run_dir)
+    records = run.read_metrics()
+    dev = [r for r in records if any(key.startswith("dev/") for key in r)]
+    return {
+        "run_dir": str(run_dir),
+        "best": run.best(),
+        "best_dir": str(run.best_dir),
+        "steps": max((int(r.get("step", 0)) for r in records), default=0),
+        "dev": dev,
+        "report": str(Path(run_dir) / "report.html"),
+    }
+
+
 def _print_config(model: type, config: Path, overrides: list[str]) -> None:
     from searchrl.config import format_config, load_config
 
@@ -63,9 +82,9 @@ def _print_config(model: type, config: Path, overrides: list[str]) -> None:
 @train_app.command("coaug")
 def train_coaug(
     config: ConfigOption, set_: SetOption = None, out: OutOption = None, force: ForceOption = False,
-    print_config: PrintConfigOption = False,
+    print_config: PrintConfigOption = False, json_: JsonOption = False,
 ) -> None:
-    """Train query/document co-augmentation with GRPO; prints the run directory."""
+    """Train query/document co-augmentation with GRPO; prints the run directory (--json: a summary)."""
     overrides = list(set_ or [])
     if out is not None:
         overrides.append(f"output_dir={out}")
@@ -74,7 +93,7 @@ def train_coaug(
 
         return _print_config(CoAugConfig, config, overrides)
     from searchrl.coaug.config import CoAugConfig
-    from searchrl.coaug.train import run_coaug_training
+    from searchrl.coaug.train import train_coaug_from_yaml
     from searchrl.config import load_config
 
     settings = load_config(CoAugConfig, config, overrides)
@@ -82,16 +101,17 @@ def train_coaug(
         (settings.model, "causal-lm"),
         (settings.dense_model if settings.retriever == "dense" else None, "sentence-transformer"),
     )
-    run_dir = run_coaug_training(config, overrides, force=force)
-    typer.echo(str(run_dir))
+    run_dir = train_coaug_from_yaml(config, overrides, force=force)
+    typer.echo(json.dumps(_run_summary(run_dir)) if json_ else str(run_dir))
 
 
 @train_app.command("agent")
 def train_agent(
-    config: ConfigOption, set_: SetOption = None, force: ForceOption = False, print_config: PrintConfigOption = False
+    config: ConfigOption, set_: SetOption = None, force: ForceOption = False, print_config: PrintConfigOption = False,
+    json_: JsonOption = False,
 ) -> None:
-    """Train the multi-turn search agent with GRPO; prints the run directory."""
-    from searchrl.agent.train import AgentTrainConfig, load_agent_config, run_agent_training
+    """Train the multi-turn search agent with GRPO; prints the run directory (--json: a summary)."""
+    from searchrl.agent.train import AgentTrainConfig, load_agent_config, train_agent_from_yaml
     from searchrl.resolver import DEFAULT_ENCODER
 
     if print_config:
@@ -103,8 +123,8 @@ def train_agent(
         (settings.judge_model if settings.rewards.metric == "judge" else None, "causal-lm"),
         ((settings.tool.encoder or DEFAULT_ENCODER) if dense else None, "sentence-transformer"),
     )
-    run_dir = run_agent_training(config, list(set_ or []), force=force)
-    typer.echo(str(run_dir))
+    run_dir = train_agent_from_yaml(config, list(set_ or []), force=force)
+    typer.echo(json.dumps(_run_summary(run_dir)) if json_ else str(run_dir))
 
 
 def quickstart(
@@ -115,12 +135,13 @@ def quickstart(
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Policy model (default: the package's small LLM).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="RL steps (default from the preset).")] = None,
+    json_: JsonOption = False,
 ) -> None:
     """Train a short co-augmentation run on SciFact and compare BM25, untrained and trained nDCG@10."""
-    from searchrl.coaug.train import run_quickstart
+    from searchrl.coaug.quickstart import run_quickstart
 
     summary = run_quickstart(data=data, out=out, model=model, steps=steps)
-    typer.echo(summary.table())
+    typer.echo(json.dumps(summary.as_dict()) if json_ else summary.table())
 
 
 def register(app: typer.Typer) -> None:
