@@ -6,7 +6,8 @@ OUT/expansions.jsonl`` reads the corpus output directly. Rerun the same command 
 interruption to continue; the manifest records a fingerprint of the resolved weights (or the
 server address), and a rerun with other weights is refused unless ``--force`` starts over. To
 split a corpus over machines run ``--shard 0/4`` … ``--shard 3/4`` into separate folders, then
-``cat out-*/expansions.jsonl > expansions.jsonl``.
+``searchrl augment merge OUT out-*`` (it checks the shards belong together). ``--ray`` runs the
+corpus job over a Ray cluster instead (see :mod:`searchrl.augment.ray_job`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ OutOption = Annotated[Path, typer.Option("--out", help="Output folder: expansion
 ModelOption = Annotated[
     Optional[str], typer.Option("--model", help="Model name or local folder (default: the package's default LLM).")
 ]
-EngineOption = Annotated[str, typer.Option("--engine", help="transformers, vllm or openai.")]
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine", help="auto (vllm where installed and usable here, else transformers), transformers, vllm or openai."
+    ),
+]
 BaseUrlOption = Annotated[Optional[str], typer.Option("--base-url", help="Server URL for --engine openai.")]
 RetrieverOption = Annotated[str, typer.Option("--retriever", help="sparse (keywords) or dense (semantic rewrite).")]
 ThinkOption = Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason in <think> first.")]
@@ -44,7 +50,10 @@ LenientOption = Annotated[
     bool,
     typer.Option("--lenient/--strict", help="Salvage text from completions without a proper <answer> block."),
 ]
-BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation call.")]
+BatchOption = Annotated[
+    Optional[int],
+    typer.Option("--batch-size", min=1, help="Prompts per generation call (default: 256 with vllm, else 16)."),
+]
 MaxNewOption = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation budget per item.")]
 TemperatureOption = Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy decoding.")]
 MaxWordsOption = Annotated[int, typer.Option("--max-words", min=1, help="Expansions are cut to this many words.")]
@@ -63,6 +72,21 @@ ForceOption = Annotated[
     ),
 ]
 ProgressOption = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")]
+RayOption = Annotated[
+    bool,
+    typer.Option(
+        "--ray", help="Run over a Ray cluster (a local one unless --ray-address): each batch is split across the workers."
+    ),
+]
+RayAddressOption = Annotated[
+    Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); implies --ray.")
+]
+RayWorkersOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--ray-workers", min=1, help="Ray workers (default: one per GPU of the cluster, else one per CPU), each with its own model."
+    ),
+]
 
 
 def _read_ids(path: Path, known: dict[str, str]) -> list[str]:
@@ -102,11 +126,20 @@ def _run(
     keep_completions: bool,
     progress: bool | None,
     force: bool = False,
+    ray: bool = False,
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
 ) -> None:
-    from searchrl.augment import CorpusAugmentationJob, ExpansionPolicy, default_expansion_sampling, parse_shard
+    from contextlib import ExitStack
 
-    if engine not in ("transformers", "vllm", "openai"):
-        raise ConfigError(f"unknown engine {engine!r}", hint="use transformers, vllm or openai")
+    from searchrl.augment import CorpusAugmentationJob, ExpansionPolicy, default_expansion_sampling, parse_shard
+    from searchrl.llm import resolve_engine_kind
+
+    if engine not in ("auto", "transformers", "vllm", "openai"):
+        raise ConfigError(f"unknown engine {engine!r}", hint="use auto, transformers, vllm or openai")
+    engine = resolve_engine_kind(engine)  # recorded in the manifest as the engine that ran
+    if batch_size is None:
+        batch_size = 256 if engine == "vllm" else 16  # vLLM batches continuously: give it many prompts at once
     if retriever not in ("sparse", "dense"):
         raise ConfigError(f"unknown retriever kind {retriever!r}", hint="use sparse or dense")
     shard_range = parse_shard(shard) if shard is not None else None  # "" is an error, not "no shard"
@@ -148,23 +181,34 @@ def _run(
             options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         return build_engine(engine, model=model, **options)
 
+    cluster = ExitStack()
+    engine_factory, job_batch_size = build, batch_size
+    if ray or ray_address:
+        from searchrl.augment.ray_job import engine_pool_factory, ray_cluster
+
+        resources = cluster.enter_context(ray_cluster(ray_address, num_cpus=ray_workers))
+        engine_factory, workers = engine_pool_factory(build, resources, workers=ray_workers, model_name=model)
+        job_batch_size = batch_size * workers  # each worker gets --batch-size prompts per call
+        source = {**source, "ray": {"address": ray_address or "local", "workers": workers}}
+
     job = CorpusAugmentationJob(
         items,
         out,
         role=role,  # type: ignore[arg-type]
         policy=policy,
-        engine=build,  # type: ignore[arg-type]
+        engine=engine_factory,  # type: ignore[arg-type]
         model_name=model,
         engine_name=engine,
         source=source,
-        batch_size=batch_size,
+        batch_size=job_batch_size,
         shard=shard_range,
         limit=limit,
         keep_completions=keep_completions,
         generator=generator,
         force=force,
     )
-    manifest = job.run(show_progress=progress)
+    with cluster:
+        manifest = job.run(show_progress=progress)
     counts = manifest["counts"]
     typer.echo(
         json.dumps(
@@ -187,13 +231,13 @@ def augment_corpus(
     data: DataOption,
     out: OutOption,
     model: ModelOption = None,
-    engine: EngineOption = "transformers",
+    engine: EngineOption = "auto",
     base_url: BaseUrlOption = None,
     retriever: RetrieverOption = "sparse",
     think: ThinkOption = False,
     prefill: PrefillOption = True,
     lenient: LenientOption = False,
-    batch_size: BatchOption = 16,
+    batch_size: BatchOption = None,
     max_new_tokens: MaxNewOption = 128,
     temperature: TemperatureOption = 0.0,
     max_words: MaxWordsOption = 64,
@@ -204,6 +248,9 @@ def augment_corpus(
     keep_completions: CompletionsOption = True,
     progress: ProgressOption = None,
     force: ForceOption = False,
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    ray_workers: RayWorkersOption = None,
 ) -> None:
     """Expand every document of a corpus (title + text) for indexing with --doc-expansions."""
     from searchrl.data.beir import iter_corpus
@@ -218,7 +265,8 @@ def augment_corpus(
         role="document", items=items, source=source, out=out, model=model, engine=engine, base_url=base_url,
         retriever=retriever, think=think, prefill=prefill, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
         temperature=temperature, max_words=max_words, max_input_words=max_input_words, shard=shard, limit=limit,
-        keep_completions=keep_completions, progress=progress, force=force,
+        keep_completions=keep_completions, progress=progress, force=force, ray=ray, ray_address=ray_address,
+        ray_workers=ray_workers,
     )
 
 
@@ -228,13 +276,13 @@ def augment_queries(
     out: OutOption,
     split: Annotated[str, typer.Option("--split", help="Queries judged in qrels/<split>.tsv, or 'all'.")] = "dev",
     model: ModelOption = None,
-    engine: EngineOption = "transformers",
+    engine: EngineOption = "auto",
     base_url: BaseUrlOption = None,
     retriever: RetrieverOption = "sparse",
     think: ThinkOption = False,
     prefill: PrefillOption = True,
     lenient: LenientOption = False,
-    batch_size: BatchOption = 16,
+    batch_size: BatchOption = None,
     max_new_tokens: MaxNewOption = 128,
     temperature: TemperatureOption = 0.0,
     max_words: MaxWordsOption = 64,
@@ -265,6 +313,31 @@ def augment_queries(
     )
 
 
+@augment_app.command("merge")
+def augment_merge(
+    out: Annotated[Path, typer.Argument(help="Folder for the merged expansions.jsonl + manifest.json.")],
+    shard_dirs: Annotated[list[Path], typer.Argument(help="The --out folders of the --shard 0/n … n-1/n jobs.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace expansions already in OUT.")] = False,
+) -> None:
+    """Join the outputs of --shard i/n jobs into one folder, after checking they are the n shards of one job."""
+    from searchrl.augment.merge import merge_shards
+
+    manifest = merge_shards(out, shard_dirs, force=force)
+    counts = manifest["counts"]
+    typer.echo(
+        json.dumps(
+            {
+                "expansions": str(out / "expansions.jsonl"),
+                "shards": len(manifest["source"]["merged_from"]),
+                "done": counts["done"],
+                "ok": counts["ok"],
+                "malformed": counts["malformed"],
+                "empty": counts["empty"],
+            }
+        )
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``augment corpus`` and ``augment queries`` to ``app``."""
+    """Add ``augment corpus``, ``augment queries`` and ``augment merge`` to ``app``."""
     app.add_typer(augment_app, name="augment")
