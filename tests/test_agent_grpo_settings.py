@@ -196,3 +196,18 @@ def test_freed_memory_is_returned_after_every_warm_start_and_rl_step(tiny_lm_dir
     train.train_agent(config)
     assert calls.count("sft") == 2  # one per warm-start step
     assert calls.count("train") >= 2  # one per RL step (and one per dev evaluation)
+
+
+def test_a_dev_score_that_only_ties_by_rounding_does_not_replace_best(tmp_path):
+    """Two steps whose greedy answers differ but score the same sum must tie: step 0 stays best/."""
+    from searchrl.agent.train import _numbers
+    from searchrl.runs import RunDirectory
+
+    step0 = [0.0] * 7 + [1.0, 0.8, 0.0, 0.0, 0.5] + [0.0] * 4 + [2 / 3, 0.0, 0.0, 0.0]
+    step4 = [0.0] * 8 + [0.8, 0.0, 0.0, 0.5] + [0.0] * 4 + [2 / 3, 0.0, 1.0, 0.0]
+    raw = [sum(s) / len(s) for s in (step0, step4)]
+    assert raw[0] != raw[1]  # the order of the sum shows in the last bit
+    run = RunDirectory.create_or_resume(tmp_path / "run", {"x": 1})
+    for step, value in zip((0, 4), raw):
+        run.update_best(step, "f1", _numbers({"f1": value, "finish_reasons": {}})["f1"])
+    assert run.best()["step"] == 0

@@ -261,7 +261,9 @@ def _play_dev(model, tokenizer, tool, dev, episode_config, *, out_path, batch_si
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The numeric metrics, rounded to 10 decimals: the same answers summed in another order must tie, so that a
+    later step never replaces ``best/`` by a rounding error (a step that only ties the warm-start does not beat it)."""
+    return {k: round(float(v), 10) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class DevEvaluation:
