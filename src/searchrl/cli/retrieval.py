@@ -259,6 +259,14 @@ def index_command(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the index to.")],
     retriever: RetrieverOption = RetrieverKind.bm25,
     model: ModelOption = None,
+    query_repeat: Annotated[
+        int,
+        typer.Option(
+            "--query-repeat", min=1,
+            help="An expanded query holds the original query this many times (query2doc weighting; "
+            "the co-augmentation run's bm25.query_repeat).",
+        ),
+    ] = 1,
     doc_expansions: Annotated[
         Path | None, typer.Option("--doc-expansions", help="JSONL of {id, expansion} appended to documents.")
     ] = None,
@@ -528,7 +536,10 @@ def eval_command(
         index_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        texts = {qid: query_text(dataset.queries[qid], query_expansion_map.get(qid)) for qid in query_ids}
+        texts = {
+            qid: query_text(dataset.queries[qid], query_expansion_map.get(qid), repeat=query_repeat)
+            for qid in query_ids
+        }
         run = search_index.run(texts, k=_depth_for(measure_names), show_progress=True)
         search_seconds = time.perf_counter() - started
         aggregate, scores_by_query = evaluate_run(dataset.qrels, run, measure_names)

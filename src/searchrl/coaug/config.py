@@ -63,6 +63,11 @@ class BM25Settings(_Section):
 
     k1: float = Field(1.2, ge=0.0)
     b: float = Field(0.75, ge=0.0, le=1.0)
+    query_repeat: int = Field(
+        1, ge=1,
+        description="an expanded query holds the original query this many times before the expansion "
+        "(query2doc's weighting; 1: CoAug's plain concatenation)",
+    )
 
 
 class RoleScales(_Section):

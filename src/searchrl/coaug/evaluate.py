@@ -48,6 +48,13 @@ class BatchScorer:
     >>> scorer = BatchScorer("sparse", statistics=stats)
     >>> scorer.score(["bone vitamin"], ["vitamin d and bone", "heart"]).argmax()
     np.int64(0)
+
+    ``query_repeat`` is how many times an expanded query holds the original query
+    (:func:`~searchrl.data.query_text`); every expanded query the reward and dev evaluation
+    score is joined by :meth:`query_text`, so both weight the query alike.
+
+    >>> BatchScorer("sparse", statistics=stats, query_repeat=2).query_text("bone", "calcium")
+    'bone bone calcium'
     """
 
     def __init__(
@@ -60,8 +67,12 @@ class BatchScorer:
         b: float = 0.75,
         unseen: str = "zero",
         device: str | None = None,
+        query_repeat: int = 1,
     ) -> None:
         self.retriever = retriever
+        if query_repeat < 1:
+            raise ConfigError(f"query_repeat must be at least 1, got {query_repeat}")
+        self.query_repeat = query_repeat
         if retriever == "sparse":
             if statistics is None:
                 raise ConfigError("sparse scoring needs corpus statistics")
@@ -73,6 +84,10 @@ class BatchScorer:
             self.dense = DenseRetriever(dense_model or DEFAULT_ENCODER, cache_dir=False, device=device)
         else:
             raise ConfigError(f"unknown retriever {retriever!r}", hint="use sparse or dense")
+
+    def query_text(self, query: str, expansion: str | None = None) -> str:
+        """``query`` with its ``expansion``, the query weighted by :attr:`query_repeat`."""
+        return query_text(query, expansion, repeat=self.query_repeat)
 
     def score(self, query_texts: Sequence[str], doc_texts: Sequence[str]) -> np.ndarray:
         """``[len(query_texts), len(doc_texts)]`` scores, higher = more relevant."""
@@ -247,7 +262,7 @@ class DevEvaluator:
         from searchrl.metrics import evaluate_run
 
         query_ids = list(self.queries)
-        q_texts = [query_text(self.queries[q], query_expansions.get(q)) for q in query_ids]
+        q_texts = [self.scorer.query_text(self.queries[q], query_expansions.get(q)) for q in query_ids]
         d_texts = [document_text(self.corpus[d], doc_expansions.get(d)) for d in self.candidate_ids]
         scores = self.scorer.score(q_texts, d_texts)
         depth = min(100, len(self.candidate_ids))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from searchrl.coaug.config import CoAugConfig
+from searchrl.coaug.config import BM25Settings, CoAugConfig
 from searchrl.coaug.dataset import DevSelection
 from searchrl.errors import ConfigError
 
@@ -53,7 +53,7 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
     scored_at = time.time()
     corpus = _corpus(config)
     for name, (doc_expansions, query_expansions) in expansions.items():
-        results[name] = _score(corpus, queries, qrels, doc_expansions, query_expansions)
+        results[name] = _score(corpus, queries, qrels, doc_expansions, query_expansions, config.bm25)
 
     summary = {
         "bm25": results["bm25"]["ndcg@10"],
@@ -141,13 +141,14 @@ def _expand(
     return found["documents"], found["queries"]
 
 
-def _score(corpus, queries, qrels, doc_expansions, query_expansions) -> dict[str, float]:
+def _score(corpus, queries, qrels, doc_expansions, query_expansions, bm25: BM25Settings) -> dict[str, float]:
+    """nDCG@10 and friends of BM25 (the run's ``bm25`` settings) over the corpus with these expansions."""
     from searchrl.data.types import query_text
     from searchrl.metrics import evaluate_run
     from searchrl.retrieval.bm25 import BM25Retriever
 
-    retriever = BM25Retriever().index(corpus.values(), doc_expansions, show_progress=False)
-    texts = {q: query_text(text, query_expansions.get(q)) for q, text in queries.items()}
+    retriever = BM25Retriever(k1=bm25.k1, b=bm25.b).index(corpus.values(), doc_expansions, show_progress=False)
+    texts = {q: query_text(text, query_expansions.get(q), repeat=bm25.query_repeat) for q, text in queries.items()}
     aggregate, _ = evaluate_run(qrels, retriever.run(texts, k=100), MEASURES)
     return aggregate
 

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from searchrl.data.types import document_text, query_text
+from searchrl.data.types import document_text
 from searchrl.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -699,7 +699,7 @@ class CoAugReward:
             return texts, owner, completion_of_sample
 
         corpus = self.builder.corpus
-        q_texts, q_owner, q_completion = samples(batch.queries, lambda item, e: query_text(item.text, e))
+        q_texts, q_owner, q_completion = samples(batch.queries, lambda item, e: self.scorer.query_text(item.text, e))
         d_texts, d_owner, d_completion = samples(batch.documents, lambda item, e: document_text(corpus[item.item_id], e))
         relevance = batch.relevance
         d_owner = np.asarray(d_owner)

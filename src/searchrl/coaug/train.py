@@ -163,6 +163,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         k1=config.bm25.k1,
         b=config.bm25.b,
         unseen=config.reward.unseen_terms,
+        query_repeat=config.bm25.query_repeat,
     )
     candidates = _top_candidates(config, data, scorer)
     train_queries = _informative_queries(config, data, scorer, candidates)

@@ -41,7 +41,24 @@ def document_text(doc: Document, expansion: str | None = None) -> str:
     return " ".join(parts)
 
 
-def query_text(query: str, expansion: str | None = None) -> str:
-    """A query extended by an optional expansion (appended, never replacing the query)."""
+def query_text(query: str, expansion: str | None = None, *, repeat: int = 1) -> str:
+    """A query extended by an optional expansion (appended, never replacing the query).
+
+    With ``repeat`` > 1 an expanded query holds the original query ``repeat`` times before the
+    expansion — query2doc's weighting for sparse retrievers (Wang et al., 2023,
+    arXiv 2303.07678): BM25 counts a repeated query word once per occurrence, so a short query
+    keeps its weight against a longer expansion. Without an expansion the query is returned as
+    it is (repeating every word scales every BM25 score alike and changes no ranking).
+
+    >>> query_text("vitamin d", "bone density")
+    'vitamin d bone density'
+    >>> query_text("vitamin d", "bone density", repeat=2)
+    'vitamin d vitamin d bone density'
+    >>> query_text("vitamin d", None, repeat=2)
+    'vitamin d'
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
     expansion = (expansion or "").strip()
-    return f"{query.strip()} {expansion}" if expansion else query.strip()
+    query = query.strip()
+    return " ".join([query] * repeat + [expansion]) if expansion else query
