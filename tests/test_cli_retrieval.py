@@ -101,6 +101,23 @@ def test_query_and_document_expansions_are_used(beir, tmp_path, capsys):
     assert "3 of 4 documents have no expansion" in " ".join(err.split())  # partial coverage is reported
 
 
+def test_query_repeat_weights_the_query_against_its_expansion(beir, tmp_path, capsys):
+    # An expansion pointing at the wrong document outranks a query held once, not one held three times.
+    wrong = write_jsonl(tmp_path / "q.jsonl", [{"id": "q1", "expansion": "fuel cells electrical power drinking water"}])
+    reciprocal_rank = {}
+    for repeat in ("1", "3"):
+        code, out, err = run_cli(
+            capsys, "eval", "--data", beir, "--split", "test", "--json", "--per-query", tmp_path / f"pq{repeat}.jsonl",
+            "--query-expansions", wrong, "--query-repeat", repeat,
+        )
+        assert code == 0, err
+        rows = [json.loads(line) for line in (tmp_path / f"pq{repeat}.jsonl").read_text().splitlines()]
+        reciprocal_rank[repeat] = next(row["mrr@10"] for row in rows if row["query_id"] == "q1")
+    assert reciprocal_rank == {"1": 0.5, "3": 1.0}
+    code, _, err = run_cli(capsys, "eval", "--data", beir, "--split", "test", "--query-repeat", "0")
+    assert code == 2 and "Traceback" not in err
+
+
 def test_eval_forwards_retriever_options(beir, capsys, monkeypatch):
     from searchrl.cli import retrieval as cli_retrieval
     from searchrl.retrieval import BM25Retriever

@@ -469,3 +469,31 @@ def test_group_spread_metrics_count_tied_groups_per_role():
     assert metrics["coaug/frac_zero_std_groups_query"] == pytest.approx(0.5)
     assert metrics["coaug/reward_std_within_group_query"] == pytest.approx(0.2)
     assert metrics["coaug/frac_zero_std_groups_document"] == 1.0
+
+
+def test_reward_and_dev_evaluation_weight_the_query_by_query_repeat():
+    # The relevant document matches the query; the expansion points at a filler document. Held once,
+    # the query loses to its expansion (reward < 1); held three times it ranks its document first.
+    from searchrl.augment import ExpansionPolicy
+    from searchrl.coaug.batch import CoAugBatchBuilder
+    from searchrl.coaug.evaluate import BatchScorer, DevEvaluator
+    from searchrl.coaug.reward import CoAugReward
+
+    corpus = {f"d{i}": Document(f"d{i}", f"filler text number {i}") for i in range(6)}
+    corpus["d0"] = Document("d0", "vitamin d deficiency and bone fractures")
+    corpus["d1"] = Document("d1", "calcium intake milk dairy products")
+    queries, qrels = {"q1": "vitamin bone"}, {"q1": {"d0": 1}}
+    stats = CorpusStatistics.from_documents(corpus.values())
+    wrong = " calcium milk dairy products intake</answer>"
+    rewards, dev = {}, {}
+    for repeat in (1, 3):
+        builder = CoAugBatchBuilder(corpus, queries, qrels, mode="query", queries_per_step=1, group_size=3,
+                                    relevant_per_query=1, background=5, background_candidates={"q1": ["d1", "d2"]})
+        scorer = BatchScorer("sparse", statistics=stats, query_repeat=repeat)
+        reward = CoAugReward(builder, ExpansionPolicy(), scorer, samples_per_prompt=2, rounds=4)
+        rewards[repeat] = reward(prompts=[None, None], completions=[wrong, wrong], step=[0, 0], prompt_index=[0, 0],
+                                 role=["query"] * 2, kind=["query"] * 2, item_id=["q1", "q1"], group=[0, 0])
+        evaluator = DevEvaluator.build(corpus, queries, qrels, scorer, ExpansionPolicy(), mode="query", candidate_docs=None)
+        dev[repeat] = evaluator._rank({"q1": "calcium milk dairy products intake"}, {})["mrr@10"]
+    assert rewards[1][0] < 1.0 and rewards[3] == [1.0, 1.0]
+    assert dev == {1: 0.5, 3: 1.0}

@@ -259,14 +259,6 @@ def index_command(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the index to.")],
     retriever: RetrieverOption = RetrieverKind.bm25,
     model: ModelOption = None,
-    query_repeat: Annotated[
-        int,
-        typer.Option(
-            "--query-repeat", min=1,
-            help="An expanded query holds the original query this many times (query2doc weighting; "
-            "the co-augmentation run's bm25.query_repeat).",
-        ),
-    ] = 1,
     doc_expansions: Annotated[
         Path | None, typer.Option("--doc-expansions", help="JSONL of {id, expansion} appended to documents.")
     ] = None,
@@ -466,6 +458,14 @@ def eval_command(
     query_expansions: Annotated[
         Path | None, typer.Option("--query-expansions", help="JSONL of {id, expansion} appended to queries.")
     ] = None,
+    query_repeat: Annotated[
+        int,
+        typer.Option(
+            "--query-repeat", min=1,
+            help="An expanded query holds the original query this many times (query2doc weighting; "
+            "the co-augmentation run's bm25.query_repeat).",
+        ),
+    ] = 1,
     doc_expansions: Annotated[
         Path | None, typer.Option("--doc-expansions", help="JSONL of {id, expansion} appended to documents.")
     ] = None,
