@@ -188,3 +188,74 @@ def test_ask_cli_prints_the_transcript_and_the_answer(tiny_lm_dir, tmp_path, cap
     captured = capsys.readouterr()
     assert "Which tank exploded?" in captured.out and "finish:" in captured.out and "answer:" in captured.out
     assert "settings of the training run" in captured.err
+
+
+class _FailingBM25(BM25Retriever):
+    def search(self, queries, k=10, **kwargs):
+        raise RuntimeError("index file vanished")
+
+
+def _scripted_ask_cli(monkeypatch, policy, retriever=None) -> list[Agent]:
+    """`agent ask` plays the scripted policy over the corpus --data names, with the settings the CLI resolved."""
+    from searchrl.cli import agent as cli_agent
+
+    agents = []
+
+    def load(model, data, settings, **options):
+        backend = retriever if retriever is not None else settings["retriever"]
+        agents.append(Agent(policy, backend, data=data, k=settings["k"], max_turns=settings["max_turns"]))
+        return agents[-1]
+
+    monkeypatch.setattr(cli_agent, "_load_agent", load)
+    return agents
+
+
+def _run_ask(*args) -> int:
+    try:
+        main(["agent", "ask", *map(str, args)])
+    except SystemExit as exit_:
+        return exit_.code or 0
+    return 0
+
+
+def test_ask_cli_json_prints_one_object_with_the_answer_and_searches(policy, tmp_path, capsys, monkeypatch):
+    agents = _scripted_ask_cli(monkeypatch, policy)
+    data = _write_corpus(tmp_path / "data")
+    assert _run_ask("Which tank exploded?", "--data", data, "--k", "2", "--json") == 0
+    out = capsys.readouterr().out
+    record = json.loads(out)  # the whole of stdout is one JSON document: no transcript
+    assert out.count("\n") == 1
+    expected = Agent(policy, "bm25", corpus=DOCS, k=2).ask("Which tank exploded?").episode
+    assert record == {
+        "question": "Which tank exploded?",
+        "answer": "the oxygen tank",
+        "searches": [{"query": "oxygen tank exploded", "doc_ids": list(expected.searches[0]["doc_ids"])}],
+        "num_searches": 1,
+        "num_turns": 2,
+        "finish_reason": "answered",
+        "error": None,
+        "model": agents[0].model_name,
+        "retriever": "bm25",
+        "k": 2,
+    }
+    assert record["searches"][0]["doc_ids"][0] == "c1" and len(record["searches"][0]["doc_ids"]) <= 2
+
+
+def test_ask_cli_json_answer_is_null_and_exit_code_1_when_the_search_fails(policy, tmp_path, capsys, monkeypatch):
+    _scripted_ask_cli(monkeypatch, policy, retriever=_FailingBM25().index(DOCS))
+    assert _run_ask("Which tank exploded?", "--data", _write_corpus(tmp_path / "data"), "--json") == 1
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert record["answer"] is None and record["searches"] == [] and record["num_searches"] == 0
+    assert record["finish_reason"] == "tool_error" and "index file vanished" in record["error"]
+    assert "search failed" in captured.err
+
+
+def test_ask_cli_without_json_prints_the_transcript_as_before(policy, tmp_path, capsys, monkeypatch):
+    _scripted_ask_cli(monkeypatch, policy)
+    assert _run_ask("Which tank exploded?", "--data", _write_corpus(tmp_path / "data"), "--k", "2") == 0
+    out = capsys.readouterr().out
+    assert "search results" in out and "<search>oxygen tank exploded</search>" in out
+    assert "finish: answered   searches: 1   answer: the oxygen tank" in out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out)

@@ -178,6 +178,54 @@ def test_index_then_search_and_eval_from_the_saved_index(beir, tmp_path, capsys)
     assert {k: reused[k] for k in ("ndcg@10", "map")} == {k: fresh[k] for k in ("ndcg@10", "map")}
 
 
+def test_index_json_prints_exactly_one_object(beir, tmp_path, capsys):
+    index_dir = tmp_path / "index"
+    code, out, err = run_cli(capsys, "index", "--data", beir, "--out", index_dir, "--json")
+    assert code == 0, err
+    report = json.loads(out)  # the whole of stdout is one JSON document
+    assert out.count("\n") == 1
+    assert report["index"] == str(index_dir) and report["retriever"] == "bm25" and report["data"] == str(beir)
+    assert report["num_documents"] == len(CORPUS)
+    assert report["doc_expansions"] is None and report["num_expanded_documents"] is None
+    assert isinstance(report["seconds"], float) and report["seconds"] >= 0
+    assert (index_dir / "retriever.json").is_file()
+    assert "indexed 4 documents with bm25" in " ".join(err.split())  # the summary line stays on stderr
+
+    doc_expansions = write_jsonl(tmp_path / "d.jsonl", [{"id": "d4", "expansion": "zzz"},
+                                                        {"id": "d1", "expansion": "liquid oxygen"}])
+    code, out, err = run_cli(capsys, "index", "--data", beir, "--out", tmp_path / "expanded",
+                             "--doc-expansions", doc_expansions, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert out.count("\n") == 1
+    assert report["num_documents"] == 4 and report["num_expanded_documents"] == 2
+    assert report["doc_expansions"] == str(doc_expansions)
+    assert "2 of 4 documents have no expansion" in " ".join(err.split())  # warnings go to stderr, not stdout
+
+
+def test_index_json_keeps_library_output_off_stdout(beir, tmp_path, capsys, monkeypatch):
+    from searchrl.cli import retrieval as cli_retrieval
+    from searchrl.retrieval import BM25Retriever
+
+    class Chatty(BM25Retriever):
+        def index(self, *args, **kwargs):
+            print("a library talking on stdout")
+            return super().index(*args, **kwargs)
+
+    monkeypatch.setattr(cli_retrieval, "_build_retriever", lambda kind, model, options: Chatty(**options))
+    code, out, err = run_cli(capsys, "index", "--data", beir, "--out", tmp_path / "index", "--json")
+    assert code == 0, err
+    assert json.loads(out)["num_documents"] == 4
+    assert "a library talking on stdout" in err
+
+
+def test_index_without_json_prints_nothing_on_stdout(beir, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "index", "--data", beir, "--out", tmp_path / "index")
+    assert code == 0, err
+    assert out == ""
+    assert "indexed 4 documents with bm25 in" in " ".join(err.split())
+
+
 def test_index_text_files_and_search_them(tmp_path, capsys):
     notes = tmp_path / "notes"
     notes.mkdir()

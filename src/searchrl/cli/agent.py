@@ -1,6 +1,7 @@
 """``searchrl agent ask`` and ``searchrl agent eval``: run the search agent from the command line.
 
-* ``ask`` plays one episode and prints the transcript turn by turn as it unfolds;
+* ``ask`` plays one episode and prints the transcript turn by turn as it unfolds (with ``--json``,
+  one JSON object: the answer, the searches with the documents they returned, and how it ended);
 * ``eval`` plays one episode per question of a QA file and reports EM, F1 (and a judge's
   accuracy), searches and retries per episode, the answered rate and the retrieval hit rate;
   every transcript goes to a JSONL file. With ``--json`` exactly one JSON object is printed.
@@ -20,6 +21,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from searchrl.cli.retrieval import _print_json, _stdout_reserved_for_json
 from searchrl.progress import stderr_console
 
 
@@ -114,6 +116,22 @@ def _print_message(console: Console, message: dict[str, str], *, label: str = ""
     console.print(Panel(escape(content), title=title, title_align="left", border_style=style))
 
 
+def _ask_record(episode: Any, agent: Any) -> dict[str, Any]:
+    """What `agent ask --json` prints: the episode's question, answer, searches and ending, and the policy."""
+    return {
+        "question": episode.question,
+        "answer": episode.answer,
+        "searches": [{"query": search["query"], "doc_ids": list(search["doc_ids"])} for search in episode.searches],
+        "num_searches": len(episode.searches),
+        "num_turns": episode.num_turns,
+        "finish_reason": episode.finish_reason,
+        "error": episode.error,
+        "model": agent.model_name,
+        "retriever": agent.settings["retriever"],
+        "k": agent.settings["k"],
+    }
+
+
 def ask(
     question: Annotated[str, typer.Argument(help="The question to answer.")],
     data: DataOption,
@@ -128,15 +146,25 @@ def ask(
     temperature: TemperatureOption = 0.0,
     device: DeviceOption = None,
     seed: SeedOption = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with the answer and searches on stdout instead of the transcript.")
+    ] = False,
 ) -> None:
     """Answer one question by searching DATA; the transcript is printed turn by turn."""
     console = Console()
-    settings = _settings(
-        model, retriever=retriever, encoder=encoder, k=k, max_chars=max_chars, max_turns=max_turns,
-        max_turn_tokens=max_turn_tokens, max_model_tokens=max_model_tokens,
-    )
-    agent = _load_agent(model, data, settings, temperature=temperature, seed=seed, device=device)
-    answer = agent.ask(question, on_message=lambda m: _print_message(console, m))
+    with _stdout_reserved_for_json(as_json):
+        settings = _settings(
+            model, retriever=retriever, encoder=encoder, k=k, max_chars=max_chars, max_turns=max_turns,
+            max_turn_tokens=max_turn_tokens, max_model_tokens=max_model_tokens,
+        )
+        agent = _load_agent(model, data, settings, temperature=temperature, seed=seed, device=device)
+        answer = agent.ask(question, on_message=None if as_json else lambda m: _print_message(console, m))
+    if as_json:
+        _print_json(_ask_record(answer.episode, agent))
+        if answer.error:
+            stderr_console.print(f"[bold red]search failed:[/] {escape(answer.error)}")
+            raise typer.Exit(1)
+        return
     console.print(
         f"[bold]finish:[/] {answer.finish_reason}   [bold]searches:[/] {len(answer.searches)}   "
         f"[bold]answer:[/] {escape(answer.text) if answer.text is not None else '(none)'}"

@@ -9,7 +9,8 @@
 ``--data`` takes BEIR folders, ``hf:OWNER/NAME`` Hub data sets, Pyserini/FlashRAG corpora and
 text/Markdown files; ``--format`` names the kind when a file fits more than one.
 
-With ``--json`` exactly one JSON object is written to stdout; progress and warnings go to stderr.
+With ``--json`` (``index``, ``search`` and ``eval``) exactly one JSON object is written to stdout;
+progress and warnings go to stderr.
 """
 
 from __future__ import annotations
@@ -269,17 +270,20 @@ def index_command(
     chunk_size: ChunkSizeOption = 1000,
     chunk_overlap: ChunkOverlapOption = 100,
     data_format: FormatOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
     """Build a retrieval index over a corpus and save it to --out."""
     from searchrl.retrieval.base import check_index_target
 
     check_index_target(out)
-    with _readable_warnings():
+    with _readable_warnings(), _stdout_reserved_for_json(as_json):
         documents = list(iter_documents(data, chunk_size=chunk_size, chunk_overlap=chunk_overlap, format=data_format))
         expansions = None
+        expanded = None
         if doc_expansions is not None:
             expansions = load_expansions(doc_expansions)
             _check_expansion_ids(expansions, [doc.id for doc in documents], doc_expansions, "documents")
+            expanded = sum(1 for doc in documents if doc.id in expansions)
         started = time.perf_counter()
         index = _build_retriever(retriever, model, _retriever_options(retriever, k1, b, query_prefix, passage_prefix))
         index.index(documents, doc_expansions=expansions, show_progress=True)
@@ -288,6 +292,19 @@ def index_command(
     stderr_console.print(
         f"indexed {len(documents):,} documents with {retriever.value} in {seconds:.1f} s -> {out}", highlight=False
     )
+    if as_json:
+        _print_json(
+            {
+                "index": str(out),
+                "retriever": retriever.value,
+                "model": model,
+                "data": str(data),
+                "num_documents": len(documents),
+                "doc_expansions": None if doc_expansions is None else str(doc_expansions),
+                "num_expanded_documents": expanded,
+                "seconds": round(seconds, 3),
+            }
+        )
 
 
 def search_command(
