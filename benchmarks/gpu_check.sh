@@ -63,8 +63,8 @@ run versions "$PYTHON" -c "import torch, vllm, trl, transformers; print({'torch'
 
 # Co-augmentation: a few GRPO steps with vLLM colocated for rollouts (no dev evaluation).
 run train_coaug searchrl train coaug --config coaug-gpu --set model="$MODEL" --set data="$DATA/scifact" \
-  --set engine=vllm --set optim.steps="$STEPS" --set eval.at_start=false --set eval.every=1000 \
-  --set save_every=1000 --set output_dir="$OUT/coaug"
+  --set grpo.use_vllm=true --set grpo.steps="$STEPS" --set eval.at_start=false --set eval.every=1000 \
+  --set grpo.save_steps=1000 --set output_dir="$OUT/coaug"
 
 # Search agent: a few GRPO steps with vLLM colocated (no warm-start, no dev evaluation).
 run train_agent searchrl train agent --config agent-gpu --set model="$MODEL" --set grpo.use_vllm=true \

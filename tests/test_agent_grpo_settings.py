@@ -179,11 +179,12 @@ def test_the_kl_reference_adapter_is_a_frozen_copy_of_the_starting_adapter(tiny_
 
 def test_freed_memory_is_returned_after_every_warm_start_and_rl_step(tiny_lm_dir, tmp_path, monkeypatch):
     """bf16 batches of changing width left GBs of freed heap behind (see searchrl.memory)."""
+    from searchrl import memory
     from searchrl.agent import sft, train
 
     calls = []
     monkeypatch.setattr(sft, "release_freed_memory", lambda: calls.append("sft"))
-    monkeypatch.setattr(train, "release_freed_memory", lambda: calls.append("train"))
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: calls.append("rl step"))
     data = write_data(tmp_path / "data")
     config = AgentTrainConfig.model_validate({
         "model": str(tiny_lm_dir), "device": "cpu", "output_dir": str(tmp_path / "run"),
@@ -195,7 +196,7 @@ def test_freed_memory_is_returned_after_every_warm_start_and_rl_step(tiny_lm_dir
     })
     train.train_agent(config)
     assert calls.count("sft") == 2  # one per warm-start step
-    assert calls.count("train") >= 2  # one per RL step (and one per dev evaluation)
+    assert calls.count("rl step") == 2  # one per RL step (searchrl.training.ReleaseMemoryCallback)
 
 
 def test_a_dev_score_that_only_ties_by_rounding_does_not_replace_best(tmp_path):

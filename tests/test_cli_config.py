@@ -18,28 +18,28 @@ from test_cli_retrieval import CORPUS, QRELS, QUERIES, assert_user_error, run_cl
 @pytest.fixture
 def coaug_yaml(tmp_path) -> Path:
     path = tmp_path / "coaug.yaml"
-    path.write_text(yaml.safe_dump({"data": str(tmp_path / "beir"), "optim": {"steps": 12}, "lora": {"r": 8}}))
+    path.write_text(yaml.safe_dump({"data": str(tmp_path / "beir"), "grpo": {"steps": 12}, "lora": {"r": 8}}))
     return path
 
 
 def test_print_config_prints_the_resolved_config_and_every_key_with_its_help(coaug_yaml, tmp_path, capsys):
-    code, out, err = run_cli(capsys, "train", "coaug", "--config", coaug_yaml, "--set", "optim.learning_rate=5e-4",
+    code, out, err = run_cli(capsys, "train", "coaug", "--config", coaug_yaml, "--set", "grpo.learning_rate=5e-4",
                              "--out", tmp_path / "run", "--print-config")
     assert code == 0, err
     assert not (tmp_path / "run").exists()  # nothing was trained
     printed = yaml.safe_load(out)
-    assert printed == load_config(CoAugConfig, coaug_yaml, ["optim.learning_rate=5e-4",
+    assert printed == load_config(CoAugConfig, coaug_yaml, ["grpo.learning_rate=5e-4",
                                                             f"output_dir={tmp_path / 'run'}"]).model_dump(mode="json")
-    assert printed["optim"]["steps"] == 12 and printed["optim"]["learning_rate"] == 5e-4 and printed["lora"]["r"] == 8
+    assert printed["grpo"]["steps"] == 12 and printed["grpo"]["learning_rate"] == 5e-4 and printed["lora"]["r"] == 8
     # Every key with its type, default and the field's description, as comments (the text stays a config).
     key_lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("#   ")}
     assert set(key_lines) == {key.key for key in config_keys(CoAugConfig)}
-    assert "RL steps" in key_lines["optim.steps"] and "int, default 300" in key_lines["optim.steps"]
-    assert "auto|transformers|vllm" in key_lines["engine"]
+    assert "RL steps" in key_lines["grpo.steps"] and "int, default 300" in key_lines["grpo.steps"]
+    assert "colocate|server" in key_lines["grpo.vllm_mode"]
     again = tmp_path / "printed.yaml"
     again.write_text(out)
     assert load_config(CoAugConfig, again).model_dump() == load_config(CoAugConfig, coaug_yaml, [
-        "optim.learning_rate=5e-4", f"output_dir={tmp_path / 'run'}"]).model_dump()
+        "grpo.learning_rate=5e-4", f"output_dir={tmp_path / 'run'}"]).model_dump()
 
 
 def test_print_config_for_the_agent(tmp_path, capsys):
@@ -55,9 +55,9 @@ def test_print_config_for_the_agent(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("override", "suggestion"),
     [
-        ("optim.stpes=3", "did you mean optim.steps?"),  # a typo inside the right section
-        ("steps=3", "did you mean optim.steps?"),  # the right name in the wrong section
-        ("optm.steps=3", "did you mean optim?"),  # a typo in a section name
+        ("grpo.stpes=3", "did you mean grpo.steps?"),  # a typo inside the right section
+        ("steps=3", "did you mean grpo.steps?"),  # the right name in the wrong section
+        ("grpp.steps=3", "did you mean grpo?"),  # a typo in a section name
         ("lora.rank=4", "lora.r"),
     ],
 )
@@ -123,3 +123,32 @@ def test_library_warnings_show_only_with_verbose(tmp_path, capsys, monkeypatch):
         code, out, err = run_cli(capsys, "-v", *args)
     assert code == 0, err
     assert "fakelib.old_api is deprecated" in err and "fakelib advisory notice" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.steps=3", "optim.steps is now grpo.steps"),
+        ("optim.lr_scheduler=cosine", "optim.lr_scheduler is now grpo.lr_scheduler_type"),
+        ("batch.samples_per_prompt=4", "batch.samples_per_prompt is now grpo.num_generations"),
+        ("generation.temperature=0.9", "generation.temperature is now grpo.temperature"),
+        ("save_every=5", "save_every is now grpo.save_steps"),
+        ("keep_checkpoints=3", "keep_checkpoints is now grpo.save_total_limit"),
+        ("engine=vllm", "engine is now grpo.use_vllm"),
+        ("reward.bm25_k1=0.9", "reward.bm25_k1 is now bm25.k1"),
+    ],
+)
+def test_old_coaug_keys_name_their_new_place(coaug_yaml, capsys, override, message):
+    code, out, err = run_cli(capsys, "train", "coaug", "--config", coaug_yaml, "--set", override, "--print-config")
+    assert out == ""
+    assert_user_error(code, err, message)
+
+
+def test_both_trainers_share_the_grpo_keys():
+    from searchrl.agent.config import AgentTrainConfig
+    from searchrl.training import GRPOSettings
+
+    shared = {key.key for key in config_keys(GRPOSettings)}
+    for model in (CoAugConfig, AgentTrainConfig):
+        keys = {key.key for key in config_keys(model)}
+        assert {f"grpo.{k}" for k in shared} <= keys, model.__name__

@@ -23,7 +23,7 @@ def tiny_beir_with_test(directory):
 def test_recipe_trains_expands_and_compares_then_resumes_without_work(tiny_lm_dir, tmp_path, monkeypatch):
     data = tiny_beir_with_test(tmp_path / "beir")
     out = tmp_path / "run"
-    config = tiny_config(tiny_lm_dir, data, out, optim__steps=1, eval__every=1)
+    config = tiny_config(tiny_lm_dir, data, out, grpo__steps=1, eval__every=1)
     summary = recipe_module.run_coaug_recipe(config, eval_split="test", out=out)
     assert {"bm25", "untrained", "trained", "num_queries", "selection", "checkpoint"} <= set(summary)
     assert summary["num_queries"] == 1 and summary["queries"] == "all 1 judged queries of test"
@@ -49,7 +49,7 @@ def test_recipe_trains_expands_and_compares_then_resumes_without_work(tiny_lm_di
 def test_recipe_on_dev_reports_only_queries_that_did_not_choose_the_checkpoint(tiny_lm_dir, tmp_path):
     data = tiny_beir_with_test(tmp_path / "beir")
     out = tmp_path / "run"
-    config = tiny_config(tiny_lm_dir, data, out, optim__steps=1, eval__every=1, mode="query", batch__micro_batch_size=4)
+    config = tiny_config(tiny_lm_dir, data, out, grpo__steps=1, eval__every=1, mode="query", grpo__micro_batch_size=4)
     summary = recipe_module.run_coaug_recipe(config, eval_split="dev", out=out)
     selection = DevSelection.load(out / "selection.json")
     assert summary["num_queries"] == len(selection.report) == 1
@@ -62,7 +62,7 @@ def test_recipe_on_dev_reports_only_queries_that_did_not_choose_the_checkpoint(t
 def test_recipe_command_prints_one_json_object(tiny_lm_dir, tmp_path, capsys):
     data = tiny_beir_with_test(tmp_path / "beir")
     out = tmp_path / "run"
-    config = tiny_config(tiny_lm_dir, data, out, optim__steps=1, eval__every=1, mode="query", batch__micro_batch_size=4)
+    config = tiny_config(tiny_lm_dir, data, out, grpo__steps=1, eval__every=1, mode="query", grpo__micro_batch_size=4)
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config.model_dump(mode="json")))
     main(["recipe", "coaug", "--data", str(data), "--eval-split", "test", "--out", str(out), "--config", str(path),

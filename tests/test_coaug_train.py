@@ -59,14 +59,12 @@ def tiny_config(model: Path, data: Path, out: Path, **changes) -> CoAugConfig:
         "model": str(model),
         "data": str(data),
         "mode": "coaug",
-        "batch": {"queries_per_step": 2, "group_size": 3, "relevant_per_query": 1, "samples_per_prompt": 2,
-                  "micro_batch_size": 6},
+        "batch": {"queries_per_step": 2, "group_size": 3, "relevant_per_query": 1},
         "reward": {"rounds": 8},
-        "optim": {"steps": 3, "learning_rate": 1e-3},
+        "grpo": {"steps": 3, "learning_rate": 1e-3, "num_generations": 2, "micro_batch_size": 6, "save_steps": 1},
         "generation": {"max_new_tokens": 8},
         "lora": {"r": 4, "alpha": 8},
         "eval": {"every": 2, "max_queries": 2, "candidate_docs": 8, "candidate_depth": 2, "batch_size": 8},
-        "save_every": 1,
         "device": "cpu",
         "output_dir": str(out),
     }
@@ -128,8 +126,8 @@ def test_training_kill_and_resume_continues_from_checkpoint(tiny_lm_dir, tiny_be
 
 
 def test_reward_sees_whole_step_and_advantages_are_role_scaled_std_free(tiny_lm_dir, tiny_beir, tmp_path):
-    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=2, eval__at_start=False,
-                         eval__every=100, batch__group_size=4, batch__hard_negatives=1, batch__micro_batch_size=8)
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=2, eval__at_start=False,
+                         eval__every=100, batch__group_size=4, batch__hard_negatives=1, grpo__micro_batch_size=8)
     setup = prepare_coaug(config)
     trainer = setup.trainer
     captured = []
@@ -162,7 +160,7 @@ def test_reward_sees_whole_step_and_advantages_are_role_scaled_std_free(tiny_lm_
 
 
 def test_reward_refuses_a_partial_or_mixed_step(tiny_lm_dir, tiny_beir, tmp_path):
-    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1)
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=1)
     setup = prepare_coaug(config)
     prompts = setup.builder.build(0).prompts
     columns = {
@@ -184,21 +182,21 @@ def test_reward_refuses_a_partial_or_mixed_step(tiny_lm_dir, tiny_beir, tmp_path
 
 
 def test_resume_with_different_config_is_refused(tiny_lm_dir, tiny_beir, tmp_path):
-    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, eval__at_start=False)
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=1, eval__at_start=False)
     train_coaug(config)
-    changed = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, optim__learning_rate=5e-4,
+    changed = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=1, grpo__learning_rate=5e-4,
                           eval__at_start=False)
-    with pytest.raises(ConfigError, match="optim.learning_rate"):
+    with pytest.raises(ConfigError, match="grpo.learning_rate"):
         prepare_coaug(changed)
     # extending the number of steps is allowed and continues the same run
-    longer = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=2, eval__at_start=False)
+    longer = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=2, eval__at_start=False)
     setup = prepare_coaug(longer)
     train_with_resume(setup.trainer, setup.run)
     assert setup.trainer.state.global_step == 2
 
 
 def test_best_adapter_loads_in_the_generation_engine(tiny_lm_dir, tiny_beir, tmp_path):
-    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, eval__every=1)
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=1, eval__every=1)
     run_dir = train_coaug(config)
     from searchrl.augment import ExpansionPolicy
     from searchrl.llm.transformers_engine import TransformersEngine
@@ -216,14 +214,14 @@ def test_cli_train_coaug(tiny_lm_dir, tiny_beir, tmp_path, capsys, fake_wandb):
     config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "unused")
     path = tmp_path / "coaug.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    main(["train", "coaug", "--config", str(path), "--set", "optim.steps=1", "--set", "eval.at_start=false",
+    main(["train", "coaug", "--config", str(path), "--set", "grpo.steps=1", "--set", "eval.at_start=false",
           "--set", "wandb_project=scifact", "--out", str(tmp_path / "cli-run")])
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "cli-run")
     assert (tmp_path / "cli-run" / "checkpoints" / "checkpoint-1").exists()
     assert wandb.inits[0]["project"] == "scifact"
     assert any("train/loss" in data for _, data in wandb.logged) and wandb.finished == 1
     with pytest.raises(SystemExit) as exit_:
-        main(["train", "coaug", "--config", str(path), "--set", "optim.stepz=1"])
+        main(["train", "coaug", "--config", str(path), "--set", "grpo.stepz=1"])
     assert exit_.value.code == 2
 
 
@@ -316,7 +314,7 @@ def test_training_prompt_tokenises_like_the_generation_engine(tiny_lm_dir, think
 
 
 def test_training_dataset_rows_hold_the_engine_prompt(tiny_lm_dir, tiny_beir, tmp_path):
-    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, eval__at_start=False)
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=1, eval__at_start=False)
     setup = prepare_coaug(config)
     rows = setup.trainer.train_dataset
     batch = setup.builder.build(0)
@@ -330,7 +328,7 @@ def test_training_dataset_rows_hold_the_engine_prompt(tiny_lm_dir, tiny_beir, tm
         expected = engine.encode_chat(policy.prompt(item.role, item.text))
         assert trl_tokenize(setup.trainer.processing_class, [row["prompt"]])[0] == expected
     # The reward reads prefill-style completions: text ended by </answer> or by the end of the turn.
-    n = len(batch.prompts) * config.batch.samples_per_prompt
+    n = len(batch.prompts) * config.grpo.num_generations
     columns = {"step": [0] * n, "prompt_index": [i for i in range(len(batch.prompts)) for _ in range(2)],
                "item_id": [p.item_id for p in batch.prompts for _ in range(2)]}
     setup.reward(prompts=[None] * n, completions=[" vitamin bone</answer>", " vitamin bone"] * (n // 2), **columns)
@@ -406,7 +404,7 @@ def test_quickstart_printout_says_what_was_evaluated_and_the_format_figures(tmp_
 def test_selection_and_report_queries_are_disjoint_and_saved(tiny_lm_dir, tiny_beir, tmp_path):
     from searchrl.coaug.dataset import DevSelection
 
-    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", eval__report_fraction=0.5, optim__steps=1)
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", eval__report_fraction=0.5, grpo__steps=1)
     setup = prepare_coaug(config)
     selection = DevSelection.load(setup.run.path / "selection.json")
     assert selection.select and selection.report and not set(selection.select) & set(selection.report)
@@ -419,7 +417,7 @@ def test_selection_and_report_queries_are_disjoint_and_saved(tiny_lm_dir, tiny_b
 def test_dense_reward_training_end_to_end(tiny_lm_dir, tiny_st_dir, tiny_beir, tmp_path):
     """retriever: dense scores every query sample against every document sample by cosine."""
     config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", retriever="dense", dense_model=str(tiny_st_dir),
-                         optim__steps=1, eval__every=1)
+                         grpo__steps=1, eval__every=1)
     setup = prepare_coaug(config)
     assert setup.reward.scorer.retriever == "dense"
     seen = []
@@ -493,7 +491,7 @@ def test_train_and_quickstart_json_print_one_object(tiny_lm_dir, tiny_beir, tmp_
     from searchrl.cli import main
     from searchrl.coaug import quickstart as quickstart_module
 
-    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", optim__steps=1, eval__every=1)
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=1, eval__every=1)
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config.model_dump(mode="json")))
     main(["train", "coaug", "--config", str(path), "--json"])

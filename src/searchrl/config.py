@@ -143,6 +143,30 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def refuse_renamed_keys(raw: Any, renamed: Mapping[str, str]) -> None:
+    """Raise ``ValueError`` naming the new key when ``raw`` (a config mapping) uses an old one.
+
+    ``renamed`` maps dotted old keys to their new place (a whole section may be named too). Called
+    from a model's ``mode="before"`` validator, so the error reaches users as a config problem.
+
+    >>> refuse_renamed_keys({"optim": {"steps": 3}}, {"optim.steps": "grpo.steps"})
+    Traceback (most recent call last):
+    ...
+    ValueError: optim.steps is now grpo.steps
+    >>> refuse_renamed_keys({"grpo": {"steps": 3}}, {"optim.steps": "grpo.steps"})
+    """
+    if not isinstance(raw, Mapping):
+        return
+    for old, new in renamed.items():
+        node: Any = raw
+        for part in old.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            raise ValueError(f"{old} is now {new}")
+
+
 def load_config(model: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Read ``path`` (a YAML file, or the name of a packaged recipe such as ``coaug-cpu``) into
     ``model``, apply ``key=value`` overrides, validate.
@@ -202,7 +226,7 @@ def _type_name(annotation: Any) -> str:
 class ConfigKey:
     """One settable key of a config: ``--set key=value``."""
 
-    key: str  # dotted, e.g. "optim.steps"
+    key: str  # dotted, e.g. "grpo.steps"
     type: str
     default: Any
     help: str
@@ -228,7 +252,7 @@ def config_keys(model: type[BaseModel], prefix: str = "") -> list[ConfigKey]:
 
 
 def _section_names(model: type[BaseModel], parents: list[str]) -> list[str] | None:
-    """Field names of the section at ``parents`` (e.g. ``["optim"]``), or None when it is not a model."""
+    """Field names of the section at ``parents`` (e.g. ``["grpo"]``), or None when it is not a model."""
     current: type[BaseModel] | None = model
     for name in parents:
         info = current.model_fields.get(name) if current is not None else None
@@ -239,7 +263,7 @@ def _section_names(model: type[BaseModel], parents: list[str]) -> list[str] | No
 
 
 def suggest_keys(model: type[BaseModel], loc: list[str], limit: int = 3) -> list[str]:
-    """Close matches for the unknown key at ``loc`` (``["optim", "stpes"]`` -> ``["optim.steps"]``)."""
+    """Close matches for the unknown key at ``loc`` (``["grpo", "stpes"]`` -> ``["grpo.steps"]``)."""
     *parents, unknown = loc
     leaves = [k.key for k in config_keys(model)]
     sections = sorted({k.rsplit(".", 1)[0] for k in leaves if "." in k})
@@ -247,7 +271,7 @@ def suggest_keys(model: type[BaseModel], loc: list[str], limit: int = 3) -> list
     names = _section_names(model, parents) or []
     prefix = ".".join(parents) + "." if parents else ""
     suggestions += [prefix + n for n in difflib.get_close_matches(unknown, names, n=limit, cutoff=0.6)]
-    # The right name in another section: `steps` -> `optim.steps`.
+    # The right name in another section: `steps` -> `grpo.steps`.
     suggestions += [key for key in leaves + sections if key.rsplit(".", 1)[-1] == unknown]
     dotted = ".".join(loc)
     suggestions += difflib.get_close_matches(dotted, leaves + sections, n=limit, cutoff=0.75)

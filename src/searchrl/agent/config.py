@@ -32,6 +32,7 @@ from searchrl.agent.tool import SearchToolConfig
 from searchrl.config import load_config
 from searchrl.llm.precision import Precision
 from searchrl.resolver import DEFAULT_LLM
+from searchrl.training import GRPOSettings as SharedGRPOSettings
 from searchrl.training import LoraSettings
 
 LossPreset = Literal["searchrl", "rezero"]
@@ -74,39 +75,26 @@ class AgentDataConfig(BaseModel):
         )
 
 
-class GRPOSettings(BaseModel):
-    """The RL stage; see :func:`searchrl.training.build_grpo_config` for the batch layout."""
+class GRPOSettings(SharedGRPOSettings):
+    """The RL stage: the shared GRPO knobs (:class:`searchrl.training.GRPOSettings`) plus the agent's own.
 
-    model_config = ConfigDict(extra="forbid")
+    See :func:`searchrl.training.build_grpo_config` for the batch layout.
+    """
 
     preset: LossPreset = Field("searchrl", description="loss settings left out are filled in from this preset")
     steps: int = Field(20, ge=0, description="RL steps (0: only the warm-start and evaluation)")
     prompts_per_step: int = Field(2, ge=1, description="questions per step")
     num_generations: int = Field(4, ge=2, description="episodes per question (the GRPO group)")
-    micro_batch_size: int | None = Field(None, ge=1, description="completions per forward/backward pass")
-    learning_rate: float = Field(1e-5, gt=0)
-    lr_scheduler_type: str = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    temperature: float = Field(1.0, gt=0, description="sampling temperature of rollouts (also used in the loss)")
-    top_p: float = Field(1.0, gt=0, le=1)
     beta: float = Field(
         0.0, ge=0, description="KL weight to the policy GRPO starts from (the warm-start); 0 keeps no reference"
     )
-    epsilon: float = 0.2
-    epsilon_high: float | None = 0.28
     loss_type: str = "dapo"
     scale_rewards: str = "none"
-    num_iterations: int = Field(1, ge=1)
     mask_truncated_completions: bool = False
     shuffle: bool = True
     save_steps: int = Field(5, ge=1)
-    save_total_limit: int | None = 2
-    use_vllm: bool | Literal["auto"] = "auto"
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     generation_batch_size: int = Field(16, ge=1, description="sequences per transformers generate call")
     max_minutes: float | None = Field(None, gt=0, description="stop (and save) once this invocation ran this long")
-    extra: dict[str, Any] = Field(default_factory=dict, description="passed to GRPOConfig as is")
 
     @model_validator(mode="before")
     @classmethod

@@ -5,7 +5,8 @@ TRL's sampler already repeats every prompt ``num_generations`` times, so the ``r
 episodes per question — with :func:`~searchrl.agent.episode.run_episodes` and the trainer's
 *current* policy: on CPU (or GPU without vLLM) through ``transformers`` generation on the
 trainer's model itself; with ``use_vllm`` through the vLLM engine TRL colocates and keeps in
-sync with the trained weights (:class:`TrainerVLLMPolicy`). Completions are the whole multi-turn
+sync with the trained weights (:class:`TrainerVLLMPolicy`), or a ``trl vllm-serve`` server on other
+GPUs (:class:`TrainerVLLMServerPolicy`). Completions are the whole multi-turn
 continuation after the prompt; ``env_mask`` is 0 on search results and inserted template tokens,
 so only model-written tokens (and the end-of-turn tokens that close its turns) get gradient.
 """
@@ -109,9 +110,68 @@ class TrainerVLLMPolicy:
         return turns
 
 
+class TrainerVLLMServerPolicy:
+    """Turn generation with a ``trl vllm-serve`` server (``vllm_mode="server"``).
+
+    TRL's client sends the trained weights to the server before every rollout, as in colocate
+    mode; each turn of every active episode is one request of token ids. The server returns
+    token ids and the sampled tokens' log-probabilities, not text or a finish reason: the text is
+    decoded here, and the finish reason read from the tokens (a stop string at the end, the
+    end-of-sequence token, or the token limit). A multi-turn rollout cannot take part in TRL's
+    cross-process gathering (processes would need the same number of turns), so server mode
+    trains the agent with one training process; co-augmentation uses TRL's own generation and
+    has no such limit.
+    """
+
+    def __init__(self, trainer: Any) -> None:
+        generation = getattr(trainer, "vllm_generation", None)
+        if generation is None or getattr(generation, "mode", None) != "server":
+            raise ConfigError("server rollouts need vllm_mode 'server'")
+        processes = getattr(trainer.accelerator, "num_processes", 1)
+        if processes != 1:
+            raise ConfigError(
+                f"agent rollouts through a vLLM server run in one training process, not {processes}",
+                hint="launch training with one process (the server uses the other GPUs), or use vllm_mode: colocate",
+            )
+        self.client = generation.vllm_client
+        self.tokenizer = trainer.processing_class
+        config = trainer.accelerator.unwrap_model(trainer.model).config
+        self.context_length: int | None = getattr(config, "max_position_embeddings", None)
+
+    def generate_turns(self, token_id_lists: Sequence[Sequence[int]], params: SamplingParams) -> list[TurnOutput]:
+        stop = list(params.stop)
+        output = self.client.generate(
+            prompts=[list(ids) for ids in token_id_lists],
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            logprobs=0,
+            generation_kwargs={"stop": stop, "include_stop_str_in_output": True} if stop else None,
+        )
+        eos = self.tokenizer.eos_token_id
+        turns = []
+        for ids, logprobs in zip(output["completion_ids"], output.get("logprobs") or [None] * len(token_id_lists)):
+            ids = list(ids)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            sampled = [float(step[0]) for step in logprobs] if logprobs is not None else None
+            if any(text.endswith(s) for s in stop):
+                finish = "stop"
+            elif ids and ids[-1] == eos:
+                finish = "eos"
+            elif len(ids) >= params.max_new_tokens:
+                finish = "length"
+            else:
+                finish = "eos"
+            turns.append(TurnOutput(ids, text, sampled, finish))  # type: ignore[arg-type]
+        return turns
+
+
 def trainer_policy(trainer: Any, *, batch_size: int = 16) -> Any:
     """The episode policy that samples from the trainer's current model (vLLM when TRL runs it)."""
     if getattr(trainer, "use_vllm", False):
+        if getattr(getattr(trainer, "vllm_generation", None), "mode", None) == "server":
+            return TrainerVLLMServerPolicy(trainer)
         return TrainerVLLMPolicy(trainer)
     from searchrl.llm.transformers_engine import TransformersEngine
 

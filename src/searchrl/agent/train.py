@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
 
 from searchrl.agent.config import (
     RESUMABLE_KEYS,
@@ -52,7 +51,6 @@ from searchrl.agent.tool import SearchTool, build_search_tool
 from searchrl.data.types import QAExample
 from searchrl.errors import ModelError
 from searchrl.memory import release_freed_memory
-from searchrl.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ def train_agent(config: AgentTrainConfig, *, force: bool = False) -> Path:
     import torch
 
     from searchrl.runs import RunDirectory
-    from searchrl.training import resolve_device, save_policy, train_with_resume
+    from searchrl.training import TimeLimitCallback, resolve_device, save_policy, train_with_resume
 
     config = config.model_copy(update={"data": config.data.resolved()})
     device = resolve_device(config.device)
@@ -104,11 +102,9 @@ def train_agent(config: AgentTrainConfig, *, force: bool = False) -> Path:
     evaluation = DevEvaluation(config, run, tool, questions)
     trainer = build_trainer(config, run, model, tokenizer, tool, questions.train, evaluation)
     if config.grpo.steps > 0:
-        with progress_bar("GRPO", total=config.grpo.steps, unit="step") as advance:
-            trainer.add_callback(_ProgressCallback(advance))
-            if config.grpo.max_minutes is not None:
-                trainer.add_callback(_TimeLimitCallback(60 * config.grpo.max_minutes))
-            train_with_resume(trainer, run)
+        if config.grpo.max_minutes is not None:
+            trainer.add_callback(TimeLimitCallback(60 * config.grpo.max_minutes))
+        train_with_resume(trainer, run)
     elif not evaluation.done(0):  # evaluate the warm-started (or untrained) policy only
         metrics = evaluation(model, tokenizer, 0)
         run.log_metrics(0, metrics, prefix="dev/")
@@ -311,10 +307,15 @@ def build_trainer(
 ):
     """TRL's ``GRPOTrainer`` with the agent's rollout function, rewards and dev-evaluation callback."""
     from datasets import Dataset
-    from transformers import PrinterCallback
     from trl import GRPOTrainer
 
-    from searchrl.training import DevEvaluationCallback, RunLoggingCallback, resolve_device
+    from searchrl.training import (
+        DevEvaluationCallback,
+        ReleaseMemoryCallback,
+        RunLoggingCallback,
+        quiet_trainer,
+        resolve_device,
+    )
 
     functions, weights = build_reward_functions(config.reward_weights(), judge=_judge(config))
     grpo = config.grpo
@@ -333,11 +334,10 @@ def build_trainer(
             args=grpo_arguments(config, run.checkpoints_dir, resolve_device(config.device), weights),
             train_dataset=Dataset.from_list(agent_dataset_rows(train, config.episode.system_prompt)),
             processing_class=tokenizer,
-            callbacks=[RunLoggingCallback(run), dev_callback, _ReleaseMemoryCallback()],
+            callbacks=[RunLoggingCallback(run), dev_callback, ReleaseMemoryCallback()],
             rollout_func=rollout,
         )
-    trainer.remove_callback(PrinterCallback)  # the same logs go to metrics.jsonl and TensorBoard
-    return trainer
+    return quiet_trainer(trainer, "GRPO")  # the same logs go to metrics.jsonl and TensorBoard
 
 
 def grpo_arguments(config: AgentTrainConfig, output_dir: Path, device: str, reward_weights: list[float]):
@@ -347,32 +347,17 @@ def grpo_arguments(config: AgentTrainConfig, output_dir: Path, device: str, rewa
     grpo = config.grpo
     extra = {"reward_weights": reward_weights, "mask_truncated_completions": grpo.mask_truncated_completions}
     extra.update(grpo.extra)
+    options = grpo.trl_options() | {"max_steps": max(grpo.steps, 1)}
     return build_grpo_config(
         output_dir=output_dir,
-        max_steps=max(grpo.steps, 1),
-        num_generations=grpo.num_generations,
+        **options,
         prompts_per_step=grpo.prompts_per_step,
-        micro_batch_size=grpo.micro_batch_size,
-        num_iterations=grpo.num_iterations,
-        learning_rate=grpo.learning_rate,
-        lr_scheduler_type=grpo.lr_scheduler_type,
-        warmup_steps=grpo.warmup_steps,
-        max_grad_norm=grpo.max_grad_norm,
         max_completion_length=config.episode.max_model_tokens,
-        temperature=grpo.temperature,
-        top_p=grpo.top_p,
-        beta=grpo.beta,
-        epsilon=grpo.epsilon,
-        epsilon_high=grpo.epsilon_high,
         loss_type=grpo.loss_type,
         scale_rewards=grpo.scale_rewards,
         shuffle_dataset=grpo.shuffle,
-        save_steps=grpo.save_steps,
-        save_total_limit=grpo.save_total_limit,
         seed=config.seed,
         device=device,
-        use_vllm=grpo.use_vllm,
-        vllm_gpu_memory_utilization=grpo.vllm_gpu_memory_utilization,
         extra=extra,
     )
 
@@ -384,42 +369,6 @@ def _judge(config: AgentTrainConfig):
     from searchrl.llm import build_engine
 
     return LLMJudge(build_engine("transformers", model=config.judge_model), policy_model=config.model)
-
-
-class _TimeLimitCallback(TrainerCallback):
-    """Stop training, with a checkpoint, after the step that crosses a wall-time budget."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self.started >= self.seconds:
-            log.info("time budget of %.0f s reached at step %d", self.seconds, state.global_step)
-            control.should_training_stop = True
-            control.should_save = True
-        return control
-
-
-class _ReleaseMemoryCallback(TrainerCallback):
-    """After every RL step, return the heap memory freed during it to the OS (see :mod:`searchrl.memory`)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        release_freed_memory()
-        return control
-
-
-class _ProgressCallback(TrainerCallback):
-    """Advance a :func:`searchrl.progress.progress_bar` once per RL step (resumed steps included)."""
-
-    def __init__(self, advance) -> None:
-        self.advance = advance
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.advance(state.global_step)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.advance()
 
 
 # ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ recipe_app = typer.Typer(
 )
 
 SetOption = Annotated[
-    Optional[list[str]], typer.Option("--set", help="Override a config field, e.g. --set optim.steps=20 (repeatable).")
+    Optional[list[str]], typer.Option("--set", help="Override a config field, e.g. --set grpo.steps=20 (repeatable).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Resume even if RUN holds a different config.")]

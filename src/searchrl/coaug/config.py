@@ -1,9 +1,10 @@
 """The configuration of one co-augmentation run (YAML + ``--set key=value`` overrides).
 
 Sections follow the order of a step: which prompts a step holds (``batch``), how they are
-rewarded (``reward``, ``role_scales``), how the policy is updated (``optim``) and sampled
-(``generation``), what an expansion is (``expansion``, shared with ``searchrl augment``), and
-how checkpoints are chosen (``eval``). :func:`searchrl.coaug.train.train_coaug` consumes it.
+rewarded (``reward``, ``role_scales``, the retriever's ``bm25``), how the policy is sampled and
+updated (``grpo``: the GRPO knobs under TRL's names, the same keys as the agent's config;
+``generation``: completion length), what an expansion is (``expansion``, shared with
+``searchrl augment``), and how checkpoints are chosen (``eval``). :func:`searchrl.coaug.train.train_coaug` consumes it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from searchrl.augment import ExpansionPolicy
 from searchrl.llm.precision import Precision
 from searchrl.resolver import DEFAULT_ENCODER, DEFAULT_LLM
-from searchrl.training import LoraSettings
+from searchrl.config import refuse_renamed_keys
+from searchrl.training import GRPOSettings, LoraSettings
 
 
 class _Section(BaseModel):
@@ -40,8 +42,6 @@ class BatchSettings(_Section):
         description="leave out training queries the unexpanded retriever already ranks perfectly (nDCG@k = 1): "
         "their samples tie and carry no gradient",
     )
-    samples_per_prompt: int = Field(5, ge=2, description="G: sampled expansions per prompt (the GRPO group)")
-    micro_batch_size: int | None = Field(None, ge=1, description="completions per forward/backward pass")
     updates_per_step: int = Field(1, ge=1, description="optimiser updates per step (CoAug: 4)")
 
 
@@ -76,25 +76,20 @@ class RoleScales(_Section):
     negative_document: float = Field(0.1, ge=0.0)
 
 
-class OptimSettings(_Section):
+class CoAugGRPOSettings(GRPOSettings):
+    """The GRPO knobs (:class:`searchrl.training.GRPOSettings`, TRL's names), with CoAug's defaults.
+
+    ``num_generations`` is CoAug's G, the sampled expansions per prompt.
+    """
+
     steps: int = Field(300, ge=1, description="RL steps")
-    learning_rate: float = Field(1e-5, gt=0.0)
-    lr_scheduler: str = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    epsilon: float = Field(0.2, ge=0.0, description="clip low: ratio >= 1 - epsilon")
-    epsilon_high: float = Field(0.28, ge=0.0, description="clip high: ratio <= 1 + epsilon_high")
-    beta: float = Field(0.0, ge=0.0, description="KL coefficient (0: no reference model)")
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    num_iterations: int = Field(1, ge=1, description="passes over each generated batch")
-    gradient_checkpointing: bool = False
+    num_generations: int = Field(5, ge=2, description="G: sampled expansions per prompt (the GRPO group)")
 
 
 class GenerationSettings(_Section):
-    """Sampling of training rollouts (evaluation decodes greedily)."""
+    """Length and options of sampled rollouts (evaluation decodes greedily; temperature and top_p are ``grpo.*``)."""
 
     max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
     generation_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra sampling options passed to TRL (e.g. vLLM 'stop')"
@@ -151,33 +146,23 @@ class CoAugConfig(_Section):
     bm25: BM25Settings = Field(default_factory=BM25Settings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     role_scales: RoleScales = Field(default_factory=RoleScales)
-    optim: OptimSettings = Field(default_factory=OptimSettings)
+    grpo: CoAugGRPOSettings = Field(default_factory=CoAugGRPOSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     expansion: ExpansionSettings = Field(default_factory=ExpansionSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
-    save_every: int = Field(10, ge=1, description="checkpoint every N steps (resume point)")
-    keep_checkpoints: int = Field(2, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Precision = Field(
         "auto", description="policy weights: bf16 where the hardware multiplies it natively (see searchrl.llm.precision)"
     )
-    engine: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="rollout engine: vllm (colocated) when a GPU and vllm are present under auto"
-    )
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     output_dir: str = "runs/coaug"
     wandb_project: str | None = Field(None, description="also log metrics to this Weights & Biases project")
 
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, raw: Any) -> Any:
-        reward = raw.get("reward") if isinstance(raw, dict) else None
-        if isinstance(reward, dict):
-            for old, new in (("bm25_k1", "bm25.k1"), ("bm25_b", "bm25.b")):
-                if old in reward:
-                    raise ValueError(f"reward.{old} is now {new}: the retriever's settings left the reward section")
+        refuse_renamed_keys(raw, RENAMED_KEYS)
         return raw
 
     @model_validator(mode="after")
@@ -213,8 +198,34 @@ class CoAugConfig(_Section):
 
 #: Config keys that may change when a run is resumed (extending or re-scheduling training).
 RESUMABLE_KEYS = (
-    "optim.steps", "eval.every", "eval.patience", "save_every", "keep_checkpoints", "output_dir", "wandb_project"
+    "grpo.steps", "eval.every", "eval.patience", "grpo.save_steps", "grpo.save_total_limit", "output_dir", "wandb_project"
 )
+
+#: Keys of earlier versions and where each setting lives now (the same TRL knob has the same key
+#: in the co-augmentation and agent configs); a config that uses an old key is refused, naming the new one.
+RENAMED_KEYS = {
+    "reward.bm25_k1": "bm25.k1",
+    "reward.bm25_b": "bm25.b",
+    "optim.steps": "grpo.steps",
+    "optim.learning_rate": "grpo.learning_rate",
+    "optim.lr_scheduler": "grpo.lr_scheduler_type",
+    "optim.warmup_steps": "grpo.warmup_steps",
+    "optim.epsilon": "grpo.epsilon",
+    "optim.epsilon_high": "grpo.epsilon_high",
+    "optim.beta": "grpo.beta",
+    "optim.max_grad_norm": "grpo.max_grad_norm",
+    "optim.num_iterations": "grpo.num_iterations",
+    "optim.gradient_checkpointing": "grpo.gradient_checkpointing",
+    "optim": "grpo",
+    "batch.samples_per_prompt": "grpo.num_generations",
+    "batch.micro_batch_size": "grpo.micro_batch_size",
+    "generation.temperature": "grpo.temperature",
+    "generation.top_p": "grpo.top_p",
+    "save_every": "grpo.save_steps",
+    "keep_checkpoints": "grpo.save_total_limit",
+    "engine": "grpo.use_vllm (true, false or auto)",
+    "vllm_gpu_memory_utilization": "grpo.vllm_gpu_memory_utilization",
+}
 
 
 def augment_flags(config: CoAugConfig) -> str:
@@ -240,8 +251,9 @@ __all__ = [
     "EvalSettings",
     "ExpansionSettings",
     "GenerationSettings",
-    "OptimSettings",
+        "RENAMED_KEYS",
     "RESUMABLE_KEYS",
+    "CoAugGRPOSettings",
     "RewardSettings",
     "RoleScales",
     "augment_flags",

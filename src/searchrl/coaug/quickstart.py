@@ -46,12 +46,11 @@ def quickstart_config(data: str | Path, output_dir: str | Path, *, model: str | 
             "hard_negative_depth": 5,
             "background": 50,
             "skip_solved": True,
-            "samples_per_prompt": 4,
-            "micro_batch_size": 8,
         },
         "reward": {"rounds": 64},
-        "optim": {"steps": 6, "learning_rate": 5e-4},
-        "generation": {"max_new_tokens": 20, "temperature": 1.0},
+        "grpo": {"steps": 6, "num_generations": 4, "micro_batch_size": 8, "learning_rate": 5e-4, "temperature": 1.0,
+                 "save_steps": 3},
+        "generation": {"max_new_tokens": 20},
         # Answer prefill (the default) makes even the untrained model's completions usable under
         # strict parsing; documents are cut to their opening 40 words to keep prompts short.
         "expansion": {"max_words": 20, "max_input_words": 40},
@@ -60,7 +59,6 @@ def quickstart_config(data: str | Path, output_dir: str | Path, *, model: str | 
         # only report the result.
         "eval": {"every": 3, "max_queries": 25, "report_fraction": 0.5, "candidate_docs": None, "expand_depth": 4,
                  "batch_size": 16},
-        "save_every": 3,
         "device": "auto",
         "output_dir": str(output_dir),
     }
@@ -180,7 +178,7 @@ def run_quickstart(
     if derived is not None:
         raw["qrels_dir"] = str(derived)
     if steps is not None:
-        raw["optim"]["steps"] = steps
+        raw["grpo"]["steps"] = steps
     config = CoAugConfig.model_validate(raw)
     setup = prepare_coaug(config)
     prompt_tokens = _mean_prompt_tokens(setup)

@@ -186,7 +186,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         builder,
         policy,
         scorer,
-        samples_per_prompt=config.batch.samples_per_prompt,
+        samples_per_prompt=config.grpo.num_generations,
         rounds=config.reward.rounds,
         k=config.reward.k,
         relevant_weight=config.reward.relevant_weight,
@@ -205,40 +205,26 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         baseline_path.write_text(json.dumps({"retriever": config.retriever, **baseline}, indent=2) + "\n")
 
     prompts_per_step = config.prompts_per_step()
-    use_vllm: bool | str = {"auto": "auto", "vllm": True, "transformers": False}[config.engine]
+    grpo = config.grpo
+    updates = config.batch.updates_per_step  # with several updates per step, TRL's steps count updates
+    options = grpo.trl_options() | {"max_steps": grpo.steps * updates, "save_steps": grpo.save_steps * updates}
+    generation_kwargs = dict(config.generation.generation_kwargs)
     grpo_args = build_grpo_config(
         output_dir=run.checkpoints_dir,
-        max_steps=config.optim.steps * config.batch.updates_per_step,
-        num_generations=config.batch.samples_per_prompt,
+        **options,
         prompts_per_step=prompts_per_step,
-        micro_batch_size=config.batch.micro_batch_size,
-        updates_per_step=config.batch.updates_per_step,
-        num_iterations=config.optim.num_iterations,
-        learning_rate=config.optim.learning_rate,
-        lr_scheduler_type=config.optim.lr_scheduler,
-        warmup_steps=config.optim.warmup_steps,
-        max_grad_norm=config.optim.max_grad_norm,
+        updates_per_step=updates,
         max_completion_length=config.generation.max_new_tokens,
-        temperature=config.generation.temperature,
-        top_p=config.generation.top_p,
         repetition_penalty=config.generation.repetition_penalty,
-        beta=config.optim.beta,
-        epsilon=config.optim.epsilon,
-        epsilon_high=config.optim.epsilon_high,
         loss_type="dapo",
         scale_rewards="none",
         shuffle_dataset=False,
-        save_steps=config.save_every * config.batch.updates_per_step,
-        save_total_limit=config.keep_checkpoints,
         seed=config.seed,
         device=device,
-        use_vllm=use_vllm,
-        vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-        gradient_checkpointing=config.optim.gradient_checkpointing,
-        extra={"generation_kwargs": dict(config.generation.generation_kwargs)} if config.generation.generation_kwargs else None,
+        extra=({"generation_kwargs": generation_kwargs} if generation_kwargs else {}) | dict(grpo.extra),
     )
     model, tokenizer = load_policy(config.model, device=device, precision=config.precision)
-    dataset = build_step_dataset(builder, policy, config.optim.steps, tokenizer)
+    dataset = build_step_dataset(builder, policy, config.grpo.steps, tokenizer)
     dev_callback = DevEvaluationCallback(
         run,
         evaluator,
@@ -284,7 +270,7 @@ def train_prepared(setup: CoAugSetup, *, started: float | None = None) -> Path:
                 "model": config.model,
                 "steps done": setup.trainer.state.global_step // config.batch.updates_per_step,
                 "prompts per step": config.prompts_per_step(),
-                "samples per prompt": config.batch.samples_per_prompt,
+                "samples per prompt": config.grpo.num_generations,
                 "resumed from": str(resumed_from) if resumed_from else "-",
                 "wall time this invocation (s)": round(time.time() - started, 1),
             },

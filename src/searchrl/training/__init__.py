@@ -1,0 +1,52 @@
+"""What both trainers share, one module per job:
+
+* :mod:`~searchrl.training.policy` — :class:`LoraSettings` / :func:`build_lora_config` (LoRA on by
+  default, attention and MLP projections of Llama/Qwen/Mistral-style models), :func:`resolve_device`,
+  :func:`load_policy` (one dtype rule, :mod:`searchrl.llm.precision`) and :func:`save_policy`.
+* :mod:`~searchrl.training.grpo` — :class:`GRPOSettings`, the GRPO knobs both configs carry under
+  TRL's own names, and :func:`build_grpo_config`, a TRL ``GRPOConfig`` whose generation batch is
+  one RL step (CPU or GPU; vLLM colocated or as a ``trl vllm-serve`` server).
+* :mod:`~searchrl.training.callbacks` — the trainer's logs into ``metrics.jsonl``
+  (:class:`RunLoggingCallback`), one progress display (:class:`StepProgressCallback`: a bar on a
+  terminal, one line per step otherwise), dev evaluation with best-checkpoint keeping and
+  early stopping (:class:`DevEvaluationCallback`), a wall-time budget and memory release.
+* :mod:`~searchrl.training.resume` — :func:`train_with_resume` from the last complete checkpoint.
+"""
+
+from searchrl.training.callbacks import (
+    DevEvaluationCallback,
+    ReleaseMemoryCallback,
+    RunLoggingCallback,
+    StepProgressCallback,
+    TimeLimitCallback,
+    quiet_trainer,
+)
+from searchrl.training.grpo import GRPOSettings, build_grpo_config, vllm_available
+from searchrl.training.policy import (
+    LLAMA_STYLE_TARGETS,
+    LoraSettings,
+    build_lora_config,
+    load_policy,
+    resolve_device,
+    save_policy,
+)
+from searchrl.training.resume import train_with_resume
+
+__all__ = [
+    "DevEvaluationCallback",
+    "GRPOSettings",
+    "LLAMA_STYLE_TARGETS",
+    "LoraSettings",
+    "ReleaseMemoryCallback",
+    "RunLoggingCallback",
+    "StepProgressCallback",
+    "TimeLimitCallback",
+    "build_grpo_config",
+    "build_lora_config",
+    "load_policy",
+    "quiet_trainer",
+    "resolve_device",
+    "save_policy",
+    "train_with_resume",
+    "vllm_available",
+]
