@@ -79,17 +79,17 @@ def make_items(count: int) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("role", ["query", "document"])
-@pytest.mark.parametrize("retriever", ["sparse", "dense"])
+@pytest.mark.parametrize("style", ["sparse", "dense"])
 @pytest.mark.parametrize("think", [False, True])
 @pytest.mark.parametrize("prefill", [False, True])
-def test_prompts_for_every_role_and_retriever(role, retriever, think, prefill):
-    chat = build_expansion_prompt(role, retriever, "Vitamin {D} and\n  bones", think=think, prefill=prefill)
+def test_prompts_for_every_role_and_style(role, style, think, prefill):
+    chat = build_expansion_prompt(role, style, "Vitamin {D} and\n  bones", think=think, prefill=prefill)
     assert [m["role"] for m in chat] == ["system", "user"] + (["assistant"] if prefill else [])
     user = chat[1]["content"]
     assert user.endswith("Vitamin {D} and bones")  # braces kept, whitespace collapsed, text last
     assert "<answer>" in user and "</answer>" in user
     assert ("<think>" in user) is think
-    assert ("key terms" in user) is (retriever == "sparse")
+    assert ("key terms" in user) is (style == "sparse")
     assert ("Query:" in user) is (role == "query")
     assert ("Document:" in user) is (role == "document")
     if prefill:
@@ -105,7 +105,7 @@ def test_the_four_prompts_differ():
     assert len(set(prompts.values())) == 4
 
 
-def test_unknown_role_or_retriever_raises_config_error():
+def test_unknown_role_or_style_raises_config_error():
     with pytest.raises(ConfigError):
         build_expansion_prompt("passage", "sparse", "x")
     with pytest.raises(ConfigError):
@@ -292,7 +292,7 @@ def test_job_writes_expansions_readable_by_load_expansions_and_a_manifest(tmp_pa
     assert saved["settings"]["role"] == "document"
     assert "{text}" in saved["settings"]["prompt"][1]["content"]
     assert saved["settings"]["policy"]["sampling"]["temperature"] == 0.0
-    assert saved["settings"]["policy"]["retriever"] == "sparse"
+    assert saved["settings"]["policy"]["prompt_style"] == "sparse"
     assert saved["counts"]["done"] == 10 and saved["counts"]["ok"] == 8
     assert saved["counts"]["malformed"] == 2 and saved["counts"]["empty"] == 2
     assert saved["counts"]["reasons"] == {OK: 8, EMPTY_ANSWER: 1, MULTIPLE_ANSWERS: 1}
@@ -488,6 +488,30 @@ def test_cli_reports_bad_shard_and_unknown_ids(beir_folder, tmp_path, fake_build
     assert run_cli(["augment", "corpus", "--data", str(beir_folder), "--out", str(tmp_path / "o"), "--model", "m",
                     "--ids", str(ids)]) == 2
     assert "ids.txt:2" in capsys.readouterr().err
+
+
+def test_cli_retriever_kind_sets_the_prompt_style(beir_folder, tmp_path, fake_build_engine, capsys):
+    def style(*flags):
+        out = tmp_path / "-".join(flags).replace("-", "")
+        code = run_cli(["augment", "queries", "--data", str(beir_folder), "--out", str(out), "--model", "m",
+                        "--no-progress", *flags])
+        assert code == 0, capsys.readouterr().err
+        return json.loads((out / "manifest.json").read_text())["settings"]["policy"]["prompt_style"]
+
+    assert style() == "sparse"  # --retriever bm25 by default
+    assert style("--retriever", "dense") == "dense"
+    assert style("--retriever", "hybrid", "--prompt-style", "dense") == "dense"
+    capsys.readouterr()
+    for flags, message in ((["--retriever", "sparse"], "--retriever sparse is now --retriever bm25"),
+                           (["--retriever", "hybrid"], "no default prompt style for retriever 'hybrid'"),
+                           (["--prompt-style", "keywords"], "unknown prompt style 'keywords'")):
+        assert run_cli(["augment", "queries", "--data", str(beir_folder), "--out", str(tmp_path / "x"),
+                        "--model", "m", *flags]) == 2
+        assert message in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_policy_stored_under_the_old_field_name_still_loads():
+    assert ExpansionPolicy.model_validate({"retriever": "dense"}).prompt_style == "dense"
 
 
 # ----------------------------------------------------------------------------- a real engine

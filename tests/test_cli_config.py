@@ -136,6 +136,8 @@ def test_library_warnings_show_only_with_verbose(tmp_path, capsys, monkeypatch):
         ("keep_checkpoints=3", "keep_checkpoints is now grpo.save_total_limit"),
         ("engine=vllm", "engine is now grpo.use_vllm"),
         ("reward.bm25_k1=0.9", "reward.bm25_k1 is now bm25.k1"),
+        ("dense_model=m", "dense_model is now encoder"),
+        ("retriever=sparse", "retriever: sparse is now retriever: bm25"),
     ],
 )
 def test_old_coaug_keys_name_their_new_place(coaug_yaml, capsys, override, message):

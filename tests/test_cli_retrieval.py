@@ -131,9 +131,11 @@ def test_eval_forwards_retriever_options(beir, capsys, monkeypatch):
     monkeypatch.setattr(cli_retrieval, "_build_retriever", spy)
     args = ["eval", "--data", beir, "--split", "test", "--json", "--k1", "0.9", "--b", "0.4"]
     assert run_cli(capsys, *args, "--retriever", "bm25")[0] == 0
-    assert run_cli(capsys, *args, "-r", "dense", "--model", "enc", "--query-prefix", "query: ",
+    assert run_cli(capsys, *args, "-r", "dense", "--encoder", "enc", "--query-prefix", "query: ",
                    "--passage-prefix", "passage: ")[0] == 0
     assert run_cli(capsys, *args, "-r", "hybrid")[0] == 0
+    code, _, err = run_cli(capsys, *args, "-r", "dense", "--model", "enc")
+    assert_user_error(code, err, "--model is now --encoder")
     assert calls == [
         ("bm25", None, {"k1": 0.9, "b": 0.4}),
         ("dense", "enc", {"query_prefix": "query: ", "passage_prefix": "passage: "}),
@@ -144,7 +146,7 @@ def test_eval_forwards_retriever_options(beir, capsys, monkeypatch):
 def test_eval_with_a_tiny_dense_encoder(beir, tmp_path, capsys, monkeypatch, tiny_st_dir):
     monkeypatch.setenv("SEARCHRL_CACHE", str(tmp_path / "cache"))
     code, out, err = run_cli(
-        capsys, "eval", "--data", beir, "--split", "test", "-r", "hybrid", "--model", tiny_st_dir, "--json"
+        capsys, "eval", "--data", beir, "--split", "test", "-r", "hybrid", "--encoder", tiny_st_dir, "--json"
     )
     assert code == 0, err
     report = json.loads(out)

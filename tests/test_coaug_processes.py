@@ -24,7 +24,7 @@ def make_reward() -> tuple[CoAugReward, dict]:
     queries = {f"q{i}": " ".join(rng.choice(WORDS, size=3)) for i in range(4)}
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(4)}
     builder = CoAugBatchBuilder(corpus, queries, qrels, queries_per_step=2, group_size=4, relevant_per_query=1)
-    scorer = BatchScorer("sparse", statistics=CorpusStatistics.from_documents(corpus.values()))
+    scorer = BatchScorer("bm25", statistics=CorpusStatistics.from_documents(corpus.values()))
     reward = CoAugReward(builder, ExpansionPolicy(), scorer, samples_per_prompt=2, rounds=16, seed=3)
     batch = builder.build(0)
     prompts = batch.prompts

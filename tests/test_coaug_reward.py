@@ -489,7 +489,7 @@ def test_reward_and_dev_evaluation_weight_the_query_by_query_repeat():
     for repeat in (1, 3):
         builder = CoAugBatchBuilder(corpus, queries, qrels, mode="query", queries_per_step=1, group_size=3,
                                     relevant_per_query=1, background=5, background_candidates={"q1": ["d1", "d2"]})
-        scorer = BatchScorer("sparse", statistics=stats, query_repeat=repeat)
+        scorer = BatchScorer("bm25", statistics=stats, query_repeat=repeat)
         reward = CoAugReward(builder, ExpansionPolicy(), scorer, samples_per_prompt=2, rounds=4)
         rewards[repeat] = reward(prompts=[None, None], completions=[wrong, wrong], step=[0, 0], prompt_index=[0, 0],
                                  role=["query"] * 2, kind=["query"] * 2, item_id=["q1", "q1"], group=[0, 0])

@@ -343,7 +343,7 @@ def test_dev_evaluator_expands_only_the_top_documents_and_says_so(tiny_beir):
     from searchrl.data.beir import load_beir
 
     data = load_beir(tiny_beir, "dev")
-    scorer = BatchScorer("sparse", statistics=CorpusStatistics.from_documents(data.corpus.values()))
+    scorer = BatchScorer("bm25", statistics=CorpusStatistics.from_documents(data.corpus.values()))
     evaluator = DevEvaluator.build(data.corpus, data.queries, data.qrels, scorer, ExpansionPolicy(), mode="coaug",
                                    candidate_docs=None, expand_depth=2)
     assert evaluator.candidate_ids == list(data.corpus)  # the whole corpus is ranked
@@ -470,7 +470,7 @@ def test_skip_solved_leaves_out_queries_the_unexpanded_retriever_ranks_perfectly
 
     config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", batch__skip_solved=True, batch__queries_per_step=1)
     data = load_coaug_data(config)
-    scorer = BatchScorer("sparse", statistics=CorpusStatistics.from_documents(data.corpus.values()))
+    scorer = BatchScorer("bm25", statistics=CorpusStatistics.from_documents(data.corpus.values()))
     # q0 ("does vitamin matter") finds both of its relevant documents first: solved. Make q1 unsolved
     # by judging a document that shares no word with it.
     data.train_qrels["q1"] = {"n9": 1}

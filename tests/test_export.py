@@ -26,7 +26,7 @@ def write_run(root: Path, tiny_lm_dir: Path, *, kind: str = "coaug") -> Path:
         from searchrl.coaug.train import CoAugConfig
 
         config = CoAugConfig.model_validate(
-            {"model": str(tiny_lm_dir), "data": "hf:BeIR/scifact", "output_dir": str(run), "retriever": "sparse"}
+            {"model": str(tiny_lm_dir), "data": "hf:BeIR/scifact", "output_dir": str(run), "retriever": "bm25"}
         ).model_dump(mode="json")
     else:
         config = {"model": str(tiny_lm_dir), "data": {"questions": "qa.jsonl", "corpus": "corpus.jsonl"},
@@ -87,7 +87,7 @@ def test_export_writes_an_adapter_with_a_model_card_peft_loads(coaug_run, tmp_pa
     assert {"searchrl", "lora", "query-expansion"} <= set(card.data.tags)
     assert card.data.base_model is None  # a local base model has no Hub id to name
     body = card.text
-    assert "searchrl augment queries --model" in body and "--retriever sparse" in body
+    assert "searchrl augment queries --model" in body and "--retriever bm25" in body
     assert "0.6789" in body and "| recall@100 | 0.9100 |" in body  # the held-out figures given
     assert "| 2 (best) | 0.5531 |" in body and "0.5377" in body  # the dev curve, best step marked
     assert "ab" * 32 in body and "7123456" in body  # data hashes

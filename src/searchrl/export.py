@@ -368,7 +368,8 @@ def _coaug_flags(config: dict[str, Any]) -> str:
 
         return augment_flags(CoAugConfig.model_validate(config))
     except Exception:  # noqa: BLE001 - a config from another version: the card still says what it can
-        return f"--retriever {config.get('retriever', 'sparse')}"
+        retriever = {"sparse": "bm25"}.get(config.get("retriever", "bm25"), config.get("retriever"))  # older runs: sparse
+        return f"--retriever {retriever}"
 
 
 def _agent_flags(config: dict[str, Any]) -> str:

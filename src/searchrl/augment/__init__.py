@@ -1,6 +1,6 @@
 """Query and document expansion: prompts, output parsing and resumable augmentation jobs.
 
-One :class:`ExpansionPolicy` decides what an expansion is (retriever kind, ``think``, word cap,
+One :class:`ExpansionPolicy` decides what an expansion is (prompt style, ``think``, word cap,
 strict or lenient parsing, sampling); the CoAug trainer and ``searchrl augment`` share it, and
 expansions are appended with :func:`searchrl.data.query_text` / :func:`searchrl.data.document_text`
 in training and evaluation alike.

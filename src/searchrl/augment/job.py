@@ -1,6 +1,6 @@
 """Running the expansion policy: in memory (:func:`augment_items`) or as a resumable job on disk.
 
-:class:`ExpansionPolicy` holds everything that decides what an expansion is — retriever kind,
+:class:`ExpansionPolicy` holds everything that decides what an expansion is — prompt style,
 ``think``, answer prefill, the word caps, strict or lenient parsing and the sampling settings —
 so the trainer and the augmentation job build prompts and parse completions identically.
 
@@ -36,11 +36,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from searchrl.augment.parse import DEFAULT_MAX_WORDS, ParsedExpansion, parse_expansion
 from searchrl.augment.prompts import (
-    RetrieverKind,
+    PromptStyle,
     Role,
     build_expansion_prompt,
     expansion_prompt_template,
@@ -71,7 +71,7 @@ class ExpansionPolicy(BaseModel):
     itself, ended by ``</answer>`` or the end of the turn; :meth:`parse` puts the prefill back
     in front before applying the (strict by default) rules of :func:`parse_expansion`.
 
-    >>> policy = ExpansionPolicy(retriever="sparse", think=False, max_words=4)
+    >>> policy = ExpansionPolicy(prompt_style="sparse", think=False, max_words=4)
     >>> policy.parse(" one two three four five</answer>").text
     'one two three four'
     >>> ExpansionPolicy(prefill=False).parse("<answer>one two</answer>").text
@@ -80,7 +80,7 @@ class ExpansionPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    retriever: RetrieverKind = "sparse"
+    prompt_style: PromptStyle = Field("sparse", description="sparse: key terms for BM25; dense: a passage for an encoder")
     think: bool = False
     prefill: bool = Field(True, description="open the assistant turn with <answer> (<think> when thinking)")
     max_words: int = Field(DEFAULT_MAX_WORDS, ge=1, description="expansions are cut to this many words")
@@ -90,15 +90,23 @@ class ExpansionPolicy(BaseModel):
     lenient: bool = Field(False, description="salvage text from completions without a proper <answer> block")
     sampling: SamplingParams = Field(default_factory=default_expansion_sampling)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_under_its_old_name(cls, data: Any) -> Any:
+        # Manifests and expansion_policy.json files written before the field was renamed.
+        if isinstance(data, dict) and "retriever" in data and "prompt_style" not in data:
+            data = {("prompt_style" if k == "retriever" else k): v for k, v in data.items()}
+        return data
+
     def prompt(self, role: Role, text: str) -> Chat:
         """The chat that asks for an expansion of ``text`` in ``role``."""
         return build_expansion_prompt(
-            role, self.retriever, truncate_words(text, self.max_input_words), think=self.think, prefill=self.prefill
+            role, self.prompt_style, truncate_words(text, self.max_input_words), think=self.think, prefill=self.prefill
         )
 
     def prompt_template(self, role: Role) -> Chat:
         """The template for ``role`` (``{text}`` marks the input), as recorded in manifests."""
-        return expansion_prompt_template(role, self.retriever, think=self.think, prefill=self.prefill)
+        return expansion_prompt_template(role, self.prompt_style, think=self.think, prefill=self.prefill)
 
     @property
     def prefill_text(self) -> str:

@@ -1,4 +1,4 @@
-"""Expansion prompts: two roles (query, document) × two retriever kinds (sparse, dense).
+"""Expansion prompts: two roles (query, document) × two prompt styles (sparse, dense).
 
 The model is asked to put its expansion inside ``<answer>…</answer>``; with ``think=True`` it
 first reasons inside ``<think>…</think>``. Prompts are deliberately short (prompt prefill
@@ -28,10 +28,31 @@ from searchrl.errors import ConfigError
 from searchrl.llm.engine import Chat
 
 Role = Literal["query", "document"]
-RetrieverKind = Literal["sparse", "dense"]
+PromptStyle = Literal["sparse", "dense"]
+"""What an expansion is written for: ``sparse`` asks for key terms and synonyms (for BM25),
+``dense`` for a passage-like rewrite (for an encoder). :func:`prompt_style_for` picks it from
+the retriever kind."""
 
 ROLES: tuple[str, ...] = get_args(Role)
-RETRIEVER_KINDS: tuple[str, ...] = get_args(RetrieverKind)
+PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
+
+_STYLE_OF_RETRIEVER = {"bm25": "sparse", "dense": "dense"}
+
+
+def prompt_style_for(retriever: str) -> PromptStyle:
+    """The prompt style that suits a retriever kind: bm25 -> sparse, dense -> dense.
+
+    >>> prompt_style_for("bm25"), prompt_style_for("dense")
+    ('sparse', 'dense')
+
+    A hybrid retriever uses both, so its style must be chosen explicitly.
+    """
+    if retriever not in _STYLE_OF_RETRIEVER:
+        raise ConfigError(
+            f"no default prompt style for retriever {retriever!r}",
+            hint="choose the prompt style explicitly: sparse (key terms) or dense (a passage)",
+        )
+    return _STYLE_OF_RETRIEVER[retriever]  # type: ignore[return-value]
 
 TEXT_PLACEHOLDER = "{text}"
 """Where the query or document goes in a user template (replaced literally, not with ``str.format``)."""
@@ -67,25 +88,25 @@ def prefill_text(*, think: bool, prefill: bool) -> str:
     return THINK_PREFILL if think else ANSWER_PREFILL
 
 
-def _check(role: str, retriever: str) -> None:
+def _check(role: str, style: str) -> None:
     if role not in ROLES:
         raise ConfigError(f"unknown expansion role {role!r}", hint=f"use one of: {', '.join(ROLES)}")
-    if retriever not in RETRIEVER_KINDS:
-        raise ConfigError(f"unknown retriever kind {retriever!r}", hint=f"use one of: {', '.join(RETRIEVER_KINDS)}")
+    if style not in PROMPT_STYLES:
+        raise ConfigError(f"unknown prompt style {style!r}", hint=f"use one of: {', '.join(PROMPT_STYLES)}")
 
 
 def expansion_prompt_template(
-    role: Role, retriever: RetrieverKind, *, think: bool = False, prefill: bool = False
+    role: Role, style: PromptStyle, *, think: bool = False, prefill: bool = False
 ) -> Chat:
-    """The chat for ``role``/``retriever`` with :data:`TEXT_PLACEHOLDER` where the text goes.
+    """The chat for ``role``/``style`` with :data:`TEXT_PLACEHOLDER` where the text goes.
 
     With ``prefill`` the chat ends with an assistant message holding :func:`prefill_text`, which
     the engines continue instead of opening a new turn. Recorded verbatim in augmentation
     manifests, so a change of wording is detected on resume.
     """
-    _check(role, retriever)
+    _check(role, style)
     user = (
-        f"{_TASKS[(role, retriever)]} {_FORMAT_THINK if think else _FORMAT_DIRECT}\n"
+        f"{_TASKS[(role, style)]} {_FORMAT_THINK if think else _FORMAT_DIRECT}\n"
         f"{_LABELS[role]}: {TEXT_PLACEHOLDER}"
     )
     chat: Chat = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
@@ -95,18 +116,18 @@ def expansion_prompt_template(
 
 
 def build_expansion_prompt(
-    role: Role, retriever: RetrieverKind, text: str, *, think: bool = False, prefill: bool = False
+    role: Role, style: PromptStyle, text: str, *, think: bool = False, prefill: bool = False
 ) -> Chat:
     """The chat asking the model to expand ``text`` (a query, or a document's ``title text``).
 
-    ``role`` is ``"query"`` or ``"document"``; ``retriever`` is ``"sparse"`` (key terms and
+    ``role`` is ``"query"`` or ``"document"``; ``style`` is ``"sparse"`` (key terms and
     synonyms) or ``"dense"`` (a semantic rewrite / summary). With ``think=True`` the model is
     asked to reason in ``<think>…</think>`` before the ``<answer>…</answer>`` block. With
     ``prefill=True`` the assistant turn is already opened with ``<answer>`` (``<think>`` when
-    thinking), so the completion is the answer itself. Unknown roles or kinds raise
+    thinking), so the completion is the answer itself. Unknown roles or styles raise
     :class:`~searchrl.errors.ConfigError`.
     """
-    template = expansion_prompt_template(role, retriever, think=think, prefill=prefill)
+    template = expansion_prompt_template(role, style, think=think, prefill=prefill)
     # str.replace, not str.format: documents routinely contain braces.
     return [
         {"role": m["role"], "content": m["content"].replace(TEXT_PLACEHOLDER, " ".join(str(text).split()))}

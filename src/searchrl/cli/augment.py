@@ -37,7 +37,16 @@ EngineOption = Annotated[
     ),
 ]
 BaseUrlOption = Annotated[Optional[str], typer.Option("--base-url", help="Server URL for --engine openai.")]
-RetrieverOption = Annotated[str, typer.Option("--retriever", help="sparse (keywords) or dense (semantic rewrite).")]
+RetrieverOption = Annotated[
+    str, typer.Option("--retriever", help="The retriever the expansions are for: bm25, dense or hybrid (sets the prompt style).")
+]
+PromptStyleOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--prompt-style",
+        help="sparse (key terms, for BM25) or dense (a passage, for an encoder); default: bm25 -> sparse, dense -> dense.",
+    ),
+]
 ThinkOption = Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason in <think> first.")]
 PrefillOption = Annotated[
     bool,
@@ -103,6 +112,22 @@ def _read_ids(path: Path, known: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def _prompt_style(retriever: str, prompt_style: str | None) -> str:
+    """The expansion prompt style for ``--retriever`` / ``--prompt-style`` (one vocabulary with index/eval)."""
+    from searchrl.augment.prompts import PROMPT_STYLES, prompt_style_for
+    from searchrl.retrieval.base import RETRIEVER_KIND_NAMES
+
+    if retriever == "sparse":
+        raise ConfigError("--retriever sparse is now --retriever bm25", hint="the prompt style follows from it (or pass --prompt-style)")
+    if retriever not in RETRIEVER_KIND_NAMES:
+        raise ConfigError(f"unknown retriever kind {retriever!r}", hint=f"use one of: {', '.join(RETRIEVER_KIND_NAMES)}")
+    if prompt_style is None:
+        return prompt_style_for(retriever)
+    if prompt_style not in PROMPT_STYLES:
+        raise ConfigError(f"unknown prompt style {prompt_style!r}", hint=f"use one of: {', '.join(PROMPT_STYLES)}")
+    return prompt_style
+
+
 def _run(
     *,
     role: str,
@@ -113,6 +138,7 @@ def _run(
     engine: str,
     base_url: str | None,
     retriever: str,
+    prompt_style: str | None,
     think: bool,
     prefill: bool,
     lenient: bool,
@@ -140,8 +166,7 @@ def _run(
     engine = resolve_engine_kind(engine)  # recorded in the manifest as the engine that ran
     if batch_size is None:
         batch_size = 256 if engine == "vllm" else 16  # vLLM batches continuously: give it many prompts at once
-    if retriever not in ("sparse", "dense"):
-        raise ConfigError(f"unknown retriever kind {retriever!r}", hint="use sparse or dense")
+    style = _prompt_style(retriever, prompt_style)
     shard_range = parse_shard(shard) if shard is not None else None  # "" is an error, not "no shard"
     if model is None:
         from searchrl.resolver import DEFAULT_LLM
@@ -151,7 +176,7 @@ def _run(
         update={"max_new_tokens": max_new_tokens, "temperature": temperature}
     )
     policy = ExpansionPolicy(
-        retriever=retriever,  # type: ignore[arg-type]
+        prompt_style=style,  # type: ignore[arg-type]
         think=think,
         prefill=prefill,
         lenient=lenient,
@@ -233,7 +258,8 @@ def augment_corpus(
     model: ModelOption = None,
     engine: EngineOption = "auto",
     base_url: BaseUrlOption = None,
-    retriever: RetrieverOption = "sparse",
+    retriever: RetrieverOption = "bm25",
+    prompt_style: PromptStyleOption = None,
     think: ThinkOption = False,
     prefill: PrefillOption = True,
     lenient: LenientOption = False,
@@ -263,7 +289,7 @@ def augment_corpus(
         source["ids_file"] = str(ids.resolve())
     _run(
         role="document", items=items, source=source, out=out, model=model, engine=engine, base_url=base_url,
-        retriever=retriever, think=think, prefill=prefill, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        retriever=retriever, prompt_style=prompt_style, think=think, prefill=prefill, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
         temperature=temperature, max_words=max_words, max_input_words=max_input_words, shard=shard, limit=limit,
         keep_completions=keep_completions, progress=progress, force=force, ray=ray, ray_address=ray_address,
         ray_workers=ray_workers,
@@ -278,7 +304,8 @@ def augment_queries(
     model: ModelOption = None,
     engine: EngineOption = "auto",
     base_url: BaseUrlOption = None,
-    retriever: RetrieverOption = "sparse",
+    retriever: RetrieverOption = "bm25",
+    prompt_style: PromptStyleOption = None,
     think: ThinkOption = False,
     prefill: PrefillOption = True,
     lenient: LenientOption = False,
@@ -307,7 +334,7 @@ def augment_queries(
         source["ids_file"] = str(ids.resolve())
     _run(
         role="query", items=queries, source=source, out=out, model=model, engine=engine, base_url=base_url,
-        retriever=retriever, think=think, prefill=prefill, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        retriever=retriever, prompt_style=prompt_style, think=think, prefill=prefill, lenient=lenient, batch_size=batch_size, max_new_tokens=max_new_tokens,
         temperature=temperature, max_words=max_words, max_input_words=max_input_words, shard=shard, limit=limit,
         keep_completions=keep_completions, progress=progress, force=force,
     )

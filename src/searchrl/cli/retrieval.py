@@ -40,6 +40,7 @@ from searchrl.data.text import TEXT_SUFFIXES, load_text_corpus
 from searchrl.errors import ConfigError, DataError, IndexFileError
 from searchrl.metrics import DEFAULT_MEASURES, evaluate_run, to_ir_measure
 from searchrl.progress import stderr_console
+from searchrl.retrieval.base import RETRIEVER_KIND_NAMES
 
 DEFAULT_DEPTH = 100
 """Results retrieved per query for evaluation (recall@100 needs 100)."""
@@ -47,10 +48,8 @@ DEFAULT_DEPTH = 100
 SNIPPET_CHARS = 160
 
 
-class RetrieverKind(str, Enum):
-    bm25 = "bm25"
-    dense = "dense"
-    hybrid = "hybrid"
+RetrieverKind = Enum("RetrieverKind", {kind: kind for kind in RETRIEVER_KIND_NAMES}, type=str)
+"""``--retriever`` choices: :data:`searchrl.retrieval.RetrieverKind` as the Enum typer needs."""
 
 
 class DataFormat(str, Enum):
@@ -65,9 +64,17 @@ class DataFormat(str, Enum):
 RetrieverOption = Annotated[
     RetrieverKind, typer.Option("--retriever", "-r", help="bm25 (sparse), dense (sentence-transformers) or hybrid (RRF).")
 ]
+OldModelOption = Annotated[str | None, typer.Option("--model", hidden=True, help="Renamed --encoder.")]
+
+
+def _refuse_old_model_option(value: str | None) -> None:
+    if value is not None:
+        raise ConfigError("--model is now --encoder (the dense encoder of dense/hybrid retrieval)")
+
+
 ModelOption = Annotated[
     str | None,
-    typer.Option("--model", help="Dense encoder: a local folder or Hugging Face name (default all-MiniLM-L6-v2)."),
+    typer.Option("--encoder", help="Dense encoder: a local folder or Hugging Face name (default all-MiniLM-L6-v2)."),
 ]
 K1Option = Annotated[float, typer.Option("--k1", help="BM25 term-frequency saturation.")]
 BOption = Annotated[float, typer.Option("--b", help="BM25 length normalisation.")]
@@ -260,6 +267,7 @@ def index_command(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the index to.")],
     retriever: RetrieverOption = RetrieverKind.bm25,
     model: ModelOption = None,
+    old_model: OldModelOption = None,
     doc_expansions: Annotated[
         Path | None, typer.Option("--doc-expansions", help="JSONL of {id, expansion} appended to documents.")
     ] = None,
@@ -273,6 +281,7 @@ def index_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
     """Build a retrieval index over a corpus and save it to --out."""
+    _refuse_old_model_option(old_model)
     from searchrl.retrieval.base import check_index_target
 
     check_index_target(out)
@@ -472,6 +481,7 @@ def eval_command(
     data_format: FormatOption = None,
     retriever: RetrieverOption = RetrieverKind.bm25,
     model: ModelOption = None,
+    old_model: OldModelOption = None,
     query_expansions: Annotated[
         Path | None, typer.Option("--query-expansions", help="JSONL of {id, expansion} appended to queries.")
     ] = None,
@@ -503,13 +513,14 @@ def eval_command(
 ) -> None:
     """Evaluate a retriever on a BEIR split or a corpus with --queries/--qrels (nDCG@10, recall@100, MRR@10, MAP),
     or score a TREC run file with --run."""
+    _refuse_old_model_option(old_model)
     measure_names = _parse_measures(measures)
     _check_output_file(per_query, "--per-query")
     _check_output_file(save_run, "--save-run")
     if run_file is not None:
         given = [name for name, value in (("--index", index), ("--query-expansions", query_expansions),
                  ("--doc-expansions", doc_expansions), ("--save-run", save_run), ("--queries", queries),
-                 ("--model", model)) if value is not None]
+                 ("--encoder", model)) if value is not None]
         if given:
             raise ConfigError(f"--run scores a finished run; {', '.join(given)} applies only when retrieving")
         with _readable_warnings(), _stdout_reserved_for_json(as_json):

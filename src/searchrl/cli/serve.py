@@ -60,8 +60,9 @@ def retriever_command(
         typer.Option("--retriever", "-r", help="bm25, dense or hybrid (default bm25; with --index, the index's kind)."),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="Dense encoder for dense/hybrid (default all-MiniLM-L6-v2).")
+        str | None, typer.Option("--encoder", help="Dense encoder for dense/hybrid (default all-MiniLM-L6-v2).")
     ] = None,
+    old_model: Annotated[str | None, typer.Option("--model", hidden=True, help="Renamed --encoder.")] = None,
     index: Annotated[
         Path | None, typer.Option("--index", help="Serve an index saved by `searchrl index` over --data instead of building one.")
     ] = None,
@@ -79,6 +80,8 @@ def retriever_command(
     log_level: LogLevelOption = "warning",
 ) -> None:
     """Serve a retriever over DATA with Search-R1's POST /retrieve protocol (and GET /health)."""
+    if old_model is not None:
+        raise ConfigError("--model is now --encoder (the dense encoder of dense/hybrid retrieval)")
     from searchrl.cli.retrieval import _check_expansion_ids, _check_index_matches, _readable_warnings, iter_documents
     from searchrl.data.expansions import load_expansions
     from searchrl.retrieval import build_retriever, load_retriever

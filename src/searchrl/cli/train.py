@@ -99,7 +99,7 @@ def train_coaug(
     settings = load_config(CoAugConfig, config, overrides)
     _resolve_models(
         (settings.model, "causal-lm"),
-        (settings.dense_model if settings.retriever == "dense" else None, "sentence-transformer"),
+        (settings.encoder if settings.retriever == "dense" else None, "sentence-transformer"),
     )
     run_dir = train_coaug_from_yaml(config, overrides, force=force)
     typer.echo(json.dumps(_run_summary(run_dir)) if json_ else str(run_dir))

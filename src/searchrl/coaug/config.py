@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from searchrl.augment import ExpansionPolicy
+from searchrl.augment.prompts import prompt_style_for
 from searchrl.llm.precision import Precision
 from searchrl.resolver import DEFAULT_ENCODER, DEFAULT_LLM
 from searchrl.config import refuse_renamed_keys
@@ -99,6 +100,9 @@ class GenerationSettings(_Section):
 class ExpansionSettings(_Section):
     """What an expansion is (shared with ``searchrl augment`` through ExpansionPolicy)."""
 
+    prompt_style: Literal["sparse", "dense"] | None = Field(
+        None, description="sparse: key terms; dense: a passage (None: follows retriever, bm25 -> sparse, dense -> dense)"
+    )
     think: bool = False
     prefill: bool = Field(True, description="the prompt opens the answer (<answer>, or <think> when thinking)")
     max_words: int = Field(64, ge=1)
@@ -140,8 +144,10 @@ class CoAugConfig(_Section):
     qrels_dir: str | None = Field(None, description="folder of <split>.tsv qrels files to use instead of DATA/qrels")
     max_train_queries: int | None = Field(None, ge=1, description="use only this many training queries (seeded)")
     mode: Literal["query", "document", "coaug"] = "coaug"
-    retriever: Literal["sparse", "dense"] = "sparse"
-    dense_model: str = Field(DEFAULT_ENCODER, description="encoder for retriever: dense")
+    retriever: Literal["bm25", "dense"] = Field(
+        "bm25", description="the retriever the reward and evaluation rank with (searchrl.retrieval.RetrieverKind; no hybrid)"
+    )
+    encoder: str = Field(DEFAULT_ENCODER, description="sentence-transformers model for retriever: dense")
     batch: BatchSettings = Field(default_factory=BatchSettings)
     bm25: BM25Settings = Field(default_factory=BM25Settings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
@@ -163,6 +169,8 @@ class CoAugConfig(_Section):
     @classmethod
     def _renamed_keys(cls, raw: Any) -> Any:
         refuse_renamed_keys(raw, RENAMED_KEYS)
+        if isinstance(raw, dict) and raw.get("retriever") == "sparse":
+            raise ValueError("retriever: sparse is now retriever: bm25 (the prompt style follows from it)")
         return raw
 
     @model_validator(mode="after")
@@ -179,7 +187,7 @@ class CoAugConfig(_Section):
         """The policy (prompts + parser) used in rollouts, rewards and evaluation."""
         e = self.expansion
         return ExpansionPolicy(
-            retriever=self.retriever,
+            prompt_style=e.prompt_style or prompt_style_for(self.retriever),
             think=e.think,
             prefill=e.prefill,
             max_words=e.max_words,
@@ -204,6 +212,7 @@ RESUMABLE_KEYS = (
 #: Keys of earlier versions and where each setting lives now (the same TRL knob has the same key
 #: in the co-augmentation and agent configs); a config that uses an old key is refused, naming the new one.
 RENAMED_KEYS = {
+    "dense_model": "encoder",
     "reward.bm25_k1": "bm25.k1",
     "reward.bm25_b": "bm25.b",
     "optim.steps": "grpo.steps",
@@ -233,6 +242,7 @@ def augment_flags(config: CoAugConfig) -> str:
     e = config.expansion
     flags = [
         f"--retriever {config.retriever}",
+        *([f"--prompt-style {e.prompt_style}"] if e.prompt_style else []),
         "--think" if e.think else "--no-think",
         "--prefill" if e.prefill else "--no-prefill",
         "--lenient" if e.lenient else "--strict",
@@ -250,10 +260,10 @@ __all__ = [
     "CoAugConfig",
     "EvalSettings",
     "ExpansionSettings",
-    "GenerationSettings",
-        "RENAMED_KEYS",
-    "RESUMABLE_KEYS",
     "CoAugGRPOSettings",
+    "GenerationSettings",
+    "RENAMED_KEYS",
+    "RESUMABLE_KEYS",
     "RewardSettings",
     "RoleScales",
     "augment_flags",

@@ -40,12 +40,12 @@ Mode = Literal["query", "document", "coaug"]
 class BatchScorer:
     """Scores expanded query texts against expanded document texts: BM25 (corpus IDF) or cosine.
 
-    ``retriever="sparse"`` uses :class:`~searchrl.coaug.bm25.InBatchBM25` with ``statistics``
+    ``retriever="bm25"`` uses :class:`~searchrl.coaug.bm25.InBatchBM25` with ``statistics``
     of the indexed (unexpanded) corpus; ``"dense"`` encodes with a
     :class:`~searchrl.retrieval.dense.DenseRetriever` (no embedding cache: texts change every step).
 
     >>> stats = CorpusStatistics.from_documents([Document("d1", "vitamin d and bone"), Document("d2", "heart")])
-    >>> scorer = BatchScorer("sparse", statistics=stats)
+    >>> scorer = BatchScorer("bm25", statistics=stats)
     >>> scorer.score(["bone vitamin"], ["vitamin d and bone", "heart"]).argmax()
     np.int64(0)
 
@@ -53,16 +53,16 @@ class BatchScorer:
     (:func:`~searchrl.data.query_text`); every expanded query the reward and dev evaluation
     score is joined by :meth:`query_text`, so both weight the query alike.
 
-    >>> BatchScorer("sparse", statistics=stats, query_repeat=2).query_text("bone", "calcium")
+    >>> BatchScorer("bm25", statistics=stats, query_repeat=2).query_text("bone", "calcium")
     'bone bone calcium'
     """
 
     def __init__(
         self,
-        retriever: Literal["sparse", "dense"],
+        retriever: Literal["bm25", "dense"],
         *,
         statistics: CorpusStatistics | None = None,
-        dense_model: str | None = None,
+        encoder: str | None = None,
         k1: float = 1.2,
         b: float = 0.75,
         unseen: str = "zero",
@@ -73,17 +73,17 @@ class BatchScorer:
         if query_repeat < 1:
             raise ConfigError(f"query_repeat must be at least 1, got {query_repeat}")
         self.query_repeat = query_repeat
-        if retriever == "sparse":
+        if retriever == "bm25":
             if statistics is None:
-                raise ConfigError("sparse scoring needs corpus statistics")
+                raise ConfigError("BM25 scoring needs corpus statistics")
             self.bm25 = InBatchBM25(statistics, k1=k1, b=b, unseen=unseen)
         elif retriever == "dense":
             from searchrl.retrieval.dense import DenseRetriever
             from searchrl.resolver import DEFAULT_ENCODER
 
-            self.dense = DenseRetriever(dense_model or DEFAULT_ENCODER, cache_dir=False, device=device)
+            self.dense = DenseRetriever(encoder or DEFAULT_ENCODER, cache_dir=False, device=device)
         else:
-            raise ConfigError(f"unknown retriever {retriever!r}", hint="use sparse or dense")
+            raise ConfigError(f"unknown retriever {retriever!r}", hint="use bm25 or dense")
 
     def query_text(self, query: str, expansion: str | None = None) -> str:
         """``query`` with its ``expansion``, the query weighted by :attr:`query_repeat`."""
@@ -91,7 +91,7 @@ class BatchScorer:
 
     def score(self, query_texts: Sequence[str], doc_texts: Sequence[str]) -> np.ndarray:
         """``[len(query_texts), len(doc_texts)]`` scores, higher = more relevant."""
-        if self.retriever == "sparse":
+        if self.retriever == "bm25":
             return self.bm25.score(list(query_texts), list(doc_texts))
         return cosine_score_matrix(self.dense.encode_queries(list(query_texts)), self.dense.encode_passages(list(doc_texts)))
 
@@ -237,7 +237,7 @@ class DevEvaluator:
         """
         ranked = len(self.candidate_ids)
         whole = ranked == len(self.corpus)
-        retriever = "BM25 with the whole corpus's statistics" if self.scorer.retriever == "sparse" else "dense cosine"
+        retriever = "BM25 with the whole corpus's statistics" if self.scorer.retriever == "bm25" else "dense cosine"
         of = f" (a seeded sample of {self.total_queries})" if self.total_queries and self.total_queries > len(self.queries) else ""
         parts = [
             f"{len(self.queries)} dev queries{of}",

@@ -37,7 +37,7 @@ def quickstart_config(data: str | Path, output_dir: str | Path, *, model: str | 
     config: dict[str, Any] = {
         "data": str(data),
         "mode": "coaug",
-        "retriever": "sparse",
+        "retriever": "bm25",
         "batch": {
             "queries_per_step": 2,
             "group_size": 6,

@@ -34,8 +34,8 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
     from searchrl.coaug.train import train_coaug
 
     started = time.time()
-    if config.retriever != "sparse":
-        raise ConfigError("the co-augmentation recipe evaluates with BM25", hint="set retriever: sparse")
+    if config.retriever != "bm25":
+        raise ConfigError("the co-augmentation recipe evaluates with BM25", hint="set retriever: bm25")
     out = Path(out)
     config = config.model_copy(update={"output_dir": str(out)})
     if eval_split == config.train_split:

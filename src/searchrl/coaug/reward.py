@@ -566,7 +566,7 @@ class CoAugReward:
     >>> corpus["d0"] = Document("d0", "vitamin d deficiency and bone fractures")
     >>> builder = CoAugBatchBuilder(corpus, {"q1": "vitamin d bone"}, {"q1": {"d0": 1}}, mode="query",
     ...                             queries_per_step=1, group_size=3, relevant_per_query=1)
-    >>> reward = CoAugReward(builder, ExpansionPolicy(), BatchScorer("sparse",
+    >>> reward = CoAugReward(builder, ExpansionPolicy(), BatchScorer("bm25",
     ...     statistics=CorpusStatistics.from_documents(corpus.values())), samples_per_prompt=2, rounds=4)
     >>> reward(prompts=[None, None], completions=[" fracture</answer>", " bone fracture"],
     ...        step=[0, 0], prompt_index=[0, 0], role=["query"] * 2, kind=["query"] * 2,

@@ -155,11 +155,11 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
     if config.wandb_project:
         run.enable_wandb(config.wandb_project)
     policy = config.expansion_policy()
-    statistics = CorpusStatistics.from_documents(data.corpus.values()) if config.retriever == "sparse" else None
+    statistics = CorpusStatistics.from_documents(data.corpus.values()) if config.retriever == "bm25" else None
     scorer = BatchScorer(
         config.retriever,
         statistics=statistics,
-        dense_model=config.dense_model,
+        encoder=config.encoder,
         k1=config.bm25.k1,
         b=config.bm25.b,
         unseen=config.reward.unseen_terms,

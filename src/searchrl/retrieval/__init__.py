@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from searchrl.errors import ConfigError, IndexFileError
-from searchrl.retrieval.base import MANIFEST_NAME, REBUILD_HINT, Hit, Retriever, read_manifest
+from searchrl.retrieval.base import (
+    MANIFEST_NAME,
+    REBUILD_HINT,
+    RETRIEVER_KIND_NAMES,
+    Hit,
+    Retriever,
+    RetrieverKind,
+    read_manifest,
+)
 from searchrl.retrieval.bm25 import BM25Analyzer, BM25Retriever
 from searchrl.retrieval.dense import DEFAULT_ENCODER, DenseRetriever, EmbeddingCache
 from searchrl.retrieval.hybrid import HybridRetriever, reciprocal_rank_fusion
@@ -35,6 +43,8 @@ __all__ = [
     "Hit",
     "HybridRetriever",
     "RETRIEVER_KINDS",
+    "RETRIEVER_KIND_NAMES",
+    "RetrieverKind",
     "Retriever",
     "build_retriever",
     "load_retriever",

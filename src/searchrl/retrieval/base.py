@@ -22,7 +22,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -31,6 +31,12 @@ from searchrl.errors import ConfigError, DataError, IndexFileError
 
 Hit = tuple[str, float]
 """``(doc_id, score)``; a search returns one list of hits per query, best first."""
+
+RetrieverKind = Literal["bm25", "dense", "hybrid"]
+"""The retriever kinds, one vocabulary for every command and config: BM25 (sparse), a
+sentence-transformers encoder (dense), or both fused by reciprocal rank (hybrid)."""
+
+RETRIEVER_KIND_NAMES: tuple[str, ...] = get_args(RetrieverKind)
 
 MANIFEST_NAME = "retriever.json"
 """The file every saved index directory starts with:
