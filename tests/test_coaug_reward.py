@@ -497,3 +497,35 @@ def test_reward_and_dev_evaluation_weight_the_query_by_query_repeat():
         dev[repeat] = evaluator._rank({"q1": "calcium milk dairy products intake"}, {})["mrr@10"]
     assert rewards[1][0] < 1.0 and rewards[3] == [1.0, 1.0]
     assert dev == {1: 0.5, 3: 1.0}
+
+
+def test_a_corpus_wide_pool_charges_expansions_for_the_documents_they_pull_up():
+    # An expansion of words only an off-topic document contains moves that document above the
+    # relevant one over the whole corpus (as evaluation ranks), but not inside a pool made of the
+    # query's own unexpanded top documents: only the corpus-wide pool charges for it.
+    from searchrl.augment import ExpansionPolicy
+    from searchrl.coaug.batch import CoAugBatchBuilder
+    from searchrl.coaug.evaluate import BatchScorer
+    from searchrl.coaug.reward import CoAugReward
+
+    corpus = {f"d{i}": Document(f"d{i}", f"filler text number {i}") for i in range(2, 8)}
+    corpus["d0"] = Document("d0", "vitamin d deficiency and bone fractures")
+    corpus["d1"] = Document("d1", "a list of synonyms and related concepts")
+    queries, qrels = {"q1": "vitamin bone"}, {"q1": {"d0": 1}}
+    scorer = BatchScorer("bm25", statistics=CorpusStatistics.from_documents(corpus.values()))
+    filler = " list of synonyms related concepts list synonyms</answer>"
+    rewards = {}
+    for name, options in (("own top documents", {"background": 3, "background_candidates": {"q1": ["d0"]}}),
+                          ("whole corpus", {"background_corpus": True})):
+        builder = CoAugBatchBuilder(corpus, queries, qrels, mode="query", queries_per_step=1, group_size=2,
+                                    relevant_per_query=1, **options)
+        batch = builder.build(0)
+        pool = sorted(item.item_id for item in batch.documents)
+        if name == "whole corpus":
+            assert pool == sorted(corpus)  # every document once, unexpanded, in no query's group
+            assert all(not i.expand and i.group == -1 for i in batch.documents if i.kind == "background")
+        reward = CoAugReward(builder, ExpansionPolicy(), scorer, samples_per_prompt=2, rounds=4)
+        rewards[name] = reward(prompts=[None, None], completions=[filler, filler], step=[0, 0], prompt_index=[0, 0],
+                               role=["query"] * 2, kind=["query"] * 2, item_id=["q1", "q1"], group=[0, 0])
+    assert rewards["own top documents"] == [1.0, 1.0]
+    assert rewards["whole corpus"][0] < 1.0

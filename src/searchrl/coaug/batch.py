@@ -132,6 +132,8 @@ class CoAugBatchBuilder:
             documents relevant to that query are skipped. Groups with too few candidates are
             filled with random negatives.
         background: unexpanded documents per query added to every pool (0: none).
+        background_corpus: every corpus document not in the step joins the pool unexpanded
+            (the query side is then ranked over the whole corpus, as evaluation ranks it).
         background_candidates: ``{query_id: [doc ids]}``, best first (a retriever's top results
             over the whole corpus, relevant documents included: they keep their grade).
         seed: the seed every draw derives from.
@@ -160,6 +162,7 @@ class CoAugBatchBuilder:
         hard_negative_candidates: Mapping[str, Sequence[str]] | None = None,
         background: int = 0,
         background_candidates: Mapping[str, Sequence[str]] | None = None,
+        background_corpus: bool = False,
         seed: int = 0,
     ) -> None:
         if mode not in MODES:
@@ -199,6 +202,7 @@ class CoAugBatchBuilder:
         self.hard_negative_candidates = hard_negative_candidates or {}
         self.background = background
         self.background_candidates = background_candidates or {}
+        self.background_corpus = background_corpus
         self.seed = seed
 
         self._relevant = self._relevant_documents()
@@ -287,10 +291,17 @@ class CoAugBatchBuilder:
         ]
 
     def _background(self, step_queries: Sequence[str], items: Sequence[BatchItem]) -> list[BatchItem]:
-        """Each step query's top-``background`` candidates not already in the step, unexpanded."""
+        """Each step query's top-``background`` candidates (or the whole corpus) not already in the step, unexpanded."""
+        seen = {item.item_id for item in items if item.role == "document"}
+        if self.background_corpus:
+            # Group -1: these documents belong to no query's group; they are every query's competitors.
+            return [
+                BatchItem("document", "background", doc_id, document_text(doc), -1, False)
+                for doc_id, doc in self.corpus.items()
+                if doc_id not in seen
+            ]
         if not self.background:
             return []
-        seen = {item.item_id for item in items if item.role == "document"}
         background: list[BatchItem] = []
         for group, query_id in enumerate(step_queries):
             for doc_id in list(self.background_candidates.get(query_id, ()))[: self.background]:

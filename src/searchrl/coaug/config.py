@@ -38,6 +38,11 @@ class BatchSettings(_Section):
         description="per query, its top-N unexpanded-BM25 documents over the whole corpus join every pool "
         "unexpanded (0: in-batch documents only, as CoAug)",
     )
+    background_corpus: bool = Field(
+        False,
+        description="every corpus document joins every pool unexpanded, so the query side is ranked over the whole "
+        "corpus as evaluation ranks it (replaces background; for corpora whose BM25 scoring fits a step)",
+    )
     skip_solved: bool = Field(
         False,
         description="leave out training queries the unexpanded retriever already ranks perfectly (nDCG@k = 1): "

@@ -179,6 +179,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         hard_negative_candidates=_prefixes(candidates, config.batch.hard_negative_depth),
         background=config.batch.background,
         background_candidates=candidates,
+        background_corpus=config.batch.background_corpus,
         seed=config.seed,
     )
     scales = AdvantageScales(**config.role_scales.model_dump())
