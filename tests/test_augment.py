@@ -534,8 +534,7 @@ def test_cli_prefill_flag_and_openai_continuation(beir_folder, tmp_path, fake_bu
     out = tmp_path / "openai"
     assert run_cli(["augment", "queries", "--data", str(beir_folder), "--out", str(out), "--model", "m",
                     "--engine", "openai", "--base-url", "http://localhost:1/v1", "--no-progress"]) == 0
-    # A server must continue the prefilled assistant message, not open a new turn after it.
-    assert fake_build_engine[-1][1]["extra_body"] == {"continue_final_message": True, "add_generation_prompt": False}
+    assert "extra_body" not in fake_build_engine[-1][1]  # the engine itself continues prefilled chats
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["settings"]["policy"]["prefill"] is True
     plain = tmp_path / "plain"

@@ -416,7 +416,7 @@ def test_selection_and_report_queries_are_disjoint_and_saved(tiny_lm_dir, tiny_b
 
 def test_dense_reward_training_end_to_end(tiny_lm_dir, tiny_st_dir, tiny_beir, tmp_path):
     """retriever: dense scores every query sample against every document sample by cosine."""
-    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", retriever="dense", dense_model=str(tiny_st_dir),
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", retriever="dense", encoder=str(tiny_st_dir),
                          grpo__steps=1, eval__every=1)
     setup = prepare_coaug(config)
     assert setup.reward.scorer.retriever == "dense"

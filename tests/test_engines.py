@@ -258,6 +258,18 @@ def test_openai_good_reply_and_request_mapping(server):
     assert server.headers[0]["Authorization"] == "Bearer k"
 
 
+def test_openai_continues_a_prefilled_assistant_message_and_opens_a_turn_otherwise(server):
+    server.reply(choice("one", stop_reason=None))
+    server.reply(choice("two", stop_reason=None))
+    engine = _openai(server)
+    prefilled = [*CHATS[0], {"role": "assistant", "content": "<answer>"}]
+    engine.generate([prefilled], SamplingParams())
+    engine.generate(CHATS[:1], SamplingParams())
+    continued, fresh = server.requests
+    assert (continued["continue_final_message"], continued["add_generation_prompt"]) == (True, False)
+    assert "continue_final_message" not in fresh and "add_generation_prompt" not in fresh
+
+
 def test_openai_puts_back_the_stop_string_the_server_reports(server):
     server.reply(choice("<search> tank", stop_reason="</search>"), choice("done", stop_reason=None))
     engine = _openai(server)

@@ -200,10 +200,6 @@ def _run(
             options["base_url"] = base_url
         if engine == "transformers":
             options["batch_size"] = batch_size
-        if engine == "openai" and prefill:
-            # OpenAI-compatible servers open a new assistant turn unless told to continue the
-            # final message; vLLM and SGLang accept these chat-template options.
-            options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         return build_engine(engine, model=model, **options)
 
     cluster = ExitStack()

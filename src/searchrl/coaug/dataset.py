@@ -22,6 +22,7 @@ from searchrl.coaug.batch import CoAugBatch, CoAugBatchBuilder
 from searchrl.coaug.config import CoAugConfig
 from searchrl.data.types import Document
 from searchrl.errors import ConfigError, DataError
+from searchrl.llm.engine import render_chat
 
 
 @dataclass
@@ -90,11 +91,7 @@ def render_training_prompt(tokenizer: Any, chat: Sequence[Mapping[str, str]]) ->
     beginning-of-sequence token that the template already wrote is taken off the text when the
     tokenizer would add it again.
     """
-    messages = [dict(message) for message in chat]
-    continue_last = messages[-1]["role"] == "assistant"
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=not continue_last, continue_final_message=continue_last
-    )
+    text = render_chat(tokenizer, chat)
     bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos):
         added = tokenizer("", add_special_tokens=True)["input_ids"]
@@ -107,11 +104,7 @@ def check_training_prompt(tokenizer: Any, chat: Sequence[Mapping[str, str]], tex
     """Raise :class:`~searchrl.errors.ModelError` unless TRL's tokenisation of ``text`` equals the engine's of ``chat``."""
     from searchrl.errors import ModelError
 
-    messages = [dict(message) for message in chat]
-    continue_last = messages[-1]["role"] == "assistant"
-    rendered = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=not continue_last, continue_final_message=continue_last
-    )
+    rendered = render_chat(tokenizer, chat)
     engine_ids = list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
     trainer_ids = list(tokenizer(text)["input_ids"])
     if engine_ids != trainer_ids:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -13,6 +13,32 @@ Message = dict[str, str]
 """``{"role": "system" | "user" | "assistant", "content": str}``."""
 
 Chat = list[Message]
+
+
+def continues_assistant_turn(chat: Sequence[Message]) -> bool:
+    """Whether generation continues ``chat``'s last message (an assistant prefill) instead of opening a turn."""
+    return bool(chat) and chat[-1].get("role") == "assistant"
+
+
+def chat_template_options(chat: Sequence[Message]) -> dict[str, bool]:
+    """The chat-template switches for ``chat``, the one rule every engine and the trainer follow.
+
+    A chat that ends with an assistant message (a prefill such as ``<answer>``) is continued;
+    any other chat gets a new assistant turn opened. The same keys are what vLLM's ``chat``,
+    ``apply_chat_template`` and OpenAI-compatible servers (vLLM, SGLang) take.
+
+    >>> chat_template_options([{"role": "user", "content": "q"}])
+    {'add_generation_prompt': True, 'continue_final_message': False}
+    >>> chat_template_options([{"role": "user", "content": "q"}, {"role": "assistant", "content": "<answer>"}])
+    {'add_generation_prompt': False, 'continue_final_message': True}
+    """
+    continued = continues_assistant_turn(chat)
+    return {"add_generation_prompt": not continued, "continue_final_message": continued}
+
+
+def render_chat(tokenizer: Any, chat: Sequence[Message]) -> str:
+    """``chat`` as the prompt text a generation starts from (see :func:`chat_template_options`)."""
+    return tokenizer.apply_chat_template([dict(m) for m in chat], tokenize=False, **chat_template_options(chat))
 
 
 class SamplingParams(BaseModel):

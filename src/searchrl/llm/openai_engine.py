@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from searchrl.errors import EngineError
-from searchrl.llm.engine import Chat, GenerationEngine, SamplingParams
+from searchrl.llm.engine import Chat, GenerationEngine, SamplingParams, chat_template_options, continues_assistant_turn
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _WARNED_HOSTS: set[str] = set()
@@ -177,6 +177,10 @@ class OpenAIEngine(GenerationEngine):
             body["seed"] = params.seed
         if params.repetition_penalty != 1.0:
             body["repetition_penalty"] = params.repetition_penalty
+        if continues_assistant_turn(chat):
+            # Servers open a new assistant turn unless told to continue the final message (a
+            # prefill such as <answer>); vLLM and SGLang take the chat-template switches.
+            body.update(chat_template_options(chat))
         body.update(self.extra_body)
         return body
 

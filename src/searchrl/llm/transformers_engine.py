@@ -14,7 +14,7 @@ from typing import Any
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from searchrl.errors import EngineError, ModelError
-from searchrl.llm.engine import Chat, Completion, GenerationEngine, SamplingParams
+from searchrl.llm.engine import Chat, Completion, GenerationEngine, SamplingParams, render_chat
 from searchrl.resolver import DEFAULT_LLM, resolve_with_adapter
 
 # Upper bound on floats in one logits block when log-probabilities are recomputed.
@@ -102,10 +102,7 @@ class TransformersEngine(GenerationEngine):
                 f"the tokenizer of {self.model_name!r} has no chat template",
                 hint="use an instruction-tuned model, or set tokenizer.chat_template",
             )
-        continue_last = chat[-1]["role"] == "assistant"
-        text = self.tokenizer.apply_chat_template(
-            list(chat), tokenize=False, add_generation_prompt=not continue_last, continue_final_message=continue_last
-        )
+        text = render_chat(self.tokenizer, chat)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompts: Sequence[Chat], params: SamplingParams) -> list[list[str]]:

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from searchrl.errors import EngineError
-from searchrl.llm.engine import Chat, Completion, GenerationEngine, SamplingParams
+from searchrl.llm.engine import (
+    Chat,
+    Completion,
+    GenerationEngine,
+    SamplingParams,
+    chat_template_options,
+    continues_assistant_turn,
+)
 from searchrl.resolver import DEFAULT_LLM, resolve_with_adapter
 
 # The LoRA ranks vLLM accepts for ``max_lora_rank``.
@@ -134,7 +141,7 @@ class VLLMEngine(GenerationEngine):
         # A chat ending with an assistant message is continued rather than answered; vLLM takes
         # that choice per call, so the two kinds of chats go in separate calls.
         for continue_last in (False, True):
-            indices = [i for i, chat in enumerate(prompts) if (chat[-1].get("role") == "assistant") == continue_last]
+            indices = [i for i, chat in enumerate(prompts) if continues_assistant_turn(chat) == continue_last]
             if not indices:
                 continue
             outputs = llm.chat(
@@ -142,8 +149,7 @@ class VLLMEngine(GenerationEngine):
                 sampling_params=sampling,
                 use_tqdm=False,
                 lora_request=self.lora_request,
-                add_generation_prompt=not continue_last,
-                continue_final_message=continue_last,
+                **chat_template_options(prompts[indices[0]]),
             )
             for i, output in zip(indices, outputs):
                 results[i] = [choice.text for choice in output.outputs]
