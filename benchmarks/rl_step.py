@@ -2,8 +2,13 @@
 
 Run (from the project root):
 
-    python3 benchmarks/rl_step.py                       # coaug-cpu step shapes, 3 repetitions
-    python3 benchmarks/rl_step.py --repeats 2 --threads 2
+    python3 benchmarks/rl_step.py                       # both trainers' CPU step shapes, 3 repetitions
+    python3 benchmarks/rl_step.py --repeats 2 --threads 2 --trainers coaug
+
+Both trainers are measured: ``coaug`` is a step of ``coaug-cpu`` (its query prompts, G samples of
+at most 24 tokens); ``agent`` is the longest turn of an ``agent-cpu`` episode (the system prompt,
+the question, one search and its two passages, then up to 64 answer tokens) for 2 questions x 8
+episodes, the recipe's GRPO shape.
 
 One co-augmentation step of ``configs/coaug-cpu`` is: sampling ``samples`` expansions for each of
 ``prompts`` prompts (real SciFact queries and documents, the recipe's prompts), then the policy
@@ -51,7 +56,7 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> flo
 
 
 def step_prompts(prompts: int, samples: int) -> tuple[list, list[str]]:
-    """The chats of one coaug-cpu step: each query prompt and its group's document prompts."""
+    """The chats of one coaug-cpu step: each query prompt (and, in mode coaug, its group's document prompts)."""
     from searchrl.coaug.config import CoAugConfig
     from searchrl.config import load_config
     from searchrl.data.beir import load_beir
@@ -70,12 +75,40 @@ def step_prompts(prompts: int, samples: int) -> tuple[list, list[str]]:
             break
         chats.append(policy.prompt("query", data.queries[query_id]))
         roles.append("query")
+        if config.mode == "query":
+            continue  # coaug-cpu expands queries only: documents enter the pool as they are
         for _ in range(group - 1):
             if len(chats) >= prompts:
                 break
             chats.append(policy.prompt("document", document_text(next(docs))))
             roles.append("document")
     return chats, roles, config
+
+
+def agent_prompts(prompts: int) -> list:
+    """The chats of the answer turn of ``prompts`` agent-cpu episodes: question, a search, its passages."""
+    from searchrl.agent.config import load_agent_config
+    from searchrl.agent.protocol import SYSTEM_PROMPT, format_information, user_prompt
+    from searchrl.agent.tool import build_search_tool
+    from searchrl.data.beir import load_corpus
+    from searchrl.data.qa import load_qa
+    from searchrl.paths import shared_data_dir
+
+    config = load_agent_config("agent-cpu")
+    data = shared_data_dir() / "apollo13"
+    corpus = load_corpus(data / "corpus.jsonl")
+    tool = build_search_tool(corpus, config.tool)
+    chats = []
+    for example in load_qa(data / "questions.jsonl")[:prompts]:
+        query = " ".join(example.question.split()[:6])
+        information = format_information(tool.search(query).text)
+        chats.append([
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": user_prompt(example.question)},
+            {"role": "assistant", "content": f"<search>{query}</search>"},
+            {"role": "user", "content": information},
+        ])
+    return chats
 
 
 def one_step(model, tokenizer, chats, samples: int, max_new_tokens: int, optimizer) -> dict[str, float]:
@@ -136,10 +169,37 @@ def logprob_gap(model_bf16, model_fp32, tokenizer, chats) -> dict[str, float]:
     return {"mean_abs": float(diff.mean()), "max_abs": float(diff.max()), "tokens": int(diff.numel())}
 
 
+def measure(models, optimizers, tokenizer, chats, samples: int, max_new_tokens: int, repeats: int) -> dict:
+    """Median seconds of each part of a step, fp32 and bf16 interleaved, and what they buy."""
+    runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+    for _ in range(repeats):
+        for name in ("fp32", "bf16"):
+            runs[name].append(one_step(models[name], tokenizer, chats, samples, max_new_tokens, optimizers[name]))
+    parameters = sum(p.numel() for p in models["fp32"].parameters())
+    result: dict = {"step": {"prompts": len(chats), "samples_per_prompt": samples, "max_new_tokens": max_new_tokens}}
+    for name, steps in runs.items():
+        median = {key: statistics.median(step[key] for step in steps) for key in steps[0]}
+        total = median["generation_s"] + median["forward_backward_s"] + median["update_s"]
+        flops = 2 * parameters * median["sequence_tokens"] * 3  # forward + backward, a rough bound
+        result[name] = {
+            **{key: round(value, 3) for key, value in median.items()},
+            "step_s": round(total, 3),
+            "generated_tokens_per_s": round(median["completion_tokens"] / median["generation_s"], 1),
+            "trained_tokens_per_s": round(median["sequence_tokens"] / median["forward_backward_s"], 1),
+            "completions_per_cpu_hour": round(3600 * median["completions"] / total, 1),
+            "forward_backward_gflops_achieved": round(flops / median["forward_backward_s"] / 1e9, 1),
+        }
+    result["bf16_over_fp32_completions_per_hour"] = round(
+        result["bf16"]["completions_per_cpu_hour"] / result["fp32"]["completions_per_cpu_hour"], 2
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=12, help="expanded prompts per step (coaug-cpu: 2 x 6)")
-    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--trainers", default="coaug,agent", help="comma-separated: coaug, agent")
+    parser.add_argument("--prompts", type=int, default=4, help="coaug: expanded query prompts per step (coaug-cpu: 4)")
+    parser.add_argument("--samples", type=int, default=6, help="coaug: samples per prompt (coaug-cpu: 6)")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
@@ -166,37 +226,25 @@ def main() -> None:
         optimizers[name] = torch.optim.AdamW([p for p in models[name].parameters() if p.requires_grad], lr=1e-5)
 
     gap = logprob_gap(models["bf16"], models["fp32"], tokenizer, chats)  # before training: same weights
-    runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
-    for _ in range(args.repeats):
-        for name in ("fp32", "bf16"):
-            runs[name].append(one_step(models[name], tokenizer, chats, args.samples, args.max_new_tokens, optimizers[name]))
-
-    parameters = sum(p.numel() for p in models["fp32"].parameters())
     result: dict = {
-        "model": MODEL, "step": {"prompts": len(chats), "roles": {r: roles.count(r) for r in set(roles)},
-                                 "samples_per_prompt": args.samples, "max_new_tokens": args.max_new_tokens},
+        "model": MODEL,
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "load_average_1min_at_end": os.getloadavg()[0]},
+                    "platform": platform.platform(), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "matmul_gflops": {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)},
-        "parameters": parameters,
+        "parameters": sum(p.numel() for p in models["fp32"].parameters()),
+        "logprob_gap_bf16_vs_fp32": gap,
     }
-    for name, steps in runs.items():
-        median = {key: statistics.median(step[key] for step in steps) for key in steps[0]}
-        total = median["generation_s"] + median["forward_backward_s"] + median["update_s"]
-        flops = 2 * parameters * median["sequence_tokens"] * 3  # forward + backward, a rough bound
-        result[name] = {
-            **{key: round(value, 3) for key, value in median.items()},
-            "step_s": round(total, 3),
-            "generated_tokens_per_s": round(median["completion_tokens"] / median["generation_s"], 1),
-            "trained_tokens_per_s": round(median["sequence_tokens"] / median["forward_backward_s"], 1),
-            "completions_per_cpu_hour": round(3600 * median["completions"] / total, 1),
-            "forward_backward_gflops_achieved": round(flops / median["forward_backward_s"] / 1e9, 1),
-        }
-    result["bf16_over_fp32_completions_per_hour"] = round(
-        result["bf16"]["completions_per_cpu_hour"] / result["fp32"]["completions_per_cpu_hour"], 2
-    )
-    result["logprob_gap_bf16_vs_fp32"] = gap
+    trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
+    if "coaug" in trainers:
+        result["coaug"] = measure(models, optimizers, tokenizer, chats, args.samples, args.max_new_tokens, args.repeats)
+        result["coaug"]["step"]["roles"] = {r: roles.count(r) for r in set(roles)}
+    if "agent" in trainers:
+        agent_chats = agent_prompts(2)
+        result["agent"] = measure(models, optimizers, tokenizer, agent_chats, 8, 64, args.repeats)
+        result["agent"]["step"]["prompt_tokens"] = [
+            len(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)) for chat in agent_chats
+        ]
+    result["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rl_step.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

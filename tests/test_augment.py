@@ -510,6 +510,29 @@ def test_cli_retriever_kind_sets_the_prompt_style(beir_folder, tmp_path, fake_bu
         assert message in " ".join(capsys.readouterr().err.split())
 
 
+def test_cli_augment_corpus_reads_every_corpus_format_and_asks_for_format_when_ambiguous(
+    tmp_path, fake_build_engine, capsys
+):
+    from searchrl.data.expansions import load_expansions
+
+    ambiguous = tmp_path / "corpus.jsonl"
+    ambiguous.write_text(json.dumps({"id": "a", "contents": "Title\nbody"}) + "\n"
+                         + json.dumps({"id": "b", "contents": "one line"}) + "\n")
+    assert run_cli(["augment", "corpus", "--data", str(ambiguous), "--out", str(tmp_path / "x"), "--model", "m"]) == 2
+    assert "--format flashrag" in " ".join(capsys.readouterr().err.split())
+    out = tmp_path / "pyserini"
+    assert run_cli(["augment", "corpus", "--data", str(ambiguous), "--format", "pyserini", "--out", str(out),
+                    "--model", "m", "--no-progress"]) == 0
+    assert set(load_expansions(out / "expansions.jsonl")) == {"a", "b"}
+    assert json.loads((out / "manifest.json").read_text())["source"]["format"] == "pyserini"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("# Tank\nThe oxygen tank exploded.\n")
+    assert run_cli(["augment", "corpus", "--data", str(notes), "--out", str(tmp_path / "md"), "--model", "m",
+                    "--no-progress"]) == 0
+    assert len(load_expansions(tmp_path / "md" / "expansions.jsonl")) == 1
+
+
 def test_a_policy_stored_under_the_old_field_name_still_loads():
     assert ExpansionPolicy.model_validate({"retriever": "dense"}).prompt_style == "dense"
 

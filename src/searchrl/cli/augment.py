@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from searchrl.cli.retrieval import FormatOption
 from searchrl.errors import ConfigError, DataError
 
 augment_app = typer.Typer(
@@ -249,8 +250,11 @@ def _run(
 
 @augment_app.command("corpus")
 def augment_corpus(
-    data: DataOption,
+    data: Annotated[
+        Path, typer.Option("--data", help="BEIR folder, corpus .jsonl (BEIR, Pyserini, FlashRAG), text/Markdown files or hf:OWNER/NAME.")
+    ],
     out: OutOption,
+    data_format: FormatOption = None,
     model: ModelOption = None,
     engine: EngineOption = "auto",
     base_url: BaseUrlOption = None,
@@ -275,11 +279,13 @@ def augment_corpus(
     ray_workers: RayWorkersOption = None,
 ) -> None:
     """Expand every document of a corpus (title + text) for indexing with --doc-expansions."""
-    from searchrl.data.beir import iter_corpus
+    from searchrl.cli.retrieval import iter_documents
     from searchrl.data.types import document_text
 
-    items = {doc.id: document_text(doc) for doc in iter_corpus(data)}
+    items = {doc.id: document_text(doc) for doc in iter_documents(data, format=data_format)}
     source = {"data": str(data.resolve()), "items": "corpus"}
+    if data_format is not None:
+        source["format"] = data_format.value
     if ids is not None:
         items = {item_id: items[item_id] for item_id in _read_ids(ids, items)}
         source["ids_file"] = str(ids.resolve())
