@@ -69,3 +69,25 @@ def test_recipe_command_prints_one_json_object(tiny_lm_dir, tmp_path, capsys):
           "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert printed["eval_split"] == "test" and printed["num_queries"] == 1
+
+
+def test_checkpoints_chosen_on_held_out_training_queries_leave_all_of_dev_for_reporting(tiny_lm_dir, tmp_path):
+    from searchrl.coaug.train import prepare_coaug
+
+    data = tiny_beir_with_test(tmp_path / "beir")
+    out = tmp_path / "run"
+    config = tiny_config(tiny_lm_dir, data, out, grpo__steps=1, eval__every=1, mode="query", grpo__micro_batch_size=4,
+                         eval__select_on="train", eval__max_queries=2)
+    setup = prepare_coaug(config)
+    selection = DevSelection.load(out / "selection.json")
+    assert selection.select_split == "train" and len(selection.select) == 2
+    assert sorted(setup.evaluator.queries) == sorted(selection.select)  # they choose the checkpoint ...
+    assert not set(selection.select) & set(setup.builder.queries)  # ... and are never trained on
+    assert len(setup.builder.queries) == 6 - 2
+    assert sorted(selection.report) == ["q6", "q7"]  # every judged dev query only reports
+    setup.run.close()
+    summary = recipe_module.run_coaug_recipe(config, eval_split="dev", out=out)
+    assert summary["num_queries"] == 2 and "chosen on held-out training queries" in summary["queries"]
+    assert summary["selection"].startswith("2 train queries held out of RL training")
+    with pytest.raises(Exception, match="needs eval.max_queries"):
+        tiny_config(tiny_lm_dir, data, out, eval__select_on="train", eval__max_queries=None)

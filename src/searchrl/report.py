@@ -7,7 +7,7 @@ one panel, with all runs overlaid and told apart by a legend:
   ``…_relevant_doc``, ``…_negative_doc``; agent: ``train/rewards/<term>/mean``);
 * **Zero-std groups**: the fraction of GRPO groups whose rewards were all equal (they teach
   nothing), and the reward standard deviation;
-* **Dev metric**: nDCG/recall/MRR@k, EM, F1, judge accuracy; the best checkpoint is starred;
+* **Selection metric** (`dev/…` in `metrics.jsonl`, the evaluation that chooses `best/`): nDCG/recall/MRR@k, EM, F1, judge accuracy; the best checkpoint is starred;
 * **Expansion length / searches**: words per expansion, searches and retries per episode;
 * **Step time**: seconds per optimiser step, seconds per rollout.
 
@@ -68,13 +68,14 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("Reward", r"train/rewards/(.+)/mean", "reward term: {0}"),
     Quantity("Zero-std groups", r"train/frac_reward_zero_std", "fraction of groups with zero reward std"),
     Quantity("Zero-std groups", r"train/reward_std", "reward std"),
-    Quantity("Dev metric", r"dev/(ndcg@\d+|recall@\d+|mrr@\d+|map|em|f1|judge)", "dev {0}"),
+    # dev/... is the evaluation that chooses best/: part of dev, or held-out training queries (selection.json).
+    Quantity("Selection metric", r"dev/(ndcg@\d+|recall@\d+|mrr@\d+|map|em|f1|judge)", "selection {0}"),
     Quantity("Expansion length / searches", r"train/coaug/expansion_words", "words per expansion (training)"),
-    Quantity("Expansion length / searches", r"dev/(query|doc)_expansion_words", "words per {0} expansion (dev)"),
+    Quantity("Expansion length / searches", r"dev/(query|doc)_expansion_words", "words per {0} expansion (selection)"),
     Quantity("Expansion length / searches", r"rollout/searches_per_episode", "searches per episode (rollouts)"),
     Quantity("Expansion length / searches", r"rollout/retry_rate", "episodes with a retry (rollouts)"),
-    Quantity("Expansion length / searches", r"dev/searches_per_episode", "searches per episode (dev)"),
-    Quantity("Expansion length / searches", r"dev/retries_per_episode", "retries per episode (dev)"),
+    Quantity("Expansion length / searches", r"dev/searches_per_episode", "searches per episode (selection)"),
+    Quantity("Expansion length / searches", r"dev/retries_per_episode", "retries per episode (selection)"),
     Quantity("Step time", r"train/step_time", "seconds per optimiser step"),
     Quantity("Step time", r"rollout/seconds", "seconds per rollout"),
 )

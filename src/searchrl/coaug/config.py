@@ -116,15 +116,22 @@ class ExpansionSettings(_Section):
 
 
 class EvalSettings(_Section):
-    """Dev evaluation while training, on the *selection* part of dev (see ``report_fraction``)."""
+    """Evaluation while training, on the *selection* queries: part of dev, or held-out training queries."""
 
-    every: int = Field(10, ge=1, description="evaluate dev every N steps")
+    every: int = Field(10, ge=1, description="evaluate the selection queries every N steps")
+    select_on: Literal["dev", "train"] = Field(
+        "dev",
+        description="dev: choose checkpoints on part of dev (report_fraction says how much only reports); "
+        "train: on max_queries seeded training queries taken out of RL training, so all of dev only reports",
+    )
     report_fraction: float = Field(
         0.5, ge=0.0, lt=1.0,
         description="share of the judged dev queries held out from checkpoint selection and used only to report "
         "results (seeded); the checkpoint is chosen on the rest",
     )
-    max_queries: int | None = Field(100, ge=1, description="selection queries evaluated (None: all of them)")
+    max_queries: int | None = Field(
+        100, ge=1, description="selection queries evaluated (None: all of them; with select_on: train, required)"
+    )
     candidate_docs: int | None = Field(
         500, ge=1, description="documents in the evaluation slice (None: the whole corpus)"
     )
@@ -177,6 +184,12 @@ class CoAugConfig(_Section):
         if isinstance(raw, dict) and raw.get("retriever") == "sparse":
             raise ValueError("retriever: sparse is now retriever: bm25 (the prompt style follows from it)")
         return raw
+
+    @model_validator(mode="after")
+    def _check_selection(self) -> "CoAugConfig":
+        if self.eval.select_on == "train" and self.eval.max_queries is None:
+            raise ValueError("eval.select_on: train needs eval.max_queries (how many training queries choose checkpoints)")
+        return self
 
     @model_validator(mode="after")
     def _check_group(self) -> "CoAugConfig":

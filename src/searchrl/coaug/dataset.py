@@ -170,6 +170,32 @@ class DevSelection:
 
     select: list[str]
     report: list[str]
+    select_split: str = "dev"
+    """The split the ``select`` queries come from: ``dev``, or ``train`` (held out of RL training)."""
+
+    @classmethod
+    def held_out_training(
+        cls, train_queries: Mapping[str, str], train_qrels: Mapping[str, Mapping[str, int]], count: int,
+        dev_queries: Mapping[str, str], dev_qrels: Mapping[str, Mapping[str, int]], *, seed: int = 0,
+    ) -> "DevSelection":
+        """``count`` seeded judged training queries choose checkpoints; every judged dev query only reports.
+
+        >>> qrels = {f"t{i}": {"d": 1} for i in range(10)}
+        >>> s = DevSelection.held_out_training({q: "x" for q in qrels}, qrels, 4, {"v1": "x"}, {"v1": {"d": 1}})
+        >>> len(s.select), s.report, s.select_split
+        (4, ['v1'], 'train')
+        """
+        judged = [q for q in train_queries if any(g > 0 for g in train_qrels.get(q, {}).values())]
+        if count >= len(judged):
+            raise ConfigError(
+                f"cannot hold out {count} of the {len(judged)} judged training queries to choose checkpoints "
+                "and train on the rest",
+                hint="lower eval.max_queries",
+            )
+        order = np.random.default_rng([seed, 3]).permutation(len(judged))
+        chosen = {judged[i] for i in order[:count]}
+        report = [q for q in dev_queries if any(g > 0 for g in dev_qrels.get(q, {}).values())]
+        return cls([q for q in judged if q in chosen], report, "train")
 
     @classmethod
     def split(cls, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], report_fraction: float,
@@ -189,13 +215,13 @@ class DevSelection:
         return cls([q for q in judged if q not in report], [q for q in judged if q in report])
 
     def save(self, path: Path) -> None:
-        payload = {"select": self.select, "report": self.report}
+        payload = {"select_split": self.select_split, "select": self.select, "report": self.report}
         path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> "DevSelection":
         payload = json.loads(path.read_text(encoding="utf-8"))
-        return cls(list(payload["select"]), list(payload["report"]))
+        return cls(list(payload["select"]), list(payload["report"]), payload.get("select_split", "dev"))
 
 
 __all__ = [

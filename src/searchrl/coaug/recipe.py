@@ -62,7 +62,7 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
         "eval_split": eval_split,
         "num_queries": len(queries),
         "queries": note,
-        "selection": f"{config.dev_split} split, selection queries (see {out / 'selection.json'})",
+        "selection": _selection_note(config, out),
         "checkpoint": {"path": str(out / "best"), "step": None if best is None else best.get("step"),
                        "selection_value": None if best is None else best.get("value")},
         "mode": config.mode,
@@ -81,8 +81,10 @@ def _evaluation_queries(config: CoAugConfig, out: Path, split: str) -> tuple[dic
     dataset = load_beir(config.data, split)
     judged = [q for q in dataset.queries if any(g > 0 for g in dataset.qrels.get(q, {}).values())]
     note = f"all {len(judged)} judged queries of {split}"
-    if split == config.dev_split:
-        selection = DevSelection.load(out / "selection.json")
+    selection = DevSelection.load(out / "selection.json")
+    if split == config.dev_split and selection.select_split == "train":
+        note = f"all {len(judged)} judged queries of {split} (checkpoints were chosen on held-out training queries)"
+    elif split == config.dev_split:
         if not selection.report:
             raise ConfigError(
                 f"every {split} query took part in choosing the checkpoint (eval.report_fraction is 0)",
@@ -91,6 +93,15 @@ def _evaluation_queries(config: CoAugConfig, out: Path, split: str) -> tuple[dic
         judged = [q for q in judged if q in set(selection.report)]
         note = f"the {len(judged)} {split} queries held out from checkpoint selection (report part)"
     return {q: dataset.queries[q] for q in judged}, {q: dataset.qrels[q] for q in judged}, note
+
+
+def _selection_note(config: CoAugConfig, out: Path) -> str:
+    """Which queries chose the checkpoint (for the result's ``selection``)."""
+    selection = DevSelection.load(out / "selection.json")
+    if selection.select_split == "train":
+        return (f"{len(selection.select)} {config.train_split} queries held out of RL training "
+                f"(see {out / 'selection.json'})")
+    return f"{config.dev_split} split, {len(selection.select)} selection queries (see {out / 'selection.json'})"
 
 
 def _corpus(config: CoAugConfig):

@@ -35,7 +35,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,15 @@ log = logging.getLogger(__name__)
 
 
 def dev_evaluator(
-    config: CoAugConfig, data: CoAugData, scorer: BatchScorer, query_ids: Sequence[str], *, max_queries: int | None
+    config: CoAugConfig, data: CoAugData, scorer: BatchScorer, query_ids: Sequence[str], *, max_queries: int | None,
+    split: str = "dev",
 ) -> DevEvaluator:
-    """A :class:`DevEvaluator` over ``query_ids`` of the dev split, sliced as ``config.eval`` says."""
+    """A :class:`DevEvaluator` over ``query_ids`` of ``split`` (dev, or train for held-out training queries)."""
+    queries, qrels = (data.train_queries, data.train_qrels) if split == "train" else (data.dev_queries, data.dev_qrels)
     return DevEvaluator.build(
         data.corpus,
-        {q: data.dev_queries[q] for q in query_ids},
-        data.dev_qrels,
+        {q: queries[q] for q in query_ids},
+        qrels,
         scorer,
         config.expansion_policy(),
         mode=config.mode,
@@ -165,6 +167,16 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         unseen=config.reward.unseen_terms,
         query_repeat=config.bm25.query_repeat,
     )
+    if config.eval.select_on == "train":
+        selection = DevSelection.held_out_training(
+            data.train_queries, data.train_qrels, config.eval.max_queries or 0, data.dev_queries, data.dev_qrels,
+            seed=config.seed,
+        )
+        held_out = set(selection.select)
+        selecting = data  # the held-out training queries are evaluated, never trained on
+        data = replace(data, train_queries={q: t for q, t in data.train_queries.items() if q not in held_out})
+    else:
+        selection = DevSelection.split(data.dev_queries, data.dev_qrels, config.eval.report_fraction, seed=config.seed)
     candidates = _top_candidates(config, data, scorer)
     train_queries = _informative_queries(config, data, scorer, candidates)
     builder = CoAugBatchBuilder(
@@ -196,9 +208,11 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         merge_duplicates=config.reward.merge_duplicates,
         seed=config.seed,
     )
-    selection = DevSelection.split(data.dev_queries, data.dev_qrels, config.eval.report_fraction, seed=config.seed)
     selection.save(run.path / "selection.json")
-    evaluator = dev_evaluator(config, data, scorer, selection.select, max_queries=config.eval.max_queries)
+    if selection.select_split == "train":
+        evaluator = dev_evaluator(config, selecting, scorer, selection.select, max_queries=None, split="train")
+    else:
+        evaluator = dev_evaluator(config, data, scorer, selection.select, max_queries=config.eval.max_queries)
     (run.path / "expansion_policy.json").write_text(policy.model_dump_json(indent=2) + "\n", encoding="utf-8")
     baseline_path = run.path / "baseline.json"
     if not baseline_path.exists():
