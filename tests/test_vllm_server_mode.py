@@ -101,3 +101,36 @@ def test_agent_server_rollouts_refuse_several_training_processes(tiny_lm_dir):
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
     with pytest.raises(ConfigError, match="one training process"):
         trainer_policy(fake_trainer(tokenizer, FakeClient([]), processes=2))
+
+
+def test_colocated_agent_turns_share_the_engines_sampling_mapping_without_a_shared_seed(tiny_lm_dir, monkeypatch):
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from searchrl.agent.rollout import TrainerVLLMPolicy, trainer_policy
+
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = lambda **kwargs: types.SimpleNamespace(**kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    sent = []
+
+    class FakeLLM:
+        def generate(self, prompts, sampling_params=None, use_tqdm=False):
+            sent.append(sampling_params)
+            step = {5: types.SimpleNamespace(logprob=-0.5)}
+            choice = types.SimpleNamespace(token_ids=[5], text="x</search>", logprobs=[step], finish_reason="stop",
+                                           stop_reason="</search>")
+            return [types.SimpleNamespace(outputs=[choice]) for _ in prompts]
+
+    trainer = fake_trainer(AutoTokenizer.from_pretrained(str(tiny_lm_dir)), None)
+    trainer.vllm_generation = types.SimpleNamespace(mode="colocate", llm=FakeLLM(), enable_sleep_mode=False,
+                                                    tensor_parallel_size=1)
+    policy = trainer_policy(trainer)
+    assert isinstance(policy, TrainerVLLMPolicy)
+    params = SamplingParams(n=4, temperature=0.7, top_p=0.9, max_new_tokens=5, stop=["</search>"], seed=3)
+    [turn] = policy.generate_turns([[1, 2]], params)
+    assert (turn.finish, turn.logprobs) == ("stop", [-0.5])
+    mapped = vars(sent[0])
+    assert (mapped["n"], mapped["seed"], mapped["logprobs"], mapped["include_stop_str_in_output"]) == (1, None, 0, True)
+    assert (mapped["temperature"], mapped["top_p"], mapped["max_tokens"], mapped["stop"]) == (0.7, 0.9, 5, ["</search>"])

@@ -79,17 +79,11 @@ class TrainerVLLMPolicy:
         self.context_length: int | None = getattr(config, "max_position_embeddings", None)
 
     def generate_turns(self, token_id_lists: Sequence[Sequence[int]], params: SamplingParams) -> list[TurnOutput]:
-        from vllm import SamplingParams as VLLMSamplingParams
+        from searchrl.llm.vllm_engine import vllm_sampling_params
 
-        sampling = VLLMSamplingParams(
-            n=1,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_new_tokens,
-            stop=list(params.stop),
-            include_stop_str_in_output=True,
-            logprobs=0,
-        )
+        # No per-request seed: the episodes of one question send the same prompt, and a shared
+        # seed would make the whole GRPO group sample the same tokens.
+        sampling = vllm_sampling_params(params.model_copy(update={"n": 1, "seed": None}), logprobs=True)
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(ids)} for ids in token_id_lists], sampling_params=sampling, use_tqdm=False
         )

@@ -76,6 +76,25 @@ def lora_rank_limit(rank: int) -> int:
     raise EngineError(f"LoRA rank {rank} is above vLLM's largest ({_LORA_RANKS[-1]})")
 
 
+def vllm_sampling_params(params: SamplingParams, *, logprobs: bool = False):
+    """The ``vllm.SamplingParams`` equivalent of ``params`` (stop strings kept in the text).
+
+    One mapping for the engine and for agent rollouts in TRL's colocated vLLM.
+    """
+    vllm = _import_vllm()
+    return vllm.SamplingParams(
+        n=params.n,
+        temperature=params.temperature,  # vLLM decodes greedily at 0, as searchrl does
+        top_p=params.top_p,
+        max_tokens=params.max_new_tokens,
+        stop=list(params.stop) or None,
+        include_stop_str_in_output=True,
+        seed=params.seed,
+        repetition_penalty=params.repetition_penalty,
+        logprobs=0 if logprobs else None,
+    )
+
+
 class VLLMEngine(GenerationEngine):
     """A model served in-process by vLLM.
 
@@ -119,19 +138,9 @@ class VLLMEngine(GenerationEngine):
         self.context_length: int | None = getattr(model_config, "max_model_len", None)
 
     def sampling_params(self, params: SamplingParams, *, logprobs: bool = False):
-        """The ``vllm.SamplingParams`` equivalent of ``params`` (stop strings kept in the text)."""
-        vllm = _import_vllm()
-        return vllm.SamplingParams(
-            n=params.n,
-            temperature=params.temperature,  # vLLM decodes greedily at 0, as searchrl does
-            top_p=params.top_p,
-            max_tokens=params.max_new_tokens,
-            stop=list(params.stop) or None,
-            include_stop_str_in_output=True,
-            seed=params.seed,
-            repetition_penalty=params.repetition_penalty,
-            logprobs=0 if logprobs else None,
-        )
+        """The ``vllm.SamplingParams`` equivalent of ``params`` (see :func:`vllm_sampling_params`)."""
+        return vllm_sampling_params(params, logprobs=logprobs)
+
 
     def generate(self, prompts: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
         """For each chat, ``params.n`` completion texts (see :class:`GenerationEngine`)."""
