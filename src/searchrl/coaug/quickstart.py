@@ -38,13 +38,18 @@ def quickstart_config(data: str | Path, output_dir: str | Path, *, model: str | 
         "data": str(data),
         "mode": "coaug",
         "retriever": "bm25",
+        # The query held twice before its expansion (query2doc's weighting): appended once, the
+        # small model's expansions outweigh short queries (see coaug-cpu).
+        "bm25": {"query_repeat": 2},
         "batch": {
             "queries_per_step": 2,
             "group_size": 6,
             "relevant_per_query": 1,
             "hard_negatives": 4,
             "hard_negative_depth": 5,
-            "background": 50,
+            # Every corpus document competes in every pool: an expansion is charged for the
+            # documents it pulls up from anywhere, as evaluation would (see docs/DEVIATIONS.md).
+            "background_corpus": True,
             "skip_solved": True,
         },
         "reward": {"rounds": 64},
