@@ -111,7 +111,14 @@ def agent_prompts(prompts: int) -> list:
     return chats
 
 
-def one_step(model, tokenizer, chats, samples: int, max_new_tokens: int, optimizer) -> dict[str, float]:
+def completion_logprobs(model, ids, mask, width: int):
+    """Log-probabilities of the completion tokens, without materialising a full-vocabulary log-softmax copy."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, width - 1 : -1]
+    picked = logits.gather(-1, ids[:, width:, None]).squeeze(-1).float()
+    return picked - torch.logsumexp(logits.float(), dim=-1)
+
+
+def one_step(model, tokenizer, chats, samples: int, max_new_tokens: int, optimizer, micro_batch: int = 8) -> dict[str, float]:
     from searchrl.coaug.dataset import render_training_prompt
 
     texts = [render_training_prompt(tokenizer, chat) for chat in chats]
@@ -129,13 +136,12 @@ def one_step(model, tokenizer, chats, samples: int, max_new_tokens: int, optimiz
     attention = (generated != tokenizer.pad_token_id).long()
     attention[:, : batch["input_ids"].shape[1]] = batch["attention_mask"].repeat_interleave(samples, 0)
     completion_tokens = int(attention[:, batch["input_ids"].shape[1]:].sum())
-    # policy forward + backward (token-mean surrogate on completion tokens), micro-batches of 8
+    # policy forward + backward (token-mean surrogate on completion tokens), in micro-batches
     start = time.perf_counter()
     width = batch["input_ids"].shape[1]
-    for chunk in range(0, generated.shape[0], 8):
-        ids, mask = generated[chunk : chunk + 8], attention[chunk : chunk + 8]
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, width - 1 : -1].float()
-        logps = torch.log_softmax(logits, -1).gather(-1, ids[:, width:, None]).squeeze(-1)
+    for chunk in range(0, generated.shape[0], micro_batch):
+        ids, mask = generated[chunk : chunk + micro_batch], attention[chunk : chunk + micro_batch]
+        logps = completion_logprobs(model, ids, mask, width)
         loss = -(logps * mask[:, width:]).sum() / mask[:, width:].sum()
         loss.backward()
     backward = time.perf_counter() - start
@@ -169,12 +175,15 @@ def logprob_gap(model_bf16, model_fp32, tokenizer, chats) -> dict[str, float]:
     return {"mean_abs": float(diff.mean()), "max_abs": float(diff.max()), "tokens": int(diff.numel())}
 
 
-def measure(models, optimizers, tokenizer, chats, samples: int, max_new_tokens: int, repeats: int) -> dict:
+def measure(models, optimizers, tokenizer, chats, samples: int, max_new_tokens: int, repeats: int,
+            micro_batch: int = 8) -> dict:
     """Median seconds of each part of a step, fp32 and bf16 interleaved, and what they buy."""
     runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
     for _ in range(repeats):
         for name in ("fp32", "bf16"):
-            runs[name].append(one_step(models[name], tokenizer, chats, samples, max_new_tokens, optimizers[name]))
+            runs[name].append(
+                one_step(models[name], tokenizer, chats, samples, max_new_tokens, optimizers[name], micro_batch)
+            )
     parameters = sum(p.numel() for p in models["fp32"].parameters())
     result: dict = {"step": {"prompts": len(chats), "samples_per_prompt": samples, "max_new_tokens": max_new_tokens}}
     for name, steps in runs.items():
@@ -240,7 +249,8 @@ def main() -> None:
         result["coaug"]["step"]["roles"] = {r: roles.count(r) for r in set(roles)}
     if "agent" in trainers:
         agent_chats = agent_prompts(2)
-        result["agent"] = measure(models, optimizers, tokenizer, agent_chats, 8, 64, args.repeats)
+        # agent-cpu trains 4 sequences per forward/backward (grpo.micro_batch_size)
+        result["agent"] = measure(models, optimizers, tokenizer, agent_chats, 8, 64, args.repeats, micro_batch=4)
         result["agent"]["step"]["prompt_tokens"] = [
             len(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)) for chat in agent_chats
         ]
