@@ -118,6 +118,13 @@ def completion_logprobs(model, ids, mask, width: int):
     return picked - torch.logsumexp(logits.float(), dim=-1)
 
 
+def prompt_tokens(tokenizer, chats) -> list[int]:
+    """Tokens of each chat as the trainer renders it."""
+    from searchrl.llm.engine import render_chat
+
+    return [len(tokenizer(render_chat(tokenizer, chat), add_special_tokens=False)["input_ids"]) for chat in chats]
+
+
 def one_step(model, tokenizer, chats, samples: int, max_new_tokens: int, optimizer, micro_batch: int = 8) -> dict[str, float]:
     from searchrl.coaug.dataset import render_training_prompt
 
@@ -251,9 +258,7 @@ def main() -> None:
         agent_chats = agent_prompts(2)
         # agent-cpu trains 4 sequences per forward/backward (grpo.micro_batch_size)
         result["agent"] = measure(models, optimizers, tokenizer, agent_chats, 8, 64, args.repeats, micro_batch=4)
-        result["agent"]["step"]["prompt_tokens"] = [
-            len(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)) for chat in agent_chats
-        ]
+        result["agent"]["step"]["prompt_tokens"] = prompt_tokens(tokenizer, agent_chats)
     result["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rl_step.json").write_text(json.dumps(result, indent=2) + "\n")
