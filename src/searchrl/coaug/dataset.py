@@ -154,6 +154,11 @@ def build_step_dataset(builder: CoAugBatchBuilder, policy: ExpansionPolicy, step
     return Dataset.from_list(rows)
 
 
+def _judged(queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """The queries with at least one relevant document, in query order."""
+    return [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
+
+
 @dataclass(frozen=True)
 class DevSelection:
     """Which dev queries choose the checkpoint (``select``) and which only report results (``report``).
@@ -185,7 +190,7 @@ class DevSelection:
         >>> len(s.select), s.report, s.select_split
         (4, ['v1'], 'train')
         """
-        judged = [q for q in train_queries if any(g > 0 for g in train_qrels.get(q, {}).values())]
+        judged = _judged(train_queries, train_qrels)
         if count >= len(judged):
             raise ConfigError(
                 f"cannot hold out {count} of the {len(judged)} judged training queries to choose checkpoints "
@@ -194,13 +199,12 @@ class DevSelection:
             )
         order = np.random.default_rng([seed, 3]).permutation(len(judged))
         chosen = {judged[i] for i in order[:count]}
-        report = [q for q in dev_queries if any(g > 0 for g in dev_qrels.get(q, {}).values())]
-        return cls([q for q in judged if q in chosen], report, "train")
+        return cls([q for q in judged if q in chosen], _judged(dev_queries, dev_qrels), "train")
 
     @classmethod
     def split(cls, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], report_fraction: float,
               *, seed: int = 0) -> "DevSelection":
-        judged = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
+        judged = _judged(queries, qrels)
         if not judged:
             raise ConfigError("the dev split has no query with a relevant document", hint="check the dev qrels")
         report_count = int(round(len(judged) * report_fraction))
