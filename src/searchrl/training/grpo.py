@@ -56,32 +56,11 @@ class GRPOSettings(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to TRL's GRPOConfig as is")
 
     def trl_options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`build_grpo_config` for these settings."""
-        return dict(
-            max_steps=self.steps,
-            num_generations=self.num_generations,
-            micro_batch_size=self.micro_batch_size,
-            num_iterations=self.num_iterations,
-            learning_rate=self.learning_rate,
-            lr_scheduler_type=self.lr_scheduler_type,
-            warmup_steps=self.warmup_steps,
-            max_grad_norm=self.max_grad_norm,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            beta=self.beta,
-            epsilon=self.epsilon,
-            epsilon_high=self.epsilon_high,
-            save_steps=self.save_steps,
-            save_total_limit=self.save_total_limit,
-            use_vllm=self.use_vllm,
-            vllm_mode=self.vllm_mode,
-            vllm_server_base_url=self.vllm_server_base_url,
-            vllm_server_host=self.vllm_server_host,
-            vllm_server_port=self.vllm_server_port,
-            vllm_server_timeout=self.vllm_server_timeout,
-            vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization,
-            gradient_checkpointing=self.gradient_checkpointing,
-        )
+        """Keyword arguments of :func:`build_grpo_config` for these settings (its names are the fields'; ``steps``
+        is ``max_steps``; ``extra`` is the caller's to merge; a subclass's own fields are left out)."""
+        shared = [name for name in GRPOSettings.model_fields if name not in ("steps", "extra")]
+        return {"max_steps": self.steps, **{name: getattr(self, name) for name in shared}}
+
 
 def vllm_available() -> bool:
     """Whether the ``vllm`` package is importable (checked without importing it)."""
@@ -222,25 +201,21 @@ def build_grpo_config(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    if want_vllm and vllm_mode == "server":
-        options.update(
-            use_vllm=True,
-            vllm_mode="server",
-            vllm_server_base_url=vllm_server_base_url,
-            vllm_server_host=vllm_server_host,
-            vllm_server_port=vllm_server_port,
-            vllm_server_timeout=vllm_server_timeout,
-        )
-    elif want_vllm:
-        options.update(
-            use_vllm=True,
-            vllm_mode="colocate",
-            vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
-        )
-    elif vllm_mode == "server":
+    if vllm_mode == "server" and not want_vllm:
         raise ConfigError(
             "vllm_mode 'server' needs vLLM", hint="set grpo.use_vllm: true (or auto on a GPU with vllm installed)"
         )
+    if want_vllm:
+        options.update(use_vllm=True, vllm_mode=vllm_mode)
+        if vllm_mode == "server":
+            options.update(
+                vllm_server_base_url=vllm_server_base_url,
+                vllm_server_host=vllm_server_host,
+                vllm_server_port=vllm_server_port,
+                vllm_server_timeout=vllm_server_timeout,
+            )
+        else:
+            options.update(vllm_gpu_memory_utilization=vllm_gpu_memory_utilization)
     options.update(extra or {})
     try:
         return GRPOConfig(**options)
