@@ -67,7 +67,8 @@ RetrieverOption = Annotated[
 OldModelOption = Annotated[str | None, typer.Option("--model", hidden=True, help="Renamed --encoder.")]
 
 
-def _refuse_old_model_option(value: str | None) -> None:
+def refuse_old_model_option(value: str | None) -> None:
+    """``--model`` on the retrieval commands named the dense encoder; it is ``--encoder`` now."""
     if value is not None:
         raise ConfigError("--model is now --encoder (the dense encoder of dense/hybrid retrieval)")
 
@@ -281,7 +282,7 @@ def index_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
     """Build a retrieval index over a corpus and save it to --out."""
-    _refuse_old_model_option(old_model)
+    refuse_old_model_option(old_model)
     from searchrl.retrieval.base import check_index_target
 
     check_index_target(out)
@@ -513,7 +514,7 @@ def eval_command(
 ) -> None:
     """Evaluate a retriever on a BEIR split or a corpus with --queries/--qrels (nDCG@10, recall@100, MRR@10, MAP),
     or score a TREC run file with --run."""
-    _refuse_old_model_option(old_model)
+    refuse_old_model_option(old_model)
     measure_names = _parse_measures(measures)
     _check_output_file(per_query, "--per-query")
     _check_output_file(save_run, "--save-run")

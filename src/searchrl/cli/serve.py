@@ -28,7 +28,7 @@ from searchrl.cli.agent import (
     TemperatureOption,
     TurnTokensOption,
 )
-from searchrl.cli.retrieval import RetrieverKind
+from searchrl.cli.retrieval import OldModelOption, RetrieverKind, refuse_old_model_option
 from searchrl.errors import ConfigError
 from searchrl.progress import stderr_console
 from searchrl.serve.http import DEFAULT_HOST, DEFAULT_PORT
@@ -62,7 +62,7 @@ def retriever_command(
     model: Annotated[
         str | None, typer.Option("--encoder", help="Dense encoder for dense/hybrid (default all-MiniLM-L6-v2).")
     ] = None,
-    old_model: Annotated[str | None, typer.Option("--model", hidden=True, help="Renamed --encoder.")] = None,
+    old_model: OldModelOption = None,
     index: Annotated[
         Path | None, typer.Option("--index", help="Serve an index saved by `searchrl index` over --data instead of building one.")
     ] = None,
@@ -80,8 +80,7 @@ def retriever_command(
     log_level: LogLevelOption = "warning",
 ) -> None:
     """Serve a retriever over DATA with Search-R1's POST /retrieve protocol (and GET /health)."""
-    if old_model is not None:
-        raise ConfigError("--model is now --encoder (the dense encoder of dense/hybrid retrieval)")
+    refuse_old_model_option(old_model)
     from searchrl.cli.retrieval import _check_expansion_ids, _check_index_matches, _readable_warnings, iter_documents
     from searchrl.data.expansions import load_expansions
     from searchrl.retrieval import build_retriever, load_retriever
