@@ -529,3 +529,17 @@ def test_a_corpus_wide_pool_charges_expansions_for_the_documents_they_pull_up():
                                role=["query"] * 2, kind=["query"] * 2, item_id=["q1", "q1"], group=[0, 0])
     assert rewards["own top documents"] == [1.0, 1.0]
     assert rewards["whole corpus"][0] < 1.0
+
+
+def test_bm25_analyses_a_repeated_document_text_once_and_scores_the_same():
+    stats = CorpusStatistics.from_documents([Document("d1", "vitamin d and bone"), Document("d2", "heart attack")])
+    bm25 = InBatchBM25(stats)
+    analysed = []
+    tokenize = bm25.analyzer.tokenize
+    bm25.analyzer.tokenize = lambda texts: analysed.extend(texts) or tokenize(texts)
+    docs = ["vitamin d and bone", "heart attack", "vitamin d and bone"]
+    first = bm25.score(["bone vitamin"], docs)
+    again = bm25.score(["heart"], docs)
+    assert [t for t in analysed if t in docs] == ["vitamin d and bone", "heart attack"]
+    assert first[0, 0] == first[0, 2] > first[0, 1] and again[0, 1] > again[0, 0]
+    assert np.array_equal(first, InBatchBM25(stats).score(["bone vitamin"], docs))

@@ -40,6 +40,9 @@ STATISTICS_VERSION = 1
 
 UnseenTerms = Literal["zero", "rare"]
 
+_TOKEN_CACHE_LIMIT = 500_000
+"""Analysed document texts :class:`InBatchBM25` keeps (a few times a large corpus; cleared when full)."""
+
 
 @dataclass(frozen=True)
 class CorpusStatistics:
@@ -217,6 +220,9 @@ class InBatchBM25:
         self.k1 = float(k1)
         self.b = float(b)
         self._analyzer = analyzer
+        # Unexpanded documents (the background pool, the evaluation's corpus) come back every
+        # step with the same text: analyse each text once.
+        self._token_cache: dict[str, list[str]] = {}
 
     @property
     def analyzer(self) -> Any:
@@ -225,8 +231,17 @@ class InBatchBM25:
         return self._analyzer
 
     def score(self, query_texts: Sequence[str], doc_texts: Sequence[str]) -> np.ndarray:
-        """``[len(query_texts), len(doc_texts)]`` scores of raw texts (analysed here)."""
-        return self.score_tokens(self.analyzer.tokenize(list(query_texts)), self.analyzer.tokenize(list(doc_texts)))
+        """``[len(query_texts), len(doc_texts)]`` scores of raw texts (analysed here, documents once per text)."""
+        return self.score_tokens(self.analyzer.tokenize(list(query_texts)), self._document_tokens(doc_texts))
+
+    def _document_tokens(self, texts: Sequence[str]) -> list[list[str]]:
+        cache = self._token_cache
+        if len(cache) > _TOKEN_CACHE_LIMIT:
+            cache.clear()  # expanded texts are new every step; keep memory bounded
+        new = list(dict.fromkeys(t for t in texts if t not in cache))
+        if new:
+            cache.update(zip(new, self.analyzer.tokenize(new)))
+        return [cache[t] for t in texts]
 
     def score_tokens(self, query_tokens: Sequence[Sequence[str]], doc_tokens: Sequence[Sequence[str]]) -> np.ndarray:
         """``[len(query_tokens), len(doc_tokens)]`` float64 scores of analysed token lists."""
