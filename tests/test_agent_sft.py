@@ -8,10 +8,12 @@ import pytest
 
 from searchrl.agent.episode import ChatFormat
 from searchrl.agent.protocol import format_information
+from searchrl.agent.noise import NoiseConfig
 from searchrl.agent.sft import (
     SFTConfig,
     answer_shown,
     build_transcripts,
+    check_played,
     keyword_query,
     masked_batch,
     masked_lm_loss,
@@ -99,6 +101,21 @@ def test_played_transcripts_mask_exactly_the_model_turns(tool, tokenizer):
         env_ids = [t for t, m in zip(episode.completion_ids, episode.completion_mask) if not m]
         results = [format_information(s["text"]) for s in episode.searches]
         assert env_ids == [i for content in results for i in fmt.user_turn_ids(content)]
+
+
+def test_transcripts_built_with_a_noisy_tool_play_as_built(tokenizer):
+    # Every search is noised by a key drawn from the episode and turn it is played in; a transcript
+    # checked under other keys would meet other noise when played and be dropped as unplayable.
+    corpus = {k: Document(k, v) for k, v in DOCS.items()}
+    noisy = SearchTool(build_retriever("bm25").index(list(corpus.values()), show_progress=False), corpus, k=1,
+                       noise=NoiseConfig(replace_prob=0.5), seed=3)
+    # Distinct question texts: a scripted policy finds its transcript by the question.
+    questions = [QAExample(f"{q.id}-{n}", q.question.replace("?", f" ({'abcdef'[n]})?"), q.answers, q.gold_ids)
+                 for n in range(6) for q in QUESTIONS[:4]]
+    transcripts, counts = build_transcripts(questions, noisy, retry_fraction=0.5, retry_after_miss=True, seed=0)
+    assert counts["retry_after_miss"] > 0 and counts["direct"] > 0  # the noise made some first searches miss
+    episodes = play_transcripts(transcripts, tokenizer, noisy)
+    assert all(check_played(transcripts, episodes))
 
 
 def test_masked_loss_equals_the_library_loss(tool, tokenizer, tiny_lm_dir):

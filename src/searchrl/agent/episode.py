@@ -278,6 +278,16 @@ class _State:
 # The loop
 
 
+def search_key(sample_key: str, turn: int) -> str:
+    """The key that seeds the tool's noise for the search written in assistant turn ``turn`` (1 = first)
+    of the episode ``sample_key`` (``"<id>#<n>"``).
+
+    >>> search_key("q7#0", 2)
+    'q7#0:2'
+    """
+    return f"{sample_key}:{turn}"
+
+
 def _sample_keys(examples: Sequence[QAExample]) -> list[str]:
     """``"<id>#<n>"``: the n-th copy of a question (GRPO repeats each question once per sample)."""
     seen: dict[str, int] = {}
@@ -430,7 +440,7 @@ def _run_searches(
 ) -> None:
     """Search for every state's last query; append results, or end the episode (tool failure, no room)."""
     queries = [parse_turn(state.messages[-1]["content"]).searches[-1] for state in states]
-    keys = [f"{state.key}:{state.turns}" for state in states]
+    keys = [search_key(state.key, state.turns) for state in states]
     try:
         results: list = tool.search_batch(queries, step=step, keys=keys)
     except ToolError:

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from searchrl.agent.episode import EpisodeConfig, EpisodeResult, ScriptedPolicy, run_episodes
+from searchrl.agent.episode import EpisodeConfig, EpisodeResult, ScriptedPolicy, run_episodes, search_key
 from searchrl.agent.protocol import user_prompt
 from searchrl.agent.tool import SearchTool
 from searchrl.data.types import QAExample
@@ -205,11 +205,20 @@ def build_transcripts(
     wants_retry = rng.random(len(examples)) < retry_fraction
     thought_picks = rng.integers(0, 1 << 16, size=(len(examples), 2))
 
-    queries = full_queries + [q for q in partial_queries if q is not None]
-    results = tool.search_batch(queries, keys=[f"sft:{i}" for i in range(len(queries))])
+    # Each search is keyed as the played episode will key it (first or second search of the question's
+    # episode), so a noisy tool shows the transcript exactly the results it is later played with.
+    first, second = ([search_key(_transcript_key(e), turn) for e in examples] for turn in (1, 2))
+    has_partial = [i for i, q in enumerate(partial_queries) if q is not None]
+    results = tool.search_batch(
+        full_queries + [partial_queries[i] for i in has_partial] + [full_queries[i] for i in has_partial],
+        keys=first + [first[i] for i in has_partial] + [second[i] for i in has_partial],
+    )
     full_results = results[: len(examples)]
-    partial_iter = iter(results[len(examples) :])
-    partial_results = [next(partial_iter) if q is not None else None for q in partial_queries]
+    partial_results: list[Any] = [None] * len(examples)
+    full_after_partial: list[Any] = [None] * len(examples)
+    for n, i in enumerate(has_partial):
+        partial_results[i] = results[len(examples) + n]
+        full_after_partial[i] = results[len(examples) + len(has_partial) + n]
     second_chances = _second_chances(examples, full_results, tool) if retry_after_miss else {}
 
     transcripts: list[Transcript] = []
@@ -237,22 +246,27 @@ def build_transcripts(
         if not answer_shown(example.answers, full_results[i].text):
             counts["skipped_answer_not_shown"] += 1
             continue
-        answer_turn = _answer_turn(example.answers[0], hit_ranks[0])
-        partial = partial_results[i]
-        if wants_retry[i] and partial is not None and not gold.intersection(partial.doc_ids):
+        partial, retried = partial_results[i], full_after_partial[i]
+        retry_rank = _shows_answer(example, retried) if retried is not None else None
+        if wants_retry[i] and partial is not None and not gold.intersection(partial.doc_ids) and retry_rank is not None:
             retry_thought = _RETRY_THOUGHTS[thought_picks[i, 1] % len(_RETRY_THOUGHTS)]
             turns = (
                 _search_turn(partial.query, first_thought),
                 _search_turn(full_queries[i], retry_thought),
-                answer_turn,
+                _answer_turn(example.answers[0], retry_rank),
             )
             transcripts.append(Transcript(example, turns, "retry", (partial.query, full_queries[i])))
             counts["retry"] += 1
         else:
-            turns = (_search_turn(full_queries[i], first_thought), answer_turn)
+            turns = (_search_turn(full_queries[i], first_thought), _answer_turn(example.answers[0], hit_ranks[0]))
             transcripts.append(Transcript(example, turns, "direct", (full_queries[i],)))
             counts["direct"] += 1
     return transcripts, counts
+
+
+def _transcript_key(example: QAExample) -> str:
+    """The sample key a transcript's episode gets when played (each question is played once)."""
+    return f"{example.id}#0"
 
 
 def _shows_answer(example: QAExample, result: Any) -> int | None:
@@ -272,7 +286,7 @@ def _second_chances(examples: Sequence[QAExample], full_results: Sequence[Any], 
     ]
     if not asks:
         return {}
-    found = tool.search_batch([q for _, q in asks], keys=[f"sft-alt:{n}" for n in range(len(asks))])
+    found = tool.search_batch([q for _, q in asks], keys=[search_key(_transcript_key(examples[i]), 2) for i, _ in asks])
     chances: dict[int, tuple[Any, int]] = {}
     for (i, _), result in zip(asks, found):
         if i not in chances:
