@@ -172,6 +172,27 @@ def test_trl_reward_functions_read_episode_records_and_dataset_columns():
     }
 
 
+def test_recovery_retry_pays_a_retry_that_found_what_the_first_search_missed():
+    turns = ["<search>crew</search>", "<search>commander Apollo 13</search>", "<answer>Haise</answer>"]
+    recovered = record(turns, [["c9"], ["c2"]])  # a wrong answer: recovery is judged by retrieval alone
+    assert retry_reward(recovered, mode="recovery", gold_ids=["c2"]) == 1.0
+    assert retry_reward(record(turns, [["c2"], ["c2"]]), mode="recovery", gold_ids=["c2"]) == 0.0  # first search had it
+    assert retry_reward(record(turns, [["c9"], ["c8"]]), mode="recovery", gold_ids=["c2"]) == 0.0  # the retry found nothing
+    unanswered = record(turns[:2], [["c9"], ["c2"]], finish="turn_limit")
+    assert retry_reward(unanswered, mode="recovery", gold_ids=["c2"]) == 0.0
+    assert retry_reward(HONEST, mode="recovery", gold_ids=["c2"]) == 0.0  # one search is no retry
+    assert retry_reward(recovered, mode="recovery") is None  # no gold ids: not applicable
+
+    # Through TRL's functions: a question without gold ids leaves retry and retrieval out, the rest counts.
+    columns = dict(episode=[recovered, recovered], answers=[ANSWERS] * 2, gold_ids=[["c2"], []],
+                   question=["q"] * 2, trainer_state=None, log_extra=None, log_metric=None)
+    functions, _ = build_reward_functions(RewardWeights(retry_mode="recovery"))
+    scores = {f.__name__: f(prompts=["p"] * 2, completions=[None, None], **columns) for f in functions}
+    assert scores["retry_reward"] == [1.0, None] and scores["retrieval_reward"] == [1.0, None]
+    assert scores["correctness_reward"] == [0.0, 0.0] and scores["format_reward"][1] is not None
+    assert episode_rewards(recovered, ANSWERS, ["c2"], RewardWeights(retry_mode="recovery"))["retry"] == 1.0
+
+
 def test_trl_judge_reward_makes_one_batched_call():
     engine = RecordingJudge("YES")
     judge = LLMJudge(engine, policy_model="policy")

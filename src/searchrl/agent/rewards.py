@@ -26,6 +26,7 @@ from searchrl.agent.protocol import final_answer, parse_turn
 from searchrl.errors import ConfigError
 
 Metric = Literal["em", "f1", "judge"]
+RetryMode = Literal["sound", "paper", "recovery"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -208,11 +209,12 @@ def retry_reward(
     episode: Any,
     answers: str | Sequence[str] | None = None,
     *,
-    mode: Literal["sound", "paper"] = "sound",
+    mode: RetryMode = "sound",
     metric: Metric = "em",
     correct: bool | None = None,
     judge: Any = None,
     max_searches: int = 5,
+    gold_ids: Sequence[str] = (),
 ) -> float | None:
     """Reward for searching again.
 
@@ -225,6 +227,13 @@ def retry_reward(
     search plus 0.15 per further search, counting at most ``max_searches``; halved if any turn
     holds several searches. It pays whether or not the answer is right, so it can be gamed.
 
+    ``mode="recovery"``: 1.0 when the episode ends with an answer, its first search returned no
+    gold document and a later search did — the retry that repaired a failed search, judged by
+    retrieval, not by the answer. A small model answers correctly too rarely for the sound
+    reward to fire; this one fires whenever a retry finds what the first search missed, and a
+    retry after a successful first search earns nothing. ``None`` without ``gold_ids`` or
+    retrieved ids (not applicable).
+
     >>> two_searches = ["<search>a</search>", "<search>b</search>", "<answer>Lovell</answer>"]
     >>> retry_reward(two_searches, ["Lovell"])
     0.25
@@ -232,6 +241,10 @@ def retry_reward(
     0.0
     >>> retry_reward(two_searches, mode="paper")
     0.5
+    >>> record = {"messages": [{"role": "assistant", "content": "<answer>Lovell</answer>"}],
+    ...           "searches": [{"doc_ids": ["c7"]}, {"doc_ids": ["c2"]}], "finish_reason": "answered"}
+    >>> retry_reward(record, mode="recovery", gold_ids=["c2"]), retry_reward(record, mode="recovery", gold_ids=["c7"])
+    (1.0, 0.0)
     """
     view = episode_view(episode)
     if view.tool_failed:
@@ -246,8 +259,15 @@ def retry_reward(
         if any(len(parse_turn(t).searches) > 1 for t in view.assistant_turns):
             value /= 2
         return round(value, 10)
+    if mode == "recovery":
+        if not gold_ids or view.retrieved is None:
+            return None
+        gold = set(gold_ids)
+        found = [bool(gold.intersection(ids)) for ids in view.retrieved]
+        answered = final_answer(view.assistant_turns) is not None
+        return float(answered and len(found) > 1 and not found[0] and any(found[1:]))
     if mode != "sound":
-        raise ConfigError(f"unknown retry mode {mode!r}", hint="use sound or paper")
+        raise ConfigError(f"unknown retry mode {mode!r}", hint="use sound, paper or recovery")
     if correct is None:
         if answers is None:
             raise ConfigError("the sound retry reward needs the reference answers (or correct=...)")
@@ -394,7 +414,10 @@ class RewardWeights(BaseModel):
     retry: float = 1.0
     retrieval: float = 1.0
     metric: Metric = Field("em", description="correctness metric: em, f1 or judge")
-    retry_mode: Literal["sound", "paper"] = "sound"
+    retry_mode: RetryMode = Field(
+        "sound", description="sound: correct answer after a retry; paper: ReZero's formula; recovery: a retry found "
+        "the gold document the first search missed (see retry_reward)"
+    )
     max_searches: int = Field(5, ge=1)
 
 
@@ -486,6 +509,11 @@ class RewardScorer:
         if "retry" in self.terms:
             if weights.retry_mode == "paper":
                 scores["retry"] = [retry_reward(e, mode="paper", max_searches=weights.max_searches) for e in episodes]
+            elif weights.retry_mode == "recovery":
+                scores["retry"] = [
+                    retry_reward(e, mode="recovery", gold_ids=_column(columns, "gold_ids", i) or ())
+                    for i, e in enumerate(episodes)
+                ]
             else:
                 threshold = 0.5 if weights.metric == "f1" else 1.0
                 scores["retry"] = [
@@ -496,11 +524,12 @@ class RewardScorer:
             scores["retrieval"] = [retrieval_reward(e, _column(columns, "gold_ids", i) or ()) for i, e in enumerate(episodes)]
 
         # Any failed term (tool error, unreadable judge verdict, or a needed correctness that
-        # failed) makes the whole sample unscorable; a retrieval None without gold ids does not.
+        # failed) makes the whole sample unscorable; a retrieval (or recovery) None without gold ids does not.
+        not_applicable = {"retrieval", "retry"} if weights.retry_mode == "recovery" else {"retrieval"}
         failed = [
             episode_view(e).tool_failed
             or (needs_answers and correct[i] is None)
-            or any(scores[t][i] is None for t in scores if t != "retrieval")
+            or any(scores[t][i] is None for t in scores if t not in not_applicable)
             for i, e in enumerate(episodes)
         ]
         for values in scores.values():
@@ -580,8 +609,9 @@ def episode_rewards(
             mode=weights.retry_mode,
             max_searches=weights.max_searches,
             correct=None if correct is None else correct >= (0.5 if weights.metric == "f1" else 1.0),
+            gold_ids=gold_ids,
         )
-        if correct is not None or weights.retry_mode == "paper"
+        if correct is not None or weights.retry_mode != "sound"
         else None,
         "retrieval": retrieval_reward(episode, gold_ids),
     }
