@@ -23,7 +23,7 @@ from searchrl.errors import EngineError  # noqa: E402
 from searchrl.llm import build_engine  # noqa: E402
 from searchrl.llm.engine import GenerationEngine  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]  # one local cluster, on one test worker
 
 # Classes defined here travel to the Ray workers by value (the workers cannot import tests/).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
