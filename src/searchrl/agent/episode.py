@@ -278,6 +278,16 @@ class _State:
 # The loop
 
 
+def sample_key(question_id: str, n: int = 0) -> str:
+    """``"<id>#<n>"``: the key of the n-th episode of a question in one batch (GRPO plays each
+    question once per sample); it seeds, with the turn, the noise of that episode's searches.
+
+    >>> sample_key("q7")
+    'q7#0'
+    """
+    return f"{question_id}#{n}"
+
+
 def search_key(sample_key: str, turn: int) -> str:
     """The key that seeds the tool's noise for the search written in assistant turn ``turn`` (1 = first)
     of the episode ``sample_key`` (``"<id>#<n>"``).
@@ -295,7 +305,7 @@ def _sample_keys(examples: Sequence[QAExample]) -> list[str]:
     for example in examples:
         n = seen.get(example.id, 0)
         seen[example.id] = n + 1
-        keys.append(f"{example.id}#{n}")
+        keys.append(sample_key(example.id, n))
     return keys
 
 

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from searchrl.agent.episode import EpisodeConfig, EpisodeResult, ScriptedPolicy, run_episodes, search_key
+from searchrl.agent.episode import EpisodeConfig, EpisodeResult, ScriptedPolicy, run_episodes, sample_key, search_key
 from searchrl.agent.protocol import user_prompt
 from searchrl.agent.tool import SearchTool
 from searchrl.data.types import QAExample
@@ -207,7 +207,7 @@ def build_transcripts(
 
     # Each search is keyed as the played episode will key it (first or second search of the question's
     # episode), so a noisy tool shows the transcript exactly the results it is later played with.
-    first, second = ([search_key(_transcript_key(e), turn) for e in examples] for turn in (1, 2))
+    first, second = ([search_key(sample_key(e.id), turn) for e in examples] for turn in (1, 2))
     has_partial = [i for i, q in enumerate(partial_queries) if q is not None]
     results = tool.search_batch(
         full_queries + [partial_queries[i] for i in has_partial] + [full_queries[i] for i in has_partial],
@@ -264,11 +264,6 @@ def build_transcripts(
     return transcripts, counts
 
 
-def _transcript_key(example: QAExample) -> str:
-    """The sample key a transcript's episode gets when played (each question is played once)."""
-    return f"{example.id}#0"
-
-
 def _shows_answer(example: QAExample, result: Any) -> int | None:
     """The rank of the first gold document in ``result`` if the shown passages hold the answer, else ``None``."""
     gold = set(example.gold_ids)
@@ -286,7 +281,7 @@ def _second_chances(examples: Sequence[QAExample], full_results: Sequence[Any], 
     ]
     if not asks:
         return {}
-    found = tool.search_batch([q for _, q in asks], keys=[search_key(_transcript_key(examples[i]), 2) for i, _ in asks])
+    found = tool.search_batch([q for _, q in asks], keys=[search_key(sample_key(examples[i].id), 2) for i, _ in asks])
     chances: dict[int, tuple[Any, int]] = {}
     for (i, _), result in zip(asks, found):
         if i not in chances:
