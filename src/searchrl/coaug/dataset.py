@@ -20,7 +20,7 @@ import numpy as np
 from searchrl.augment import ExpansionPolicy
 from searchrl.coaug.batch import CoAugBatch, CoAugBatchBuilder
 from searchrl.coaug.config import CoAugConfig
-from searchrl.data.types import Document
+from searchrl.data.types import Document, judged_queries
 from searchrl.errors import ConfigError, DataError
 from searchrl.llm.engine import render_chat
 
@@ -154,9 +154,10 @@ def build_step_dataset(builder: CoAugBatchBuilder, policy: ExpansionPolicy, step
     return Dataset.from_list(rows)
 
 
-def _judged(queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
-    """The queries with at least one relevant document, in query order."""
-    return [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
+def _seeded_pick(ids: Sequence[str], count: int, seed: int, stream: int) -> set[str]:
+    """``count`` of ``ids`` drawn by a seeded permutation (``stream`` keeps different draws apart)."""
+    order = np.random.default_rng([seed, stream]).permutation(len(ids))
+    return {ids[i] for i in order[:count]}
 
 
 @dataclass(frozen=True)
@@ -190,21 +191,20 @@ class DevSelection:
         >>> len(s.select), s.report, s.select_split
         (4, ['v1'], 'train')
         """
-        judged = _judged(train_queries, train_qrels)
+        judged = judged_queries(train_queries, train_qrels)
         if count >= len(judged):
             raise ConfigError(
                 f"cannot hold out {count} of the {len(judged)} judged training queries to choose checkpoints "
                 "and train on the rest",
                 hint="lower eval.max_queries",
             )
-        order = np.random.default_rng([seed, 3]).permutation(len(judged))
-        chosen = {judged[i] for i in order[:count]}
-        return cls([q for q in judged if q in chosen], _judged(dev_queries, dev_qrels), "train")
+        chosen = _seeded_pick(judged, count, seed, stream=3)
+        return cls([q for q in judged if q in chosen], judged_queries(dev_queries, dev_qrels), "train")
 
     @classmethod
     def split(cls, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], report_fraction: float,
               *, seed: int = 0) -> "DevSelection":
-        judged = _judged(queries, qrels)
+        judged = judged_queries(queries, qrels)
         if not judged:
             raise ConfigError("the dev split has no query with a relevant document", hint="check the dev qrels")
         report_count = int(round(len(judged) * report_fraction))
@@ -214,8 +214,7 @@ class DevSelection:
                 "and keep some for selection",
                 hint="use a larger dev split, or eval.report_fraction=0 to select and report on the same queries",
             )
-        order = np.random.default_rng([seed, 2]).permutation(len(judged))
-        report = {judged[i] for i in order[:report_count]}
+        report = _seeded_pick(judged, report_count, seed, stream=2)
         return cls([q for q in judged if q not in report], [q for q in judged if q in report])
 
     def save(self, path: Path) -> None:

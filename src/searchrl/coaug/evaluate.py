@@ -31,7 +31,7 @@ import numpy as np
 from searchrl.augment import ExpansionPolicy
 from searchrl.coaug.bm25 import CorpusStatistics, InBatchBM25
 from searchrl.coaug.reward import cosine_score_matrix
-from searchrl.data.types import Document, Qrels, document_text, query_text
+from searchrl.data.types import Document, Qrels, document_text, judged_queries, query_text
 from searchrl.errors import ConfigError
 
 Mode = Literal["query", "document", "coaug"]
@@ -209,7 +209,7 @@ class DevEvaluator:
         batch_size: int = 16,
     ) -> "DevEvaluator":
         """Pick ``max_queries`` judged dev queries (seeded), the candidate slice and the documents to expand."""
-        judged = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
+        judged = judged_queries(queries, qrels)
         if not judged:
             raise ConfigError("the dev split has no query with a relevant document", hint="check dev qrels")
         total = len(judged)

@@ -24,6 +24,7 @@ from typing import Any
 
 from searchrl.coaug.config import BM25Settings, CoAugConfig
 from searchrl.coaug.dataset import DevSelection
+from searchrl.data.types import judged_queries
 from searchrl.errors import ConfigError
 
 MEASURES = ("ndcg@10", "recall@100", "mrr@10")
@@ -45,7 +46,8 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
     trained_at = time.time()
     best = json.loads((out / "best.json").read_text(encoding="utf-8")) if (out / "best.json").exists() else None
 
-    queries, qrels, note = _evaluation_queries(config, out, eval_split)
+    selection = DevSelection.load(out / "selection.json")
+    queries, qrels, note = _evaluation_queries(config, selection, eval_split)
     results: dict[str, Any] = {}
     expansions: dict[str, tuple[dict[str, str], dict[str, str]]] = {"bm25": ({}, {})}
     for name, model in (("untrained", config.model), ("trained", str(out / "best"))):
@@ -62,7 +64,7 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
         "eval_split": eval_split,
         "num_queries": len(queries),
         "queries": note,
-        "selection": _selection_note(config, out),
+        "selection": _selection_note(config, selection, out),
         "checkpoint": {"path": str(out / "best"), "step": None if best is None else best.get("step"),
                        "selection_value": None if best is None else best.get("value")},
         "mode": config.mode,
@@ -74,14 +76,13 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
     return summary
 
 
-def _evaluation_queries(config: CoAugConfig, out: Path, split: str) -> tuple[dict[str, str], dict, str]:
+def _evaluation_queries(config: CoAugConfig, selection: DevSelection, split: str) -> tuple[dict[str, str], dict, str]:
     """The judged queries of ``split``; only the report part when ``split`` chose the checkpoint."""
     from searchrl.data.beir import load_beir
 
     dataset = load_beir(config.data, split)
-    judged = [q for q in dataset.queries if any(g > 0 for g in dataset.qrels.get(q, {}).values())]
+    judged = judged_queries(dataset.queries, dataset.qrels)
     note = f"all {len(judged)} judged queries of {split}"
-    selection = DevSelection.load(out / "selection.json")
     if split == config.dev_split and selection.select_split == "train":
         note = f"all {len(judged)} judged queries of {split} (checkpoints were chosen on held-out training queries)"
     elif split == config.dev_split:
@@ -95,9 +96,8 @@ def _evaluation_queries(config: CoAugConfig, out: Path, split: str) -> tuple[dic
     return {q: dataset.queries[q] for q in judged}, {q: dataset.qrels[q] for q in judged}, note
 
 
-def _selection_note(config: CoAugConfig, out: Path) -> str:
+def _selection_note(config: CoAugConfig, selection: DevSelection, out: Path) -> str:
     """Which queries chose the checkpoint (for the result's ``selection``)."""
-    selection = DevSelection.load(out / "selection.json")
     if selection.select_split == "train":
         return (f"{len(selection.select)} {config.train_split} queries held out of RL training "
                 f"(see {out / 'selection.json'})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -29,6 +30,15 @@ Qrels = dict[str, dict[str, int]]
 
 Run = dict[str, dict[str, float]]
 """``{query_id: {doc_id: score}}``, a ranked result list per query."""
+
+
+def judged_queries(queries: Iterable[str], qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """The queries with at least one relevant document, in query order.
+
+    >>> judged_queries(["q1", "q2", "q3"], {"q1": {"d": 0}, "q2": {"d": 2}})
+    ['q2']
+    """
+    return [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
 
 
 def document_text(doc: Document, expansion: str | None = None) -> str:
