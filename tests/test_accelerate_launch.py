@@ -6,13 +6,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from test_agent_recipe import write_data
 from test_coaug_train import tiny_config, write_tiny_beir
+
+from searchrl import train_coaug
 
 pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate launcher is not installed")
 
@@ -33,11 +34,11 @@ def train_records(run_dir):
 
 
 def test_two_processes_train_coaug_with_the_rewards_of_one(tiny_lm_dir, tmp_path):
-    config = tiny_config(tiny_lm_dir, write_tiny_beir(tmp_path / "beir"), tmp_path / "unused", grpo__steps=1,
+    config = tiny_config(tiny_lm_dir, write_tiny_beir(tmp_path / "beir"), tmp_path / "one", grpo__steps=1,
                          eval__at_start=False, eval__every=100, batch__background_corpus=True)
     path = tmp_path / "coaug.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    run([sys.executable, "-m", "searchrl", "train", "coaug", "--config", str(path), "--out", str(tmp_path / "one")], tmp_path)
+    train_coaug(config)  # one process: this one
     run([*LAUNCH, "train", "coaug", "--config", str(path), "--out", str(tmp_path / "two")], tmp_path)
     one, two = train_records(tmp_path / "one"), train_records(tmp_path / "two")
     assert len(one) == len(two) == 1  # one record per step: only the main process logs

@@ -75,6 +75,8 @@ def test_suggestions_and_their_absence():
 
 
 def test_shell_completion_is_available(capsys, monkeypatch):
+    # Name the shell rather than detect it from the parent processes, which differ from run to run.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     code, out, err = run_cli(capsys, "--show-completion", "bash")
     assert code == 0, err
     assert "_searchrl_completion" in out and "_SEARCHRL_COMPLETE" in out
