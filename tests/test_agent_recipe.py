@@ -88,6 +88,15 @@ def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_pa
             assert summary[name] == summary["warm_start"]
     assert summary["eval_questions"]["evaluated"] == 2 and summary["eval_questions"]["left_out"] == 1
     assert json.loads((out / "recipe.json").read_text()) == summary
+    # Question by question against the warm-start (and arm against arm), on the selection metric.
+    assert set(summary["differences"]) == {"trained_vs_warm_start", "trained_no_retry_vs_warm_start",
+                                           "trained_vs_trained_no_retry"}
+    for key, difference in summary["differences"].items():
+        name, baseline = key.split("_vs_")
+        assert difference["metric"] == "f1" and difference["num_queries"] == 2
+        assert difference["better"] + difference["worse"] + difference["ties"] == 2
+        assert difference["mean"] == pytest.approx(summary[name]["f1"] - summary[baseline]["f1"])
+        assert difference["low"] <= difference["mean"] <= difference["high"]
 
     # The ablation starts from the main run's warm-start and has no retry reward.
     ablation = yaml.safe_load((out / "no-retry" / "config.yaml").read_text())

@@ -35,6 +35,12 @@ def test_recipe_trains_expands_and_compares_then_resumes_without_work(tiny_lm_di
         assert len(lines) == 32
         assert (out / "expansions" / name / "queries-test" / "expansions.jsonl").read_text().count("\n") == 1
     assert json.loads((out / "recipe.json").read_text())["trained"] == summary["trained"]
+    # query by query: the mean difference is the difference of the means
+    for key in ("trained_vs_untrained", "trained_vs_bm25", "untrained_vs_bm25"):
+        name, baseline = key.split("_vs_")
+        difference = summary["differences"][key]
+        assert difference["metric"] == "ndcg@10" and difference["num_queries"] == 1
+        assert difference["mean"] == pytest.approx(summary[name] - summary[baseline])
 
     # rerun: nothing is trained or generated again, and the figures are the same
     def fail(*args, **kwargs):
@@ -44,6 +50,12 @@ def test_recipe_trains_expands_and_compares_then_resumes_without_work(tiny_lm_di
     monkeypatch.setattr("searchrl.llm.build_engine", fail)
     again = recipe_module.run_coaug_recipe(config, eval_split="test", out=out)
     assert {k: again[k] for k in ("bm25", "untrained", "trained")} == {k: summary[k] for k in ("bm25", "untrained", "trained")}
+
+    # the finished run under another configuration is not reported as if it were this one
+    monkeypatch.undo()
+    other = config.model_copy(update={"lora": config.lora.model_copy(update={"r": config.lora.r * 2})})
+    with pytest.raises(ConfigError, match="different configuration: lora.r"):
+        recipe_module.run_coaug_recipe(other, eval_split="test", out=out)
 
 
 def test_recipe_on_dev_reports_only_queries_that_did_not_choose_the_checkpoint(tiny_lm_dir, tmp_path):

@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from searchrl.errors import ConfigError
-from searchrl.metrics import evaluate_run, exact_match, normalize_answer, to_ir_measure, token_f1
+from searchrl.errors import ConfigError, DataError
+from searchrl.metrics import (
+    evaluate_run,
+    exact_match,
+    normalize_answer,
+    paired_difference,
+    to_ir_measure,
+    token_f1,
+)
 
 QRELS = {"q1": {"d1": 2, "d2": 1, "d3": 0}}
 # Ranked d3, d1, d4, d2 by score; listed out of order to show that scores, not dict order, rank.
@@ -108,3 +115,32 @@ def test_token_f1_is_the_max_over_answers():
     assert token_f1("", ["the"]) == 0.0  # an answer emptied by normalisation matches nothing empty
     assert token_f1("The", ["the"]) == 1.0  # but still matches itself
     assert token_f1("moon", []) == 0.0
+
+
+def test_paired_difference_resamples_queries_and_counts_wins():
+    rng = np.random.default_rng(1)
+    baseline = {f"q{i}": float(v) for i, v in enumerate(rng.uniform(0, 1, 200))}
+    shift = {q: v + 0.1 for q, v in baseline.items()}  # better on every query by 0.1
+    d = paired_difference(baseline, shift)
+    assert d["mean"] == pytest.approx(0.1) and d["low"] == pytest.approx(0.1) and d["high"] == pytest.approx(0.1)
+    assert (d["better"], d["worse"], d["ties"], d["num_queries"]) == (200, 0, 0, 200)
+
+    noisy = {q: v + float(rng.normal(0.02, 0.2)) for q, v in baseline.items()}
+    d = paired_difference(baseline, noisy)
+    diffs = np.array([noisy[q] - baseline[q] for q in baseline])
+    standard_error = diffs.std(ddof=1) / np.sqrt(len(diffs))
+    # the percentile interval of the mean is about mean +- 1.96 standard errors
+    assert d["low"] == pytest.approx(diffs.mean() - 1.96 * standard_error, abs=0.01)
+    assert d["high"] == pytest.approx(diffs.mean() + 1.96 * standard_error, abs=0.01)
+    assert paired_difference(baseline, noisy) == d  # seeded: the same interval every time
+    swapped = paired_difference(noisy, baseline)
+    assert swapped["mean"] == pytest.approx(-d["mean"]) and (swapped["better"], swapped["worse"]) == (d["worse"], d["better"])
+    narrower = paired_difference(baseline, noisy, confidence=0.5)
+    assert d["low"] < narrower["low"] < narrower["high"] < d["high"]
+
+
+def test_paired_difference_needs_the_same_queries():
+    with pytest.raises(DataError, match="same queries"):
+        paired_difference({"q1": 0.1, "q2": 0.2}, {"q1": 0.1, "q3": 0.2})
+    with pytest.raises(DataError, match="at least one"):
+        paired_difference({}, {})

@@ -1,4 +1,5 @@
-"""Ranking metrics (nDCG, recall, MRR, MAP through ir-measures/pytrec_eval) and answer metrics (EM, F1).
+"""Ranking metrics (nDCG, recall, MRR, MAP through ir-measures/pytrec_eval), answer metrics (EM, F1),
+and the paired comparison of two systems on the same queries (a bootstrap interval, SciPy's).
 
 Measures are named the way papers write them: ``"ndcg@10"``, ``"recall@100"``, ``"mrr@10"``,
 ``"map"``, ``"p@5"``. Any other ir-measures name (``"nDCG@10"``, ``"RR@10"``, ``"AP@100"``)
@@ -11,7 +12,7 @@ import re
 import string
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from searchrl.data.types import Qrels, Run
 from searchrl.errors import ConfigError, DataError
@@ -188,11 +189,56 @@ def token_f1(prediction: str, answers: str | Iterable[str]) -> float:
     return max(scores, default=0.0)
 
 
+# --- paired comparison --------------------------------------------------------------------------
+
+
+def paired_difference(
+    baseline: Mapping[str, float], other: Mapping[str, float], *, confidence: float = 0.95,
+    resamples: int = 10_000, seed: int = 0,
+) -> dict[str, float | int]:
+    """How ``other`` differs from ``baseline`` on the same queries: the mean per-query difference
+    (``other - baseline``), a percentile bootstrap interval of it (resampling queries, as
+    ``scipy.stats.bootstrap`` does), and on how many queries ``other`` is better, worse, or tied.
+
+    Both map query ids to one score each and must hold the same queries. An interval that
+    includes 0 means the evaluation set is too small to tell the two apart.
+
+    >>> d = paired_difference({"q1": 0.5, "q2": 0.2, "q3": 0.0}, {"q1": 1.0, "q2": 0.2, "q3": 0.0})
+    >>> round(d["mean"], 3), d["better"], d["worse"], d["ties"], d["num_queries"]
+    (0.167, 1, 0, 2, 3)
+    """
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if set(baseline) != set(other):
+        missing = sorted(set(baseline) ^ set(other))
+        raise DataError(
+            f"a paired comparison needs the same queries on both sides; {len(missing)} differ, e.g. {missing[:3]}"
+        )
+    if not baseline:
+        raise DataError("a paired comparison needs at least one query")
+    ids = sorted(baseline)
+    diffs = np.array([float(other[q]) - float(baseline[q]) for q in ids])
+    mean = float(diffs.mean())
+    if len(diffs) < 2 or np.all(diffs == diffs[0]):  # nothing to resample: the interval is the point
+        low = high = mean
+    else:
+        interval = bootstrap((diffs,), np.mean, confidence_level=confidence, n_resamples=resamples,
+                             method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    return {
+        "mean": mean, "low": low, "high": high, "confidence": confidence,
+        "better": int((diffs > 0).sum()), "worse": int((diffs < 0).sum()), "ties": int((diffs == 0).sum()),
+        "num_queries": len(ids),
+    }
+
+
 __all__ = [
     "DEFAULT_MEASURES",
     "evaluate_run",
     "exact_match",
     "normalize_answer",
+    "paired_difference",
     "to_ir_measure",
     "token_f1",
 ]

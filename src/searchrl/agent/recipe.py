@@ -7,7 +7,9 @@ One resumable command from a config to the figures a reader wants:
 2. with ``ablate_retry``, train the same recipe without the retry reward in ``OUT/no-retry``,
    starting from the same warm-start adapter (``OUT/sft/adapter``, reused, not retrained);
 3. play greedy episodes on the evaluation questions with the warm-start, ``OUT/best`` (and
-   ``OUT/no-retry/best``): ``em``, ``f1``, ``searches_per_episode``, ``retries_per_episode``, ...
+   ``OUT/no-retry/best``): ``em``, ``f1``, ``searches_per_episode``, ``retries_per_episode``, ...;
+4. compare them question by question (``differences``: each trained arm against the warm-start, and
+   the two arms against each other, with a bootstrap interval of the mean difference).
 
 The held-out check: a question of the evaluation file that shares its id or a gold document with
 any training or dev question of the run is left out with a warning (none left: an error). Every
@@ -93,19 +95,22 @@ def run_agent_recipe(
     questions = split_questions(config.model_copy(update={"data": config.data.resolved()}), out)
     examples, left_out = held_out_questions(eval_questions, [*questions.train, *questions.dev])
     warm_adapter = Path(out) / "sft" / "adapter" if config.sft.enabled else config.init_adapter
-    results = {"warm_start": evaluate_policy(config, warm_adapter, examples, out / "eval" / "warm_start.jsonl")}
+    transcripts = {"warm_start": out / "eval" / "warm_start.jsonl"}
+    results = {"warm_start": evaluate_policy(config, warm_adapter, examples, transcripts["warm_start"])}
     for name, settings in runs.items():
         best = _best_record(Path(settings.output_dir))
         if best is not None and best["is_warm_start"]:
             # best/ holds the step-0 policy, i.e. the warm-start adapter saved as it was loaded: the same
             # weights, so the same greedy episodes.
-            results[name] = results["warm_start"]
+            results[name], transcripts[name] = results["warm_start"], transcripts["warm_start"]
         else:
-            results[name] = evaluate_policy(config, Path(settings.output_dir) / "best", examples, out / "eval" / f"{name}.jsonl")
+            transcripts[name] = out / "eval" / f"{name}.jsonl"
+            results[name] = evaluate_policy(config, Path(settings.output_dir) / "best", examples, transcripts[name])
 
     summary: dict[str, Any] = {name: {k: metrics.get(k) for k in RECIPE_METRICS} for name, metrics in results.items()}
     summary["eval_questions"] = {"file": str(eval_questions), "evaluated": len(examples), "left_out": left_out,
                                  "held_out_by": "question id and gold document ids"}
+    summary["differences"] = compare_policies(transcripts, examples, config.eval.metric)
     summary["checkpoints"] = {name: _best_record(Path(s.output_dir)) for name, s in runs.items()}
     summary["selection"] = (f"best/ chosen on the selection part of the run's dev split ({len(questions.select)} "
                             f"questions, {out / 'selection.json'}); step 0 is the warm-start")
@@ -184,6 +189,36 @@ def evaluate_policy(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"identity": identity, "metrics": metrics}, indent=2) + "\n", encoding="utf-8")
     return metrics
+
+
+def compare_policies(transcripts: dict[str, Path], examples: Sequence[QAExample], metric: str) -> dict[str, Any]:
+    """Each trained policy against the warm-start (and the two trained arms against each other), question by
+    question on ``metric``: mean difference, bootstrap interval, questions better / worse / tied."""
+    from searchrl.metrics import paired_difference
+
+    scores = {name: _question_scores(path, examples, metric) for name, path in transcripts.items()}
+    pairs = [(name, "warm_start") for name in transcripts if name != "warm_start"]
+    if "trained_no_retry" in transcripts:
+        pairs.append(("trained", "trained_no_retry"))
+    return {f"{name}_vs_{baseline}": {"metric": metric, **paired_difference(scores[baseline], scores[name])}
+            for name, baseline in pairs}
+
+
+def _question_scores(path: Path, examples: Sequence[QAExample], metric: str) -> dict[str, float]:
+    """``metric`` of each question of ``examples`` in the evaluation transcripts at ``path``."""
+    from searchrl.agent.evaluate import example_key
+
+    wanted = {e.id: example_key(e) for e in examples}
+    found: dict[str, float] = {}
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            record = json.loads(line)
+            if wanted.get(record.get("question_id")) == record.get("example_key"):
+                found[record["question_id"]] = float(record["scores"][metric])
+    if len(found) != len(wanted):
+        raise DataError(f"the evaluation transcripts hold {len(found)} of the {len(wanted)} questions", path=path,
+                        hint="rerun the recipe to finish the evaluation")
+    return found
 
 
 def _best_record(run: Path) -> dict[str, Any] | None:

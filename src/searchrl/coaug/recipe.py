@@ -8,7 +8,8 @@ not choose the checkpoint:
    with the best checkpoint (greedy, the training run's expansion policy; each a resumable
    :class:`~searchrl.augment.CorpusAugmentationJob` under ``RUN/expansions/``);
 3. index the corpus with BM25 three times (plain, untrained expansions, trained expansions) and
-   score the evaluation queries: nDCG@10 of ``bm25``, ``untrained`` and ``trained``.
+   score the evaluation queries: nDCG@10 of ``bm25``, ``untrained`` and ``trained``, and their
+   query-by-query ``differences`` with a bootstrap interval of each mean difference.
 
 When the evaluation split is the dev split, only its *report* queries are scored (the ones
 that took no part in choosing the checkpoint) and the output says so. Rerunning the command
@@ -26,6 +27,7 @@ from searchrl.coaug.config import BM25Settings, CoAugConfig
 from searchrl.coaug.dataset import DevSelection
 from searchrl.data.types import judged_queries
 from searchrl.errors import ConfigError
+from searchrl.metrics import paired_difference
 
 MEASURES = ("ndcg@10", "recall@100", "mrr@10")
 
@@ -41,7 +43,9 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
     config = config.model_copy(update={"output_dir": str(out)})
     if eval_split == config.train_split:
         raise ConfigError(f"--eval-split {eval_split} is the training split", hint="evaluate on dev or a held-out split")
-    if not (out / "final").is_dir():
+    if not _run_finished(config, out):
+        # also when the run is finished under another configuration: training then refuses it by name
+        # (or, for a key that may change such as grpo.steps, continues it) instead of reporting the old run
         train_coaug(config, force=force)
     trained_at = time.time()
     best = json.loads((out / "best.json").read_text(encoding="utf-8")) if (out / "best.json").exists() else None
@@ -54,8 +58,9 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
         expansions[name] = _expand(config, model, out / "expansions" / name, queries, eval_split)
     scored_at = time.time()
     corpus = _corpus(config)
+    per_query: dict[str, dict[str, float]] = {}
     for name, (doc_expansions, query_expansions) in expansions.items():
-        results[name] = _score(corpus, queries, qrels, doc_expansions, query_expansions, config.bm25)
+        results[name], per_query[name] = _score(corpus, queries, qrels, doc_expansions, query_expansions, config.bm25)
 
     summary = {
         "bm25": results["bm25"]["ndcg@10"],
@@ -69,11 +74,28 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
                        "selection_value": None if best is None else best.get("value")},
         "mode": config.mode,
         "measures": results,
+        # query by query on nDCG@10: mean difference, bootstrap interval, queries better / worse / tied
+        "differences": {
+            f"{name}_vs_{baseline}": {"metric": "ndcg@10", **paired_difference(per_query[baseline], per_query[name])}
+            for name, baseline in (("trained", "untrained"), ("trained", "bm25"), ("untrained", "bm25"))
+        },
         "seconds": {"training": round(trained_at - started, 1), "expansion": round(scored_at - trained_at, 1),
                     "total": round(time.time() - started, 1)},
     }
     (out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _run_finished(config: CoAugConfig, out: Path) -> bool:
+    """Whether ``out`` holds a finished run of exactly ``config``."""
+    import yaml
+
+    from searchrl.runs import config_to_dict
+
+    stored = out / "config.yaml"
+    if not (out / "final").is_dir() or not stored.is_file():
+        return False
+    return yaml.safe_load(stored.read_text(encoding="utf-8")) == config_to_dict(config)
 
 
 def _evaluation_queries(config: CoAugConfig, selection: DevSelection, split: str) -> tuple[dict[str, str], dict, str]:
@@ -152,16 +174,19 @@ def _expand(
     return found["documents"], found["queries"]
 
 
-def _score(corpus, queries, qrels, doc_expansions, query_expansions, bm25: BM25Settings) -> dict[str, float]:
-    """nDCG@10 and friends of BM25 (the run's ``bm25`` settings) over the corpus with these expansions."""
+def _score(
+    corpus, queries, qrels, doc_expansions, query_expansions, bm25: BM25Settings
+) -> tuple[dict[str, float], dict[str, float]]:
+    """nDCG@10 and friends of BM25 (the run's ``bm25`` settings) over the corpus with these expansions,
+    and each query's nDCG@10."""
     from searchrl.data.types import query_text
     from searchrl.metrics import evaluate_run
     from searchrl.retrieval.bm25 import BM25Retriever
 
     retriever = BM25Retriever(k1=bm25.k1, b=bm25.b).index(corpus.values(), doc_expansions, show_progress=False)
     texts = {q: query_text(text, query_expansions.get(q), repeat=bm25.query_repeat) for q, text in queries.items()}
-    aggregate, _ = evaluate_run(qrels, retriever.run(texts, k=100), MEASURES)
-    return aggregate
+    aggregate, per_query = evaluate_run(qrels, retriever.run(texts, k=100), MEASURES)
+    return aggregate, {q: scores["ndcg@10"] for q, scores in per_query.items()}
 
 
 __all__ = ["run_coaug_recipe"]
