@@ -112,6 +112,19 @@ def config_to_dict(config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
+def finished_run_of(path: str | Path, config: BaseModel | Mapping[str, Any]) -> bool:
+    """Whether ``path`` holds a finished run (``final/`` written) whose stored configuration is ``config``.
+
+    The recipes skip training only then; any other stored configuration goes back to training, which
+    refuses it by name (or continues it, for a key that may change such as the step count).
+    """
+    path = Path(path)
+    stored = path / RunDirectory.CONFIG
+    if not (path / "final").is_dir() or not stored.is_file():
+        return False
+    return yaml.safe_load(stored.read_text(encoding="utf-8")) == config_to_dict(config)
+
+
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
@@ -579,6 +592,7 @@ __all__ = [
     "checkpoint_step",
     "config_differences",
     "config_to_dict",
+    "finished_run_of",
     "hash_inputs",
     "last_checkpoint",
     "library_versions",

@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from searchrl.agent.config import AgentTrainConfig
 from searchrl.data.types import QAExample
 from searchrl.errors import DataError
@@ -121,14 +119,10 @@ def run_agent_recipe(
 
 def run_finished(config: AgentTrainConfig) -> bool:
     """Whether ``config``'s run directory holds a finished run of exactly this configuration."""
-    from searchrl.runs import config_to_dict
+    from searchrl.runs import finished_run_of
 
-    out = Path(config.output_dir)
-    stored = out / "config.yaml"
-    if not (out / "final").is_dir() or not (out / "best").is_dir() or not stored.is_file():
-        return False
     resolved = config.model_copy(update={"data": config.data.resolved()})
-    return yaml.safe_load(stored.read_text(encoding="utf-8")) == config_to_dict(resolved)
+    return (Path(config.output_dir) / "best").is_dir() and finished_run_of(config.output_dir, resolved)
 
 
 def held_out_questions(path: str | Path, seen: Sequence[QAExample]) -> tuple[list[QAExample], int]:

@@ -28,6 +28,7 @@ from searchrl.coaug.dataset import DevSelection
 from searchrl.data.types import judged_queries
 from searchrl.errors import ConfigError
 from searchrl.metrics import paired_difference
+from searchrl.runs import finished_run_of
 
 MEASURES = ("ndcg@10", "recall@100", "mrr@10")
 
@@ -43,9 +44,7 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
     config = config.model_copy(update={"output_dir": str(out)})
     if eval_split == config.train_split:
         raise ConfigError(f"--eval-split {eval_split} is the training split", hint="evaluate on dev or a held-out split")
-    if not _run_finished(config, out):
-        # also when the run is finished under another configuration: training then refuses it by name
-        # (or, for a key that may change such as grpo.steps, continues it) instead of reporting the old run
+    if not finished_run_of(out, config):  # a finished run of another configuration goes back to training
         train_coaug(config, force=force)
     trained_at = time.time()
     best = json.loads((out / "best.json").read_text(encoding="utf-8")) if (out / "best.json").exists() else None
@@ -84,18 +83,6 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
     }
     (out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def _run_finished(config: CoAugConfig, out: Path) -> bool:
-    """Whether ``out`` holds a finished run of exactly ``config``."""
-    import yaml
-
-    from searchrl.runs import config_to_dict
-
-    stored = out / "config.yaml"
-    if not (out / "final").is_dir() or not stored.is_file():
-        return False
-    return yaml.safe_load(stored.read_text(encoding="utf-8")) == config_to_dict(config)
 
 
 def _evaluation_queries(config: CoAugConfig, selection: DevSelection, split: str) -> tuple[dict[str, str], dict, str]:
