@@ -124,6 +124,15 @@ def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_pa
     assert {k: again[k] for k in ("warm_start", "trained", "trained_no_retry")} == {
         k: summary[k] for k in ("warm_start", "trained", "trained_no_retry")}
 
+    # Without --json: the table, then one line per comparison.
+    with pytest.warns(UserWarning, match="left out"):
+        main(argv[:-1])
+    lines = capsys.readouterr().out.splitlines()
+    compared = summary["differences"]["trained_vs_warm_start"]
+    assert (f"trained vs warm_start: f1 {compared['mean']:+.4f} (95% interval {compared['low']:+.4f} to "
+            f"{compared['high']:+.4f}; better on {compared['better']}, worse on {compared['worse']} of 2)") in lines
+    assert any(line.startswith("trained vs trained_no_retry: f1 ") for line in lines)
+
 
 def test_recipe_refuses_evaluation_questions_that_all_overlap_training(tiny_lm_dir, tmp_path, capsys):
     data = write_data(tmp_path / "data")

@@ -81,6 +81,11 @@ def test_recipe_command_prints_one_json_object(tiny_lm_dir, tmp_path, capsys):
           "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert printed["eval_split"] == "test" and printed["num_queries"] == 1
+    # without --json (the finished run is only rescored): three scores, then one line per comparison
+    main(["recipe", "coaug", "--data", str(data), "--eval-split", "test", "--out", str(out), "--config", str(path)])
+    text = capsys.readouterr().out
+    assert f"  trained    {printed['trained']:.4f}" in text.splitlines()
+    assert "trained vs untrained: ndcg@10 " in text and "untrained vs bm25: ndcg@10 " in text
 
 
 def test_checkpoints_chosen_on_held_out_training_queries_leave_all_of_dev_for_reporting(tiny_lm_dir, tmp_path):

@@ -52,6 +52,7 @@ def recipe_coaug(
         typer.echo(f"  {name:<10} {summary[name]:.4f}")
     typer.echo(f"checkpoint: {summary['checkpoint']['path']} (step {summary['checkpoint']['step']}, "
                f"chosen on {summary['selection']})")
+    _echo_differences(summary["differences"])
 
 
 @recipe_app.command("agent")
@@ -89,6 +90,15 @@ def recipe_agent(
         if record is not None:
             where = "the warm-start (no GRPO step beat it)" if record["is_warm_start"] else f"GRPO step {record['step']}"
             typer.echo(f"{name}: best/ is {where}; {summary['selection']}")
+    _echo_differences(summary["differences"])
+
+
+def _echo_differences(differences: dict) -> None:
+    """One line per paired comparison: mean difference, its interval, and the per-query tally."""
+    for key, d in differences.items():
+        typer.echo(f"{key.replace('_vs_', ' vs ')}: {d['metric']} {d['mean']:+.4f} "
+                   f"({d['confidence']:.0%} interval {d['low']:+.4f} to {d['high']:+.4f}; "
+                   f"better on {d['better']}, worse on {d['worse']} of {d['num_queries']})")
 
 
 def register(app: typer.Typer) -> None:
