@@ -132,8 +132,9 @@ def test_a_job_stopped_by_a_dead_worker_resumes_without_losing_or_repeating(clus
 
 
 def test_a_model_that_cannot_load_fails_the_pool_with_its_own_error(cluster, tmp_path):
-    assert cluster["CPU"] == 2
     from searchrl.errors import ModelError
+
+    assert cluster["CPU"] == 2
 
     missing = functools.partial(build_engine, "transformers", model=str(tmp_path / "missing"), device="cpu")
     with pytest.raises(ModelError, match="missing"):
