@@ -201,14 +201,13 @@ def compare_policies(transcripts: dict[str, Path], examples: Sequence[QAExample]
 def _question_scores(path: Path, examples: Sequence[QAExample], metric: str) -> dict[str, float]:
     """``metric`` of each question of ``examples`` in the evaluation transcripts at ``path``."""
     from searchrl.agent.evaluate import example_key
+    from searchrl.data.io import iter_jsonl
 
     wanted = {e.id: example_key(e) for e in examples}
     found: dict[str, float] = {}
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            record = json.loads(line)
-            if wanted.get(record.get("question_id")) == record.get("example_key"):
-                found[record["question_id"]] = float(record["scores"][metric])
+    for _, record in iter_jsonl(path):
+        if wanted.get(record.get("question_id")) == record.get("example_key"):
+            found[record["question_id"]] = float(record["scores"][metric])
     if len(found) != len(wanted):
         raise DataError(f"the evaluation transcripts hold {len(found)} of the {len(wanted)} questions", path=path,
                         hint="rerun the recipe to finish the evaluation")
