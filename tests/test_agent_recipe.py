@@ -175,3 +175,23 @@ def test_recipe_config_points_at_the_data_folder(tmp_path):
     other = write_eval_questions(tmp_path / "mine.jsonl", [])
     given = config.model_copy(update={"data": config.data.model_copy(update={"questions": other})})
     assert recipe_module.recipe_config(given, data=data, out=tmp_path / "run").data.questions == other.resolve()
+
+
+def test_comparison_leaves_out_questions_a_failed_search_left_unscored(tmp_path):
+    from searchrl.agent.evaluate import example_key
+    from searchrl.data.types import QAExample
+
+    examples = [QAExample(id=f"q{i}", question=f"question {i}?", answers=("x",), gold_ids=(f"c{i}",)) for i in range(3)]
+
+    def transcripts(name, f1s):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"question_id": e.id, "example_key": example_key(e), "scores": {"f1": f1}}) + "\n"
+                                for e, f1 in zip(examples, f1s)))
+        return path
+
+    compared = recipe_module.compare_policies(
+        {"warm_start": transcripts("warm", [0.0, 0.5, 0.2]), "trained": transcripts("trained", [1.0, None, 0.2])},
+        examples, "f1")
+    difference = compared["trained_vs_warm_start"]
+    assert difference["left_out"] == 1 and difference["num_queries"] == 2
+    assert difference["mean"] == pytest.approx(0.5) and (difference["better"], difference["ties"]) == (1, 1)

@@ -194,20 +194,26 @@ def compare_policies(transcripts: dict[str, Path], examples: Sequence[QAExample]
     pairs = [(name, "warm_start") for name in transcripts if name != "warm_start"]
     if "trained_no_retry" in transcripts:
         pairs.append(("trained", "trained_no_retry"))
-    return {f"{name}_vs_{baseline}": {"metric": metric, **paired_difference(scores[baseline], scores[name])}
-            for name, baseline in pairs}
+    compared: dict[str, Any] = {}
+    for name, baseline in pairs:
+        # A question one side could not score (its search tool failed) is left out, as the averages leave it out.
+        both = [q for q, score in scores[baseline].items() if score is not None and scores[name][q] is not None]
+        difference = paired_difference({q: scores[baseline][q] for q in both}, {q: scores[name][q] for q in both})
+        compared[f"{name}_vs_{baseline}"] = {"metric": metric, **difference, "left_out": len(scores[baseline]) - len(both)}
+    return compared
 
 
-def _question_scores(path: Path, examples: Sequence[QAExample], metric: str) -> dict[str, float]:
-    """``metric`` of each question of ``examples`` in the evaluation transcripts at ``path``."""
+def _question_scores(path: Path, examples: Sequence[QAExample], metric: str) -> dict[str, float | None]:
+    """``metric`` of each question of ``examples`` in the evaluation transcripts at ``path`` (``None``: not scored)."""
     from searchrl.agent.evaluate import example_key
     from searchrl.data.io import iter_jsonl
 
     wanted = {e.id: example_key(e) for e in examples}
-    found: dict[str, float] = {}
+    found: dict[str, float | None] = {}
     for _, record in iter_jsonl(path):
         if wanted.get(record.get("question_id")) == record.get("example_key"):
-            found[record["question_id"]] = float(record["scores"][metric])
+            score = record["scores"].get(metric)
+            found[record["question_id"]] = None if score is None else float(score)
     if len(found) != len(wanted):
         raise DataError(f"the evaluation transcripts hold {len(found)} of the {len(wanted)} questions", path=path,
                         hint="rerun the recipe to finish the evaluation")

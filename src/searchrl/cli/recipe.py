@@ -98,7 +98,8 @@ def _echo_differences(differences: dict) -> None:
     for key, d in differences.items():
         typer.echo(f"{key.replace('_vs_', ' vs ')}: {d['metric']} {d['mean']:+.4f} "
                    f"({d['confidence']:.0%} interval {d['low']:+.4f} to {d['high']:+.4f}; "
-                   f"better on {d['better']}, worse on {d['worse']} of {d['num_queries']})")
+                   f"better on {d['better']}, worse on {d['worse']} of {d['num_queries']}"
+                   + (f"; {d['left_out']} unscored left out)" if d.get("left_out") else ")"))
 
 
 def register(app: typer.Typer) -> None:
