@@ -13,6 +13,7 @@ so only model-written tokens (and the end-of-turn tokens that close its turns) g
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -171,8 +172,8 @@ def trainer_policy(trainer: Any, *, batch_size: int = 16) -> Any:
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     engine = TransformersEngine.from_model(model, trainer.processing_class, batch_size=batch_size)
-    # Without vLLM the sampler *is* the trained model, so TRL's own log-probabilities are exact
-    # and the extra scoring pass is skipped.
+    # Without vLLM the sampler *is* the trained model (with the adapter merged in, which differs
+    # only by rounding), so TRL's own log-probabilities stand and the extra scoring pass is skipped.
     return EnginePolicy(engine, logprobs=False)
 
 
@@ -225,8 +226,10 @@ class AgentRollout:
         was_training = model.training
         model.eval()
         started = time.perf_counter()
+        # searchrl's trainer samples with the LoRA adapter merged (restored before the update)
+        sampling = getattr(trainer, "generation_context", contextlib.nullcontext)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), sampling():
                 episodes = run_episodes(self.policy_factory(trainer), self.tool, examples, config, step=step)
         finally:
             if was_training:

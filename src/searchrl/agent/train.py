@@ -247,9 +247,12 @@ def _play_dev(model, tokenizer, tool, dev, episode_config, *, out_path, batch_si
     from searchrl.agent.evaluate import evaluate_agent
     from searchrl.llm.transformers_engine import TransformersEngine
 
+    from searchrl.training.trainer import merged_lora
+
     policy = EnginePolicy(TransformersEngine.from_model(model, tokenizer, batch_size=batch_size), logprobs=False)
     try:
-        with torch.no_grad():
+        # adapter merged, as a saved checkpoint is loaded for evaluation (and faster)
+        with torch.no_grad(), merged_lora(model):
             return evaluate_agent(policy, tool, list(dev), episode_config, out_path=out_path, batch_size=batch_size,
                                   run_info=dict(run_info or {}), overwrite=overwrite, show_progress=False)
     finally:
@@ -307,7 +310,7 @@ def build_trainer(
 ):
     """TRL's ``GRPOTrainer`` with the agent's rollout function, rewards and dev-evaluation callback."""
     from datasets import Dataset
-    from trl import GRPOTrainer
+    from searchrl.training.trainer import grpo_trainer_class
 
     from searchrl.training import (
         DevEvaluationCallback,
@@ -328,7 +331,7 @@ def build_trainer(
     with warnings.catch_warnings():
         # rollout_func is experimental in TRL; the version is pinned for exactly that reason.
         warnings.filterwarnings("ignore", message=".*rollout_func.*experimental")
-        trainer = GRPOTrainer(
+        trainer = grpo_trainer_class()(
             model=model,
             reward_funcs=functions,
             args=grpo_arguments(config, run.checkpoints_dir, resolve_device(config.device), weights),
@@ -336,6 +339,7 @@ def build_trainer(
             processing_class=tokenizer,
             callbacks=[RunLoggingCallback(run), dev_callback, ReleaseMemoryCallback()],
             rollout_func=rollout,
+            **grpo.trainer_options(),
         )
     return quiet_trainer(trainer, "GRPO")  # the same logs go to metrics.jsonl and TensorBoard
 

@@ -316,9 +316,11 @@ class DevEvaluator:
     def __call__(self, model: Any, tokenizer: Any, step: int) -> dict[str, float]:
         """Evaluate the in-memory policy being trained (no reload from disk)."""
         from searchrl.llm.transformers_engine import TransformersEngine
+        from searchrl.training.trainer import merged_lora
 
         engine = TransformersEngine.from_model(model, tokenizer, batch_size=self.batch_size)
-        return self.evaluate_engine(engine)
+        with merged_lora(model):  # as a saved checkpoint is loaded for evaluation (and faster)
+            return self.evaluate_engine(engine)
 
 
 __all__ = ["BatchScorer", "DevEvaluator", "select_candidates", "top_documents", "top_documents_per_query"]

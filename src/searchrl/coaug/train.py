@@ -147,7 +147,7 @@ def _prefixes(candidates: Mapping[str, list[str]] | None, depth: int) -> dict[st
 
 def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequence[Any] = ()) -> CoAugSetup:
     """Load data and model, create/resume the run directory and build the GRPO trainer."""
-    from trl import GRPOTrainer
+    from searchrl.training.trainer import grpo_trainer_class
 
     device = resolve_device(config.device)
     data = load_coaug_data(config)
@@ -248,7 +248,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         patience=config.eval.patience,
         evaluate_at_start=config.eval.at_start,
     )
-    trainer = GRPOTrainer(
+    trainer = grpo_trainer_class()(
         model=model,
         reward_funcs=[reward],
         args=grpo_args,
@@ -256,6 +256,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         processing_class=tokenizer,
         peft_config=build_lora_config(config.lora),
         callbacks=[RunLoggingCallback(run), dev_callback, *callbacks],
+        **config.grpo.trainer_options(),
     )
     quiet_trainer(trainer, "co-augmentation")
     return CoAugSetup(config, run, data, builder, reward, evaluator, trainer, scorer, selection)

@@ -53,13 +53,28 @@ class GRPOSettings(BaseModel):
     vllm_server_port: int = Field(8000, ge=1, le=65535)
     vllm_server_timeout: float = Field(240.0, gt=0, description="server mode: seconds to wait for the server")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="colocate mode: vLLM's share of GPU memory")
+    share_prompt: bool = Field(
+        True, description="score each distinct prompt of a micro-batch once and run its completions on its kept "
+        "keys and values (same numbers as the full pass; see searchrl.training.trainer)"
+    )
+    merge_lora_for_generation: bool = Field(
+        True, description="sample with the LoRA adapter merged into the base weights (restored exactly afterwards)"
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to TRL's GRPOConfig as is")
 
     def trl_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`build_grpo_config` for these settings (its names are the fields'; ``steps``
         is ``max_steps``; ``extra`` is the caller's to merge; a subclass's own fields are left out)."""
-        shared = [name for name in GRPOSettings.model_fields if name not in ("steps", "extra")]
+        shared = [name for name in GRPOSettings.model_fields if name not in ("steps", "extra", *TRAINER_OPTIONS)]
         return {"max_steps": self.steps, **{name: getattr(self, name) for name in shared}}
+
+    def trainer_options(self) -> dict[str, Any]:
+        """Keyword arguments of the trainer class of :func:`searchrl.training.trainer.grpo_trainer_class`."""
+        return {name: getattr(self, name) for name in TRAINER_OPTIONS}
+
+
+#: GRPOSettings fields that are options of searchrl's trainer class, not of TRL's GRPOConfig.
+TRAINER_OPTIONS = ("share_prompt", "merge_lora_for_generation")
 
 
 def vllm_available() -> bool:
