@@ -1,29 +1,35 @@
-"""Where the time of one RL step goes on CPU, fp32 vs bf16, with the real SmolLM2-135M-Instruct.
+"""Where the time of one RL step goes on CPU, and what bf16 and the trainer's savings buy, with the real
+SmolLM2-135M-Instruct.
 
 Run (from the project root):
 
     python3 benchmarks/rl_step.py                       # both trainers' CPU step shapes, 3 repetitions
     python3 benchmarks/rl_step.py --repeats 2 --threads 2 --trainers coaug
 
-Both trainers are measured: ``coaug`` is a step of ``coaug-cpu`` (its query prompts, G samples of
-at most 24 tokens); ``agent`` is the longest turn of an ``agent-cpu`` episode (the system prompt,
-the question, one search and its two passages, then up to 64 answer tokens) for 2 questions x 8
-episodes, the recipe's GRPO shape.
+A step is timed as TRL 1.16's GRPOTrainer runs it: sampling the group's completions; with a KL
+term, the reference pass (adapter off) over the step in order; the policy forward + backward over
+the step's micro-batches, shuffled as TRL shuffles them; the optimiser update. Log-probabilities
+come from TRL's fused LM head (completion positions only). Shapes:
 
-One co-augmentation step of ``configs/coaug-cpu`` is: sampling ``samples`` expansions for each of
-``prompts`` prompts (real SciFact queries and documents, the recipe's prompts), then the policy
-forward + backward over every prompt + completion with LoRA (TRL computes no extra log-prob pass
-when ``num_iterations=1`` and ``beta=0``, as in the recipes), then the optimiser update. This
-script times the three parts separately for the policy in float32 and in bfloat16, interleaved
-(fp32, bf16, fp32, bf16, ...) so that a busy machine slows both alike, and reports:
+* ``coaug``: a step of ``coaug-cpu`` — 4 SciFact query prompts x 6 samples of at most 24 tokens,
+  12 sequences per forward/backward, no KL (no reference pass).
+* ``agent``: the answer turn of ``agent-cpu`` episodes — 4 Apollo 13 questions x 4 episodes; the
+  prompt is the system prompt and question, the completion the search turn, its two passages
+  (masked out of the loss) and up to 64 sampled answer tokens; 4 sequences per forward/backward;
+  a reference pass (KL 0.04).
+
+Three variants, interleaved (fp32, bf16, bf16_fast, fp32, ...) so that a busy machine slows all
+alike: ``fp32`` (the recipes before bf16), ``bf16`` (bf16 weights), ``bf16_fast`` (bf16 plus the
+two savings of :mod:`searchrl.training.trainer`: sampling with LoRA merged, each distinct prompt
+of a micro-batch scored once — what the recipes run). Reported:
 
 * seconds and tokens/s per part, and completions trained per CPU-hour (median over repeats);
-* the ratio bf16 / fp32 of completions per hour, measured side by side;
-* how far the bf16 sampler's log-probabilities are from an fp32 forward over the same tokens
-  (mean and max absolute difference per token) — what the importance ratio sees;
-* the machine's matrix-product throughput (GFLOP/s, 2048² fp32 and bf16) and the model FLOPs of
-  one step (2 × parameters × tokens forward, ×3 with backward), i.e. how far a step is from the
-  FLOP limit.
+* each variant's completions per hour over fp32's, measured side by side;
+* how far the bf16 trainer's and the bf16 merged sampler's log-probabilities are from fp32's over the
+  same tokens (mean and max absolute difference per token): what the importance ratio sees;
+* the machine's matrix-product throughput (GFLOP/s, 2048² fp32 and bf16) and the FLOPs a full
+  pass over the step's tokens would take per second of forward/backward (an equivalent rate: the
+  shared-prompt pass does fewer FLOPs, so it can exceed what the hardware does).
 
 Writes benchmarks/results/rl_step.json and prints it.
 """
@@ -31,6 +37,7 @@ Writes benchmarks/results/rl_step.json and prints it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -85,8 +92,14 @@ def step_prompts(prompts: int, samples: int) -> tuple[list, list[str]]:
     return chats, roles, config
 
 
-def agent_prompts(prompts: int) -> list:
-    """The chats of the answer turn of ``prompts`` agent-cpu episodes: question, a search, its passages."""
+def agent_prompts(prompts: int) -> tuple[list, list]:
+    """The answer turn of ``prompts`` agent-cpu episodes: ``(chats, prompt_chats)``.
+
+    ``chats`` hold the system prompt, the question, one search and its passages (what the model
+    sees when it writes its answer); ``prompt_chats`` the system prompt and question only — TRL's
+    *prompt* of an agent episode. The search turn and the passages belong to the completion (the
+    passages masked out of the loss), so only the prompt is shared by a question's episodes.
+    """
     from searchrl.agent.config import load_agent_config
     from searchrl.agent.protocol import SYSTEM_PROMPT, format_information, user_prompt
     from searchrl.agent.tool import build_search_tool
@@ -98,24 +111,15 @@ def agent_prompts(prompts: int) -> list:
     data = shared_data_dir() / "apollo13"
     corpus = load_corpus(data / "corpus.jsonl")
     tool = build_search_tool(corpus, config.tool)
-    chats = []
+    chats, prompt_chats = [], []
     for example in load_qa(data / "questions.jsonl")[:prompts]:
         query = " ".join(example.question.split()[:6])
         information = format_information(tool.search(query).text)
-        chats.append([
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": user_prompt(example.question)},
-            {"role": "assistant", "content": f"<search>{query}</search>"},
-            {"role": "user", "content": information},
-        ])
-    return chats
-
-
-def completion_logprobs(model, ids, mask, width: int):
-    """Log-probabilities of the completion tokens, without materialising a full-vocabulary log-softmax copy."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, width - 1 : -1]
-    picked = logits.gather(-1, ids[:, width:, None]).squeeze(-1).float()
-    return picked - torch.logsumexp(logits.float(), dim=-1)
+        prompt = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_prompt(example.question)}]
+        prompt_chats.append(prompt)
+        chats.append([*prompt, {"role": "assistant", "content": f"<search>{query}</search>"},
+                      {"role": "user", "content": information}])
+    return chats, prompt_chats
 
 
 def prompt_tokens(tokenizer, chats) -> list[int]:
@@ -125,90 +129,196 @@ def prompt_tokens(tokenizer, chats) -> list[int]:
     return [len(tokenizer(render_chat(tokenizer, chat), add_special_tokens=False)["input_ids"]) for chat in chats]
 
 
-def one_step(model, tokenizer, chats, samples: int, max_new_tokens: int, optimizer, micro_batch: int = 8) -> dict[str, float]:
-    from searchrl.coaug.dataset import render_training_prompt
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):], mask[i, width - len(row):] = torch.tensor(row), 1
+    return ids, mask
 
-    texts = [render_training_prompt(tokenizer, chat) for chat in chats]
-    tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
-    # generation: every prompt `samples` times, one generate call (as TRL's transformers path)
+
+def right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    return ids, mask
+
+
+def trl_logprobs(model, ids, mask, keep: int, share: bool):
+    """TRL 1.16's per-token log-probabilities of one micro-batch (its fused LM head), or the trainer's shared-prompt pass."""
+    from searchrl.training.trainer import shared_prompt_logprobs
+
+    if share:
+        shared = shared_prompt_logprobs(model, ids, mask, keep)
+        if shared is not None:
+            return shared[0]
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-keep] = -100
+    return model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs[:, -keep:]
+
+
+def one_step(model, tokenizer, shape: dict, samples: int, max_new_tokens: int, optimizer, *, micro_batch: int,
+             fast: bool, reference_pass: bool, seed: int) -> dict[str, float]:
+    """One RL step as TRL runs it: sample; (with KL) the reference pass over the step in order; then the
+    policy forward + backward over TRL's shuffled micro-batches; the update. ``fast``: the trainer's
+    merged-LoRA sampling and shared-prompt passes (``searchrl.training.trainer``)."""
+    from searchrl.training.trainer import merged_lora
+
+    pad = tokenizer.pad_token_id
+    prompts = [row for row in shape["prompt_ids"] for _ in range(samples)]
+    contexts = [row for row in shape["context_ids"] for _ in range(samples)]  # completion tokens before sampling
+    ids, mask = left_pad([p + c for p, c in zip(prompts, contexts)], pad)
     start = time.perf_counter()
-    with torch.no_grad():
-        generated = model.generate(
-            input_ids=batch["input_ids"].repeat_interleave(samples, 0),
-            attention_mask=batch["attention_mask"].repeat_interleave(samples, 0),
-            do_sample=True, temperature=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        )
+    with torch.no_grad(), (merged_lora(model) if fast else contextlib.nullcontext()):
+        generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
+                                   max_new_tokens=max_new_tokens, pad_token_id=pad)
     generation = time.perf_counter() - start
-    attention = (generated != tokenizer.pad_token_id).long()
-    attention[:, : batch["input_ids"].shape[1]] = batch["attention_mask"].repeat_interleave(samples, 0)
-    completion_tokens = int(attention[:, batch["input_ids"].shape[1]:].sum())
-    # policy forward + backward (token-mean surrogate on completion tokens), in micro-batches
+    new = []
+    for row in generated[:, ids.shape[1]:].tolist():
+        tokens = []
+        for token in row:
+            tokens.append(token)
+            if token == tokenizer.eos_token_id:
+                break
+        new.append(tokens)
+    prompt_ids, prompt_mask = left_pad(prompts, pad)
+    completion_ids, completion_mask = right_pad([c + n for c, n in zip(contexts, new)], pad)
+    input_ids, attention = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
+    keep = completion_ids.shape[1]
+    loss_mask = completion_mask.clone()
+    for i, context in enumerate(contexts):
+        loss_mask[i, : len(context)] = 0  # tool results and earlier turns: TRL's env mask
     start = time.perf_counter()
-    width = batch["input_ids"].shape[1]
-    for chunk in range(0, generated.shape[0], micro_batch):
-        ids, mask = generated[chunk : chunk + micro_batch], attention[chunk : chunk + micro_batch]
-        logps = completion_logprobs(model, ids, mask, width)
-        loss = -(logps * mask[:, width:]).sum() / mask[:, width:].sum()
+    if reference_pass:  # beta > 0: the starting policy (adapter off) over the whole step, in order
+        with torch.no_grad(), model.disable_adapter():
+            for chunk in range(0, input_ids.shape[0], micro_batch):
+                trl_logprobs(model, input_ids[chunk : chunk + micro_batch], attention[chunk : chunk + micro_batch], keep, fast)
+    reference = time.perf_counter() - start
+    order = torch.randperm(input_ids.shape[0], generator=torch.Generator().manual_seed(seed))  # TRL shuffles the step
+    start = time.perf_counter()
+    for chunk in range(0, input_ids.shape[0], micro_batch):
+        rows = order[chunk : chunk + micro_batch]
+        logps = trl_logprobs(model, input_ids[rows], attention[rows], keep, fast)
+        loss = -(logps * loss_mask[rows]).sum() / loss_mask[rows].sum().clamp(min=1)
         loss.backward()
     backward = time.perf_counter() - start
     start = time.perf_counter()
     optimizer.step()
     optimizer.zero_grad()
     update = time.perf_counter() - start
-    tokens = int(attention.sum())
     return {
-        "generation_s": generation, "forward_backward_s": backward, "update_s": update,
-        "completions": generated.shape[0], "completion_tokens": completion_tokens, "sequence_tokens": tokens,
+        "generation_s": generation, "reference_pass_s": reference, "forward_backward_s": backward, "update_s": update,
+        "completions": input_ids.shape[0], "completion_tokens": sum(len(n) for n in new),
+        "sequence_tokens": int(attention.sum()),
     }
 
 
-def logprob_gap(model_bf16, model_fp32, tokenizer, chats) -> dict[str, float]:
-    """Per-token |log p_bf16 - log p_fp32| over greedy completions of the bf16 model."""
+def logprob_gap(models, tokenizer, chats) -> dict[str, dict[str, float]]:
+    """Per-token |log p - log p_fp32 trainer| over greedy completions of the bf16 model, for the
+    bf16 trainer (adapter live) and the bf16 sampler with the adapter merged — what the importance
+    ratio and the sampling distribution see. The adapters get the same non-zero B first, so the
+    merge has something to round."""
     from searchrl.coaug.dataset import render_training_prompt
+    from searchrl.training.trainer import merged_lora
 
+    generator = torch.Generator().manual_seed(3)
+    for model in models.values():
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.002)
     texts = [render_training_prompt(tokenizer, chat) for chat in chats[:8]]
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     width = batch["input_ids"].shape[1]
+
+    def logps(model):
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, width - 1 : -1].float()
+        return torch.log_softmax(logits, -1).gather(-1, ids[:, width:, None]).squeeze(-1)
+
     with torch.no_grad():
-        ids = model_bf16.generate(**batch, do_sample=False, max_new_tokens=16, pad_token_id=tokenizer.pad_token_id)
+        ids = models["bf16"].generate(**batch, do_sample=False, max_new_tokens=16, pad_token_id=tokenizer.pad_token_id)
         mask = (ids != tokenizer.pad_token_id).long()
         mask[:, :width] = batch["attention_mask"]
-        gaps = []
-        for model in (model_bf16, model_fp32):
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, width - 1 : -1].float()
-            gaps.append(torch.log_softmax(logits, -1).gather(-1, ids[:, width:, None]).squeeze(-1))
-    diff = (gaps[0] - gaps[1]).abs()[mask[:, width:].bool()]
-    return {"mean_abs": float(diff.mean()), "max_abs": float(diff.max()), "tokens": int(diff.numel())}
+        exact = logps(models["fp32"])
+        trainer = logps(models["bf16"])
+        with merged_lora(models["bf16"]):
+            sampler = logps(models["bf16"])
+        for model in models.values():  # back to a fresh adapter
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.zero_()
+    real = mask[:, width:].bool()
+
+    def gap(a, b):
+        diff = (a - b).abs()[real]
+        return {"mean_abs": float(diff.mean()), "max_abs": float(diff.max()), "tokens": int(diff.numel())}
+
+    return {"bf16_trainer_vs_fp32": gap(trainer, exact), "bf16_merged_sampler_vs_fp32": gap(sampler, exact),
+            "bf16_merged_sampler_vs_bf16_trainer": gap(sampler, trainer)}
 
 
-def measure(models, optimizers, tokenizer, chats, samples: int, max_new_tokens: int, repeats: int,
-            micro_batch: int = 8) -> dict:
-    """Median seconds of each part of a step, fp32 and bf16 interleaved, and what they buy."""
-    runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
-    for _ in range(repeats):
-        for name in ("fp32", "bf16"):
-            runs[name].append(
-                one_step(models[name], tokenizer, chats, samples, max_new_tokens, optimizers[name], micro_batch)
-            )
+VARIANTS = {  # name: (weights, the trainer's savings)
+    "fp32": ("fp32", False),
+    "bf16": ("bf16", False),
+    "bf16_fast": ("bf16", True),
+}
+
+
+def measure(models, optimizers, tokenizer, shape: dict, samples: int, max_new_tokens: int, repeats: int, *,
+            micro_batch: int, reference_pass: bool) -> dict:
+    """Median seconds of each part of a step for each variant, interleaved, and what they buy."""
+    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    for repeat in range(repeats):
+        for name, (weights, fast) in VARIANTS.items():
+            torch.manual_seed(repeat)
+            runs[name].append(one_step(models[weights], tokenizer, shape, samples, max_new_tokens, optimizers[weights],
+                                       micro_batch=micro_batch, fast=fast, reference_pass=reference_pass, seed=repeat))
     parameters = sum(p.numel() for p in models["fp32"].parameters())
-    result: dict = {"step": {"prompts": len(chats), "samples_per_prompt": samples, "max_new_tokens": max_new_tokens}}
+    result: dict = {"step": {"prompts": len(shape["prompt_ids"]), "samples_per_prompt": samples,
+                             "max_new_tokens": max_new_tokens, "micro_batch": micro_batch,
+                             "reference_pass": reference_pass,
+                             "prompt_tokens": [len(p) for p in shape["prompt_ids"]],
+                             "completion_context_tokens": [len(c) for c in shape["context_ids"]]}}
     for name, steps in runs.items():
         median = {key: statistics.median(step[key] for step in steps) for key in steps[0]}
-        total = median["generation_s"] + median["forward_backward_s"] + median["update_s"]
-        flops = 2 * parameters * median["sequence_tokens"] * 3  # forward + backward, a rough bound
+        total = median["generation_s"] + median["reference_pass_s"] + median["forward_backward_s"] + median["update_s"]
+        flops = 2 * parameters * median["sequence_tokens"] * 3  # full-pass forward + backward, a rough bound
         result[name] = {
             **{key: round(value, 3) for key, value in median.items()},
             "step_s": round(total, 3),
             "generated_tokens_per_s": round(median["completion_tokens"] / median["generation_s"], 1),
             "trained_tokens_per_s": round(median["sequence_tokens"] / median["forward_backward_s"], 1),
             "completions_per_cpu_hour": round(3600 * median["completions"] / total, 1),
-            "forward_backward_gflops_achieved": round(flops / median["forward_backward_s"] / 1e9, 1),
+            "forward_backward_gflops_equivalent": round(flops / median["forward_backward_s"] / 1e9, 1),
         }
-    result["bf16_over_fp32_completions_per_hour"] = round(
-        result["bf16"]["completions_per_cpu_hour"] / result["fp32"]["completions_per_cpu_hour"], 2
-    )
+    for name in VARIANTS:
+        if name != "fp32":
+            result[f"{name}_over_fp32_completions_per_hour"] = round(
+                result[name]["completions_per_cpu_hour"] / result["fp32"]["completions_per_cpu_hour"], 2
+            )
     return result
+
+
+def token_shape(tokenizer, chats, prompt_chats=None) -> dict:
+    """Prompt ids (what a group shares) and completion ids before sampling, as the trainers tokenise them."""
+    from searchrl.coaug.dataset import render_training_prompt
+    from searchrl.llm.engine import render_chat
+
+    if prompt_chats is None:  # co-augmentation: the whole chat is the prompt
+        prompt_ids = [tokenizer(render_training_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in chats]
+        return {"prompt_ids": prompt_ids, "context_ids": [[] for _ in chats]}
+    shape: dict = {"prompt_ids": [], "context_ids": []}
+    for chat, prompt in zip(chats, prompt_chats):
+        full = tokenizer(render_chat(tokenizer, chat), add_special_tokens=False)["input_ids"]
+        head = tokenizer(render_chat(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        if full[: len(head)] != head:
+            raise SystemExit("the chat template does not render the prompt as a prefix of the episode")
+        shape["prompt_ids"].append(head)
+        shape["context_ids"].append(full[len(head):])
+    return shape
 
 
 def main() -> None:
@@ -226,6 +336,7 @@ def main() -> None:
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.trainer.utils import add_fused_lm_head
 
     from searchrl.resolver import resolve_model
 
@@ -237,28 +348,36 @@ def main() -> None:
     models, optimizers = {}, {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         base = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        add_fused_lm_head(base)  # as GRPOTrainer does: log-probs of the completion positions only
         lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, target_modules="all-linear", task_type="CAUSAL_LM")
         models[name] = get_peft_model(base, lora)
         optimizers[name] = torch.optim.AdamW([p for p in models[name].parameters() if p.requires_grad], lr=1e-5)
 
-    gap = logprob_gap(models["bf16"], models["fp32"], tokenizer, chats)  # before training: same weights
+    gap = logprob_gap(models, tokenizer, chats)
     result: dict = {
         "model": MODEL,
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform(), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+                    "platform": platform.platform(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "load_average_1min_at_start": os.getloadavg()[0]},
         "matmul_gflops": {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)},
         "parameters": sum(p.numel() for p in models["fp32"].parameters()),
-        "logprob_gap_bf16_vs_fp32": gap,
+        "logprob_gap": gap,
+        "variants": {"fp32": "float32 weights, sampling through the adapter, TRL's full pass (the recipes before bf16)",
+                     "bf16": "bfloat16 weights, otherwise the same",
+                     "bf16_fast": "bfloat16 weights, LoRA merged for sampling, each distinct prompt scored once "
+                                  "(searchrl.training.trainer, the recipes' default)"},
     }
     trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
     if "coaug" in trainers:
-        result["coaug"] = measure(models, optimizers, tokenizer, chats, args.samples, args.max_new_tokens, args.repeats)
+        # coaug-cpu: 4 query prompts x 6 samples, 12 sequences per forward/backward, no KL
+        result["coaug"] = measure(models, optimizers, tokenizer, token_shape(tokenizer, chats), args.samples,
+                                  args.max_new_tokens, args.repeats, micro_batch=12, reference_pass=False)
         result["coaug"]["step"]["roles"] = {r: roles.count(r) for r in set(roles)}
     if "agent" in trainers:
-        agent_chats = agent_prompts(2)
-        # agent-cpu trains 4 sequences per forward/backward (grpo.micro_batch_size)
-        result["agent"] = measure(models, optimizers, tokenizer, agent_chats, 8, 64, args.repeats, micro_batch=4)
-        result["agent"]["step"]["prompt_tokens"] = prompt_tokens(tokenizer, agent_chats)
+        # agent-cpu: 4 questions x 4 episodes, 4 sequences per forward/backward, KL to the warm-start
+        agent_chats, agent_prompt_chats = agent_prompts(4)
+        result["agent"] = measure(models, optimizers, tokenizer, token_shape(tokenizer, agent_chats, agent_prompt_chats),
+                                  4, 64, args.repeats, micro_batch=4, reference_pass=True)
     result["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rl_step.json").write_text(json.dumps(result, indent=2) + "\n")
