@@ -246,7 +246,6 @@ def _play_dev(model, tokenizer, tool, dev, episode_config, *, out_path, batch_si
 
     from searchrl.agent.evaluate import evaluate_agent
     from searchrl.llm.transformers_engine import TransformersEngine
-
     from searchrl.training.trainer import merged_lora
 
     policy = EnginePolicy(TransformersEngine.from_model(model, tokenizer, batch_size=batch_size), logprobs=False)
@@ -310,7 +309,6 @@ def build_trainer(
 ):
     """TRL's ``GRPOTrainer`` with the agent's rollout function, rewards and dev-evaluation callback."""
     from datasets import Dataset
-    from searchrl.training.trainer import grpo_trainer_class
 
     from searchrl.training import (
         DevEvaluationCallback,
@@ -319,6 +317,7 @@ def build_trainer(
         quiet_trainer,
         resolve_device,
     )
+    from searchrl.training.trainer import grpo_trainer_class
 
     functions, weights = build_reward_functions(config.reward_weights(), judge=_judge(config))
     grpo = config.grpo
