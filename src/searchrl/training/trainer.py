@@ -38,7 +38,7 @@ def merged_lora(model: Any) -> Iterator[bool]:
     Yields whether anything was merged (``False`` for a model without LoRA layers or already
     merged). On leaving, each base weight is copied back from a copy saved on entry, so the
     weights the trainer updates next are bit-identical to the ones before the block. Costs one
-    copy of the adapted weights while inside.
+    copy of the adapted weights, in host memory, while inside.
     """
     import torch
 
@@ -52,7 +52,8 @@ def merged_lora(model: Any) -> Iterator[bool]:
         yield False
         return
     with torch.no_grad():
-        saved = [(m, m.get_base_layer().weight.detach().clone()) for m in layers]
+        # the copy lives in host memory: on a GPU it must not compete with the model and the rollouts
+        saved = [(m, m.get_base_layer().weight.detach().to("cpu", copy=True)) for m in layers]
         for layer in layers:
             layer.merge()
     try:
