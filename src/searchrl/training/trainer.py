@@ -139,9 +139,9 @@ def grpo_trainer_class() -> type:
 
         def __init__(self, *args: Any, share_prompt: bool = True, merge_lora_for_generation: bool = True,
                      **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.share_prompt = share_prompt
+            self.share_prompt = share_prompt  # set first: TRL's constructor may already call the methods below
             self.merge_lora_for_generation = merge_lora_for_generation
+            super().__init__(*args, **kwargs)
 
         def _single_process(self) -> bool:
             accelerator = self.accelerator
