@@ -122,13 +122,6 @@ def agent_prompts(prompts: int) -> tuple[list, list]:
     return chats, prompt_chats
 
 
-def prompt_tokens(tokenizer, chats) -> list[int]:
-    """Tokens of each chat as the trainer renders it."""
-    from searchrl.llm.engine import render_chat
-
-    return [len(tokenizer(render_chat(tokenizer, chat), add_special_tokens=False)["input_ids"]) for chat in chats]
-
-
 def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
