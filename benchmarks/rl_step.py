@@ -122,22 +122,12 @@ def agent_prompts(prompts: int) -> tuple[list, list]:
     return chats, prompt_chats
 
 
-def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):], mask[i, width - len(row):] = torch.tensor(row), 1
-    return ids, mask
+def padded(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded on ``side`` with TRL's own helper, and their attention mask."""
+    from trl.trainer.utils import pad
 
-
-def right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return ids, mask
+    tensors = [torch.tensor(row, dtype=torch.long) for row in rows]
+    return pad(tensors, pad_id, side), pad([torch.ones_like(t) for t in tensors], 0, side)
 
 
 def trl_logprobs(model, ids, mask, keep: int, share: bool):
@@ -163,7 +153,7 @@ def one_step(model, tokenizer, shape: dict, samples: int, max_new_tokens: int, o
     pad = tokenizer.pad_token_id
     prompts = [row for row in shape["prompt_ids"] for _ in range(samples)]
     contexts = [row for row in shape["context_ids"] for _ in range(samples)]  # completion tokens before sampling
-    ids, mask = left_pad([p + c for p, c in zip(prompts, contexts)], pad)
+    ids, mask = padded([p + c for p, c in zip(prompts, contexts)], pad, "left")
     start = time.perf_counter()
     with torch.no_grad(), (merged_lora(model) if fast else contextlib.nullcontext()):
         generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
@@ -177,8 +167,8 @@ def one_step(model, tokenizer, shape: dict, samples: int, max_new_tokens: int, o
             if token == tokenizer.eos_token_id:
                 break
         new.append(tokens)
-    prompt_ids, prompt_mask = left_pad(prompts, pad)
-    completion_ids, completion_mask = right_pad([c + n for c, n in zip(contexts, new)], pad)
+    prompt_ids, prompt_mask = padded(prompts, pad, "left")
+    completion_ids, completion_mask = padded([c + n for c, n in zip(contexts, new)], pad, "right")
     input_ids, attention = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
     keep = completion_ids.shape[1]
     loss_mask = completion_mask.clone()
