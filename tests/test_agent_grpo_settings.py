@@ -106,7 +106,7 @@ def test_a_question_whose_keyword_query_misses_gets_a_retry_from_other_keywords(
 # A run: KL to the warm-start, the selection and report parts of dev
 
 
-def test_kl_reference_is_the_warm_start_and_dev_is_cut_into_selection_and_report(tiny_lm_dir, tmp_path):
+def test_kl_reference_is_the_warm_start_dev_is_cut_in_two_and_training_questions_are_replayed(tiny_lm_dir, tmp_path):
     from searchrl.agent.train import train_agent
 
     data = write_data(tmp_path / "data")
@@ -117,7 +117,7 @@ def test_kl_reference_is_the_warm_start_and_dev_is_cut_into_selection_and_report
         "lora": {"r": 4, "alpha": 8},
         "sft": {"enabled": True, "max_steps": 1, "batch_size": 2, "max_tokens": 4096},
         "grpo": {"preset": "rezero", "steps": 2, "prompts_per_step": 1, "num_generations": 2, "save_steps": 1},
-        "eval": {"every": 1, "report_fraction": 0.5},
+        "eval": {"every": 1, "report_fraction": 0.5, "train_questions": 3},
     })
     run = train_agent(config)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -138,6 +138,18 @@ def test_kl_reference_is_the_warm_start_and_dev_is_cut_into_selection_and_report
     assert all(r["dev/num_questions"] == len(selection["select"]) for r in records if "dev/num_questions" in r)
     report = (run / "report.md").read_text()
     assert "chosen on the selection part" in report and "report f1" in report
+
+    # eval.train_questions: the same 3 training questions replayed greedily at every evaluation, logged apart
+    train_ids = {json.loads(line)["id"] for line in (run / "split" / "train.jsonl").read_text().splitlines()}
+    assert len(selection["train_eval"]) == 3 and set(selection["train_eval"]) <= train_ids
+    fit = [r for r in records if "train_eval/f1" in r]
+    assert [r["step"] for r in fit] == [0, 1, 2] and all(r["train_eval/num_questions"] == 3 for r in fit)
+    for step in (0, 1, 2):
+        played = [json.loads(line)["question_id"] for line in
+                  (run / "train_eval" / f"step-{step:06d}.jsonl").read_text().splitlines()]
+        assert sorted(played) == sorted(selection["train_eval"])
+    assert not any("train_eval/f1" in r and "dev/f1" in r for r in records)  # never the selection score
+    assert "train f1" in report and "training questions replayed at each evaluation (train f1) | 3" in report
 
 
 def test_the_kl_reference_adapter_is_a_frozen_copy_of_the_starting_adapter(tiny_lm_dir, tmp_path):

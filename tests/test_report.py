@@ -22,7 +22,7 @@ COAUG_STEP_KEYS = ("train/reward", "train/reward_std", "train/frac_reward_zero_s
 COAUG_PLOTTED = {*COAUG_STEP_KEYS, "dev/ndcg@10", "dev/recall@10", "dev/query_expansion_words"}
 AGENT_PLOTTED = {"train/reward", "train/rewards/retry_reward/mean", "train/rewards/correctness_reward/mean",
                  "train/frac_reward_zero_std", "rollout/searches_per_episode", "rollout/seconds", "dev/f1", "dev/em",
-                 "train/step_time"}
+                 "dev_report/f1", "train_eval/f1", "train/step_time"}
 
 # The default colours of the first two lines in a matplotlib figure (C0, C1).
 BLUE, ORANGE = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)
@@ -116,7 +116,8 @@ def test_several_runs_are_overlaid_with_a_legend(tmp_path):
 
 
 def test_agent_run_keys_are_plotted(tmp_path):
-    records = [{"step": 0, "dev/f1": 0.1, "dev/em": 0.0, "sft/loss_last": 2.0}]
+    records = [{"step": 0, "dev/f1": 0.1, "dev/em": 0.0, "sft/loss_last": 2.0, "dev_report/f1": 0.2,
+                "train_eval/f1": 0.3, "train_eval/num_questions": 20}]
     for step in (1, 2, 3):
         records.append({"step": step, "rollout/searches_per_episode": step / 2, "rollout/seconds": 3.0})
         records.append({"step": step, "train/reward": 0.2 * step, "train/rewards/retry_reward/mean": 0.1,
@@ -129,6 +130,7 @@ def test_agent_run_keys_are_plotted(tmp_path):
     sections = {p.key: p.section for p in report.plots}
     assert sections["rollout/searches_per_episode"] == "Expansion length / searches"
     assert sections["train/rewards/retry_reward/mean"] == "Reward"
+    assert sections["dev_report/f1"] == sections["train_eval/f1"] == "Selection metric"  # beside dev/f1
 
 
 def test_rebuild_drops_plots_no_longer_drawn(tmp_path):

@@ -8,6 +8,8 @@ one panel, with all runs overlaid and told apart by a legend:
 * **Zero-std groups**: the fraction of GRPO groups whose rewards were all equal (they teach
   nothing), and the reward standard deviation;
 * **Selection metric** (`dev/…` in `metrics.jsonl`, the evaluation that chooses `best/`): nDCG/recall/MRR@k, EM, F1, judge accuracy; the best checkpoint is starred;
+  beside it the part of dev that chose nothing (`dev_report/…`) and, for the agent, a fixed sample
+  of its training questions (`train_eval/…`: how well it fits what it trains on);
 * **Expansion length / searches**: words per expansion, searches and retries per episode;
 * **Step time**: seconds per optimiser step, seconds per rollout.
 
@@ -70,6 +72,9 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("Zero-std groups", r"train/reward_std", "reward std"),
     # dev/... is the evaluation that chooses best/: part of dev, or held-out training queries (selection.json).
     Quantity("Selection metric", r"dev/(ndcg@\d+|recall@\d+|mrr@\d+|map|em|f1|judge)", "selection {0}"),
+    # dev_report/...: the part of dev that chose nothing; train_eval/...: training questions (fit, not generalisation).
+    Quantity("Selection metric", r"dev_report/(ndcg@\d+|recall@\d+|mrr@\d+|map|em|f1|judge)", "report part of dev: {0}"),
+    Quantity("Selection metric", r"train_eval/(em|f1)", "training questions (fit): {0}"),
     Quantity("Expansion length / searches", r"train/coaug/expansion_words", "words per expansion (training)"),
     Quantity("Expansion length / searches", r"dev/(query|doc)_expansion_words", "words per {0} expansion (selection)"),
     Quantity("Expansion length / searches", r"rollout/searches_per_episode", "searches per episode (rollouts)"),

@@ -127,6 +127,10 @@ class DevEvalSettings(BaseModel):
     )
     batch_size: int = Field(20, ge=1)
     at_start: bool = Field(True, description="also evaluate the policy before the first RL step")
+    train_questions: int = Field(
+        0, ge=0, description="also play N fixed training questions greedily at each evaluation (train_eval/...): "
+        "how well the policy fits what it trains on, beside how it does on dev; never chooses best/",
+    )
 
 
 class AgentTrainConfig(BaseModel):

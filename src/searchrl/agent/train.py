@@ -10,12 +10,14 @@ This file is the composition root; it reads top to bottom. The settings live in
     RUN/sft/              optional warm-start: transcripts, adapter/, sft.json (done marker)
     RUN/checkpoints/      GRPO checkpoints, resumed from after an interruption
     RUN/dev/              dev transcripts of every evaluation (step-000010.jsonl, ...)
+    RUN/train_eval/       with eval.train_questions: transcripts of a fixed sample of training questions
     RUN/best/, best.json  the adapter with the best *selection* score; step 0 is the policy GRPO
                           started from, so best/ is the warm-start itself when no step beats it
     RUN/final/            the adapter after the last step
     RUN/metrics.jsonl     trainer logs (train/...), reward terms and how often each fired
                           (train/rewards/fired_<term>), rollout statistics (rollout/...), dev
-                          metrics on the selection part (dev/...) and the report part (dev_report/...)
+                          metrics on the selection part (dev/...), the report part (dev_report/...)
+                          and the training-question sample (train_eval/...)
 
 The KL reference: with ``grpo.beta > 0`` and a warm-start (or ``init_adapter``), TRL 1.16 keeps a
 frozen copy of the starting adapter (named ``ref``) and measures the KL against it — so the
@@ -27,9 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+import random
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +138,8 @@ class AgentSplit:
     """Dev questions whose score chooses ``best/``."""
     report: list[QAExample]
     """Dev questions evaluated alongside but never used to choose (empty with ``report_fraction: 0``)."""
+    train_eval: list[QAExample] = field(default_factory=list)
+    """Training questions played at each evaluation (``eval.train_questions``): fit, not generalisation."""
 
     @property
     def dev(self) -> list[QAExample]:
@@ -167,10 +172,12 @@ def split_questions(config: AgentTrainConfig, run_path: Path) -> AgentSplit:
     if config.eval.report_fraction > 0 and len(dev) >= 2:
         parts = split_by_source(dev, dev_fraction=config.eval.report_fraction, seed=data.split_seed)
         select, report = parts.train, parts.dev
+    # A seeded sample of the questions GRPO trains on, fixed for the run: the same ones at every evaluation.
+    train_eval = random.Random(data.split_seed).sample(list(train), min(config.eval.train_questions, len(train)))
     record = {"select": [e.id for e in select], "report": [e.id for e in report],
-              "disjoint_by": "gold_ids", "chooses_best": "select"}
+              "disjoint_by": "gold_ids", "chooses_best": "select", "train_eval": [e.id for e in train_eval]}
     (run_path / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return AgentSplit(train=list(train), select=select, report=report)
+    return AgentSplit(train=list(train), select=select, report=report, train_eval=train_eval)
 
 
 def build_tool(config: AgentTrainConfig) -> SearchTool:
@@ -269,7 +276,10 @@ class DevEvaluation:
 
     Plays greedy episodes on the whole dev split at once (transcripts in ``RUN/dev/``), returns
     the metrics of the *selection* part — which the callback logs as ``dev/...`` and uses to
-    keep ``best/`` — and logs the *report* part's as ``dev_report/...`` itself.
+    keep ``best/`` — and logs the *report* part's as ``dev_report/...`` itself. With
+    ``eval.train_questions``, it also plays that fixed sample of training questions
+    (``RUN/train_eval/``, logged as ``train_eval/...``): a policy that gains there and not on
+    dev is learning its training questions, not the skill.
     """
 
     def __init__(self, config: AgentTrainConfig, run: Any, tool: SearchTool, questions: AgentSplit) -> None:
@@ -296,6 +306,13 @@ class DevEvaluation:
         if self.questions.report:
             reported = summarize([by_id[e.id] for e in self.questions.report])
             self.run.log_metrics(step, _numbers(reported), prefix="dev_report/")
+        if self.questions.train_eval:
+            fit = _play_dev(
+                model, tokenizer, self.tool, self.questions.train_eval, self.episode_config,
+                out_path=self.run.path / "train_eval" / f"step-{step:06d}.jsonl",
+                batch_size=self.config.eval.batch_size, run_info=self.run_info,
+            )
+            self.run.log_metrics(step, _numbers(fit.metrics), prefix="train_eval/")
         return _numbers(summarize([by_id[e.id] for e in self.questions.select]))
 
 
@@ -389,6 +406,7 @@ def write_agent_report(
             "train questions": len(questions.train),
             "dev questions choosing best/ (selection part)": len(questions.select),
             "dev questions only reported (report part)": len(questions.report),
+            "training questions replayed at each evaluation (train f1)": len(questions.train_eval),
             "split": str(config.data.split_dir or run.path / "split"),
         },
         "Rewards": {**config.reward_weights().model_dump(), "retry_reward": config.retry_reward},
@@ -400,6 +418,7 @@ def write_agent_report(
     if sft_summary is not None:
         sections["Warm-start"] = {k: v for k, v in sft_summary.items() if not isinstance(v, dict)} | sft_summary["transcripts"]
     reported = {int(r["step"]): r for r in records if f"dev_report/{metric}" in r}
+    fit = {int(r["step"]): r for r in records if "train_eval/f1" in r}
     rows = [r for r in records if f"dev/{metric}" in r]
     if rows:
         def cell(record: dict | None, key: str) -> str:
@@ -407,11 +426,11 @@ def write_agent_report(
             return "-" if value is None else f"{value:.3f}"
 
         sections["Dev evaluations (greedy)"] = "\n".join(
-            ["| step | select em | select f1 | report em | report f1 | searches/episode | retries/episode |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+            ["| step | select em | select f1 | report em | report f1 | train f1 | searches/episode | retries/episode |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
             + [f"| {r['step']} | {cell(r, 'dev/em')} | {cell(r, 'dev/f1')} | {cell(reported.get(int(r['step'])), 'dev_report/em')} "
-               f"| {cell(reported.get(int(r['step'])), 'dev_report/f1')} | {cell(r, 'dev/searches_per_episode')} "
-               f"| {cell(r, 'dev/retries_per_episode')} |" for r in rows]
+               f"| {cell(reported.get(int(r['step'])), 'dev_report/f1')} | {cell(fit.get(int(r['step'])), 'train_eval/f1')} "
+               f"| {cell(r, 'dev/searches_per_episode')} | {cell(r, 'dev/retries_per_episode')} |" for r in rows]
         )
     best = run.best()
     if best is not None:
