@@ -1,8 +1,12 @@
-"""Corpus augmentation on a local Ray cluster (2 CPU workers) with the tiny in-process model.
+"""Corpus augmentation on a local Ray cluster (2 CPU workers).
 
 The Ray job must write exactly what the single-process job writes, and a worker process killed
 mid-job must cost nothing: either Ray restarts it and the job finishes, or the job stops as
 interrupted and the rerun finishes it, with every id written exactly once.
+
+The worker-failure tests run a scripted engine (pure Python: a restarted worker is up in about
+a second instead of the seconds it takes to import torch and load a model); the ``--ray`` CLI
+test and the failed-load test run the tiny transformers model, as users' workers do.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import os
 import sys
 
 import pytest
-from test_augment import make_items, read_records, run_cli
+import test_augment
+from test_augment import ScriptedEngine, make_items, read_records, run_cli
 
 ray = pytest.importorskip("ray")
 
@@ -25,12 +30,11 @@ from searchrl.llm.engine import GenerationEngine  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]  # one local cluster, on one test worker
 
-# Classes defined here travel to the Ray workers by value (the workers cannot import tests/).
+# Classes defined in tests/ travel to the Ray workers by value (the workers cannot import tests/).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(test_augment)
 
-# The random tiny model repeats one token under plain greedy decoding; a repetition penalty
-# makes its completions differ from item to item.
-POLICY = ExpansionPolicy(lenient=True, sampling={"max_new_tokens": 8, "stop": ["</answer>"], "repetition_penalty": 3.0})
+POLICY = ExpansionPolicy(lenient=True, sampling={"max_new_tokens": 8, "stop": ["</answer>"]})
 ITEMS = make_items(24)
 
 
@@ -62,10 +66,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def factory(tiny_lm_dir):
-    # float32: the reference and the workers must compute the same greedy tokens.
-    return functools.partial(build_engine, "transformers", model=str(tiny_lm_dir), device="cpu", dtype="float32",
-                             batch_size=4)
+def factory():
+    return ScriptedEngine
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def reference(tmp_path_factory, factory):
     """The single-process job's output, batch by batch as the workers will see it (4 items)."""
     out = tmp_path_factory.mktemp("reference")
     manifest = CorpusAugmentationJob(ITEMS, out, role="document", policy=POLICY, engine=factory(), batch_size=4,
-                                     model_name="tiny", engine_name="transformers").run(show_progress=False)
+                                     model_name="scripted", engine_name="scripted").run(show_progress=False)
     return out, manifest
 
 
@@ -85,7 +87,7 @@ def ray_job(out, factory, pools, **pool_options):
         return pools[-1]
 
     return CorpusAugmentationJob(ITEMS, out, role="document", policy=POLICY, engine=build_pool, batch_size=8,
-                                 model_name="tiny", engine_name="transformers")
+                                 model_name="scripted", engine_name="scripted")
 
 
 def test_a_killed_worker_is_restarted_and_its_chunk_run_again(cluster, factory, reference, tmp_path):
