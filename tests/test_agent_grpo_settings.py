@@ -152,6 +152,35 @@ def test_kl_reference_is_the_warm_start_dev_is_cut_in_two_and_training_questions
     assert "train f1" in report and "training questions replayed at each evaluation (train f1) | 3" in report
 
 
+def test_replaying_training_questions_changes_nothing_in_training(tiny_lm_dir, tmp_path):
+    """The replay is greedy and outside the update: the same seed gives the same steps with or without it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from searchrl.agent.train import train_agent
+
+    data = write_data(tmp_path / "data")
+
+    def steps(name, train_questions):
+        config = AgentTrainConfig.model_validate({
+            "model": str(tiny_lm_dir), "device": "cpu", "output_dir": str(tmp_path / name),
+            "data": {"questions": str(data / "questions.jsonl"), "corpus": str(data / "corpus.jsonl"), "dev_size": 2},
+            "tool": {"k": 2}, "episode": {"max_turns": 2, "max_turn_tokens": 6, "max_model_tokens": 16},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+            "grpo": {"steps": 2, "prompts_per_step": 1, "num_generations": 2, "save_steps": 5, "temperature": 1.0},
+            "eval": {"every": 1, "report_fraction": 0, "train_questions": train_questions},
+        })
+        run = train_agent(config)
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert any("train_eval/f1" in r for r in records) == bool(train_questions)
+        logged = [(r["step"], r["train/loss"], r["train/reward"], r["train/num_tokens"]) for r in records if "train/loss" in r]
+        return logged, load_file(str(run / "final" / "adapter_model.safetensors"))
+
+    (plain_steps, plain), (replay_steps, replay) = steps("plain", 0), steps("replay", 3)
+    assert plain_steps == replay_steps and len(plain_steps) == 2
+    assert plain.keys() == replay.keys() and all(torch.equal(plain[k], replay[k]) for k in plain)  # the same weights
+
+
 def test_the_kl_reference_adapter_is_a_frozen_copy_of_the_starting_adapter(tiny_lm_dir, tmp_path):
     """TRL 1.16 keeps a frozen copy named "ref" of a loaded adapter when beta > 0."""
     import torch
