@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import random
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
