@@ -9,7 +9,8 @@ Run (from the project root):
 A step is timed as TRL 1.16's GRPOTrainer runs it: sampling the group's completions; with a KL
 term, the reference pass (adapter off) over the step in order; the policy forward + backward over
 the step's micro-batches, shuffled as TRL shuffles them; the optimiser update. Log-probabilities
-come from TRL's fused LM head (completion positions only). Shapes:
+come from TRL's fused LM head (off Triton devices, as here, it scores every position and keeps the
+completion's). Shapes:
 
 * ``coaug``: a step of ``coaug-cpu`` — 4 SciFact query prompts x 6 samples of at most 24 tokens,
   12 sequences per forward/backward, no KL (no reference pass).
@@ -331,7 +332,7 @@ def main() -> None:
     models, optimizers = {}, {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         base = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-        add_fused_lm_head(base)  # as GRPOTrainer does: log-probs of the completion positions only
+        add_fused_lm_head(base)  # as GRPOTrainer does (on CPU it scores every position, keeps the completion's)
         lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, target_modules="all-linear", task_type="CAUSAL_LM")
         models[name] = get_peft_model(base, lora)
         optimizers[name] = torch.optim.AdamW([p for p in models[name].parameters() if p.requires_grad], lr=1e-5)
