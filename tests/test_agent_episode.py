@@ -11,6 +11,7 @@ from searchrl.agent.episode import (
     EpisodeConfig,
     EpisodeResult,
     ScriptedPolicy,
+    answer_text_mask,
     rollout_batch,
     run_episodes,
 )
@@ -189,6 +190,22 @@ def test_rollout_batch_splits_prompt_and_completion(tokenizer):
     assert batch["episode"][0]["answer"] == "Jim Lovell" and "token_ids" not in batch["episode"][0]
     record = EpisodeResult.from_dict(json.loads(json.dumps(results[0].to_dict())))
     assert record.token_ids == results[0].token_ids and record.assistant_turns == results[0].assistant_turns
+
+
+def test_answer_text_mask_leaves_only_the_answer_words_out(tokenizer):
+    results = run_episodes(ScriptedPolicy(tokenizer, SCRIPTS), make_tool(), [Q_CMD, Q_TANK, Q_BOAT])
+    masks = [answer_text_mask(r, tokenizer.decode) for r in results]
+    for r, mask in zip(results[:2], masks[:2]):
+        kept = tokenizer.decode([t for t, m in zip(r.completion_ids, mask) if m])
+        turns = r.assistant_turns
+        # Every search turn stays in the loss; the final turn up to and including its <answer> tag.
+        assert kept == "".join(t + "<|im_end|>" for t in turns[:-1]) + "<answer>"
+        # Only model-written tokens were taken out: the environment's stay out.
+        assert all(m <= c for m, c in zip(mask, r.completion_mask))
+    # An episode that ends without an answer keeps its whole mask.
+    assert results[2].finish_reason == "no_action" and masks[2] == results[2].completion_mask
+    batch = rollout_batch(results, completion_masks=masks)
+    assert batch["env_mask"] == masks and batch["completion_ids"] == [r.completion_ids for r in results]
 
 
 def test_evaluate_agent_metrics_transcripts_and_resume(tokenizer, tmp_path):

@@ -180,6 +180,23 @@ def test_rollout_output_matches_what_trl_expects(tool, tokenizer):
         assert out["logprobs"] is None or len(out["logprobs"][i]) == len(ids)
 
 
+def test_rollout_can_leave_the_answer_words_out_of_the_loss(tool, tokenizer):
+    logged = []
+    run = SimpleNamespace(log_metrics=lambda step, metrics, prefix="": logged.append({prefix + k: v for k, v in metrics.items()}))
+    rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3), run=run, train_answer_text=False,
+                           policy_factory=lambda trainer: _scripted(tokenizer))
+    trainer = _fake_trainer()
+    trainer.processing_class = tokenizer
+    rows = agent_dataset_rows(QUESTIONS[:2])
+    out = rollout([rows[0]["prompt"], rows[1]["prompt"]], trainer)
+    for ids, mask, episode in zip(out["completion_ids"], out["env_mask"], out["episode"]):
+        kept = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+        search_turn = episode["messages"][2]["content"]
+        assert kept == search_turn + "<|im_end|><answer>" and episode["answer"] not in kept
+    expected = sum(map(sum, out["env_mask"])) / 2
+    assert logged[-1]["rollout/loss_tokens_per_episode"] == pytest.approx(expected)
+
+
 def test_rollout_rejects_unknown_prompts(tool, tokenizer):
     from searchrl.errors import DataError
 

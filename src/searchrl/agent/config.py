@@ -91,6 +91,11 @@ class GRPOSettings(SharedGRPOSettings):
     loss_type: str = "dapo"
     scale_rewards: str = "none"
     mask_truncated_completions: bool = False
+    train_answer_text: bool = Field(
+        True,
+        description="False: the words after <answer> are left out of the loss, so GRPO trains the search "
+        "(when and what to search, when to answer) and the answers keep the warm-start's wording",
+    )
     shuffle: bool = True
     save_steps: int = Field(5, ge=1)
     generation_batch_size: int = Field(16, ge=1, description="sequences per transformers generate call")

@@ -479,10 +479,34 @@ def _run_searches(
             on_message(index, state.messages[-1])
 
 
-def rollout_batch(results: Sequence[EpisodeResult]) -> dict[str, list]:
+def answer_text_mask(result: EpisodeResult, decode: Callable[[Sequence[int]], str]) -> list[int]:
+    """The episode's completion mask with the tokens after its final ``<answer>`` tag set to 0.
+
+    What GRPO then trains is the search: when to search, the queries, when to stop and answer
+    (the tokens up to and including ``<answer>``); the words of the answer keep the
+    warm-start's distribution. An episode that did not end with an answer keeps its whole mask.
+    ``decode`` turns token ids into text (the tokenizer's ``decode``).
+    """
+    mask = list(result.completion_mask)
+    if result.finish_reason != "answered":
+        return mask
+    ids = result.completion_ids
+    start = len(mask)  # the final turn: the last run of model-written tokens
+    while start > 0 and mask[start - 1] == 1:
+        start -= 1
+    for end in range(start + 1, len(ids) + 1):
+        if "<answer>" in decode(ids[start:end]):
+            return mask[:end] + [0] * (len(mask) - end)
+    return mask
+
+
+def rollout_batch(
+    results: Sequence[EpisodeResult], *, completion_masks: Sequence[list[int]] | None = None
+) -> dict[str, list]:
     """Episodes in the shape TRL's ``GRPOTrainer`` expects back from a ``rollout_func``.
 
-    ``env_mask`` is the completion part of each mask; ``logprobs`` holds the policy's sampling
+    ``env_mask`` is the completion part of each mask (or ``completion_masks`` when given, e.g.
+    from :func:`answer_text_mask`); ``logprobs`` holds the policy's sampling
     log-probability of each completion token, ``None`` where there is none (tool results, the
     end-of-turn token added after a stop string) — TRL turns those into NaN and leaves them out
     of its importance-sampling correction. It is ``None`` altogether when the policy gave no
@@ -498,7 +522,7 @@ def rollout_batch(results: Sequence[EpisodeResult]) -> dict[str, list]:
         "prompt_ids": [r.token_ids[: r.prompt_length] for r in results],
         "completion_ids": [r.completion_ids for r in results],
         "logprobs": logprobs,
-        "env_mask": [r.completion_mask for r in results],
+        "env_mask": [r.completion_mask for r in results] if completion_masks is None else [list(m) for m in completion_masks],
         "episode": [r.to_dict(tokens=False) for r in results],
     }
 

@@ -18,7 +18,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from searchrl.agent.episode import EpisodeConfig, EnginePolicy, TurnOutput, rollout_batch, run_episodes
+from searchrl.agent.episode import (
+    EpisodeConfig,
+    EnginePolicy,
+    TurnOutput,
+    answer_text_mask,
+    rollout_batch,
+    run_episodes,
+)
 from searchrl.agent.protocol import SYSTEM_PROMPT, user_prompt
 from searchrl.agent.tool import SearchTool
 from searchrl.data.types import QAExample
@@ -190,6 +197,8 @@ class AgentRollout:
     finish reasons) go to ``run`` when one is given.
 
     ``policy_factory(trainer)`` builds the policy; the default samples from the trainer's model.
+    ``train_answer_text=False`` leaves the words of each final answer out of the loss
+    (:func:`~searchrl.agent.episode.answer_text_mask`).
     """
 
     def __init__(
@@ -201,8 +210,10 @@ class AgentRollout:
         run: Any = None,
         policy_factory: Any = None,
         generation_batch_size: int = 16,
+        train_answer_text: bool = True,
     ) -> None:
         self.tool = tool
+        self.train_answer_text = train_answer_text
         self.by_prompt = {user_prompt(e.question): e for e in examples}
         if len(self.by_prompt) != len(examples):
             raise DataError("two training questions have the same text", hint="remove duplicate questions")
@@ -235,9 +246,14 @@ class AgentRollout:
             if was_training:
                 model.train()
         self.last_episodes = episodes
+        masks = [r.completion_mask for r in episodes]
+        if not self.train_answer_text:
+            masks = [answer_text_mask(r, trainer.processing_class.decode) for r in episodes]
         if self.run is not None and getattr(trainer, "accelerator", None) is not None and trainer.accelerator.is_main_process:
-            self.run.log_metrics(step + 1, rollout_statistics(episodes, time.perf_counter() - started), prefix="rollout/")
-        return rollout_batch(episodes)
+            stats = rollout_statistics(episodes, time.perf_counter() - started)
+            stats["loss_tokens_per_episode"] = sum(map(sum, masks)) / max(len(masks), 1)
+            self.run.log_metrics(step + 1, stats, prefix="rollout/")
+        return rollout_batch(episodes, completion_masks=masks)
 
 
 def rollout_statistics(episodes: Sequence[Any], seconds: float | None = None) -> dict[str, float]:

@@ -339,7 +339,7 @@ def build_trainer(
     functions, weights = build_reward_functions(config.reward_weights(), judge=_judge(config))
     grpo = config.grpo
     rollout = AgentRollout(tool, train, config.rollout_episode_config(), run=run,
-                           generation_batch_size=grpo.generation_batch_size)
+                           generation_batch_size=grpo.generation_batch_size, train_answer_text=grpo.train_answer_text)
     dev_callback = DevEvaluationCallback(
         run, evaluation, metric=config.eval.metric, every=config.eval.every,
         patience=config.eval.patience, evaluate_at_start=config.eval.at_start,
