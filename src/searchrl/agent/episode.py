@@ -518,11 +518,14 @@ def rollout_batch(
         if all(r.logprobs is not None for r in results)
         else None
     )
+    masks = [r.completion_mask for r in results] if completion_masks is None else [list(m) for m in completion_masks]
+    if len(masks) != len(results):
+        raise ValueError(f"{len(masks)} completion masks for {len(results)} episodes")
     return {
         "prompt_ids": [r.token_ids[: r.prompt_length] for r in results],
         "completion_ids": [r.completion_ids for r in results],
         "logprobs": logprobs,
-        "env_mask": [r.completion_mask for r in results] if completion_masks is None else [list(m) for m in completion_masks],
+        "env_mask": masks,
         "episode": [r.to_dict(tokens=False) for r in results],
     }
 
