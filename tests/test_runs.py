@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel
 
 from searchrl.errors import ConfigError, DataError
-from searchrl.runs import RunDirectory, config_differences, last_checkpoint, sha256_file
+from searchrl.runs import RunDirectory, config_differences, finished_run_of, last_checkpoint, sha256_file
 from searchrl.training import (
     DevEvaluationCallback,
     LoraSettings,
@@ -60,6 +60,23 @@ def test_resume_with_different_config_is_refused_naming_keys(tmp_path):
     assert "model" in message and "train.lr" in message and "train.steps" not in message
     # the stored config is untouched by the refused attempt
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"] == "tiny"
+
+
+def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """A key added to the model later takes its default for an old run; a renamed key still blocks."""
+    run_dir = tmp_path / "run"
+    RunDirectory.create_or_resume(run_dir, Cfg())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "train": {"lr": 1e-5}}))  # no train.steps
+    assert RunDirectory.create_or_resume(run_dir, Cfg()).resumed
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "train": {"lr": 1e-5}}))
+    with pytest.raises(ConfigError, match=r"train\.steps: 10 -> 20"):  # the default, not None, is what it ran with
+        RunDirectory.create_or_resume(run_dir, Cfg(train=Inner(steps=20)))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "train": {"lr": 1e-5, "epochs": 3}}))
+    with pytest.raises(ConfigError, match=r"train\.epochs: 3 -> None"):
+        RunDirectory.create_or_resume(run_dir, Cfg())
+    (run_dir / "final").mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "train": {"lr": 1e-5}}))
+    assert finished_run_of(run_dir, Cfg()) and not finished_run_of(run_dir, Cfg(model="other"))
 
 
 def test_force_and_mutable_keys(tmp_path):

@@ -112,6 +112,33 @@ def config_to_dict(config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
+def stored_config(path: str | Path, config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration stored at ``path`` (a ``config.yaml``), as ``config``'s model reads it today.
+
+    A key the file lacks — one added to the model after the run was written — takes the model's
+    default, so a run stays resumable across versions that only add settings (their defaults keep
+    the old behaviour). Every key the file holds keeps its stored value; a file the model no longer
+    reads (a renamed key) is returned as stored, and the comparison then names the difference.
+    """
+    stored = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(config, BaseModel) or not isinstance(stored, dict):
+        return stored
+    try:
+        defaults = config_to_dict(type(config).model_validate(stored))
+    except (ValueError, TypeError):
+        return stored
+    return _fill_missing(stored, defaults)
+
+
+def _fill_missing(stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    filled = dict(defaults)
+    for key, value in stored.items():
+        default = defaults.get(key)
+        both_sections = isinstance(value, Mapping) and isinstance(default, Mapping)
+        filled[key] = _fill_missing(value, default) if both_sections else value
+    return filled
+
+
 def finished_run_of(path: str | Path, config: BaseModel | Mapping[str, Any]) -> bool:
     """Whether ``path`` holds a finished run (``final/`` written) whose stored configuration is ``config``.
 
@@ -122,7 +149,7 @@ def finished_run_of(path: str | Path, config: BaseModel | Mapping[str, Any]) -> 
     stored = path / RunDirectory.CONFIG
     if not (path / "final").is_dir() or not stored.is_file():
         return False
-    return yaml.safe_load(stored.read_text(encoding="utf-8")) == config_to_dict(config)
+    return stored_config(stored, config) == config_to_dict(config)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -246,7 +273,7 @@ class RunDirectory:
         if path.exists() and not path.is_dir():
             raise ConfigError("run path exists and is not a directory", path=path, hint="choose another --out")
         if run.config_path.exists():
-            old_config = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
+            old_config = stored_config(run.config_path, config)
             mutable = set(mutable_keys)
             differences = config_differences(old_config, new_config)
             blocking = {k: v for k, v in differences.items() if k not in mutable}
@@ -597,4 +624,5 @@ __all__ = [
     "last_checkpoint",
     "library_versions",
     "sha256_file",
+    "stored_config",
 ]
