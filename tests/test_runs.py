@@ -79,6 +79,27 @@ def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tmp_pat
     assert finished_run_of(run_dir, Cfg()) and not finished_run_of(run_dir, Cfg(model="other"))
 
 
+class Located(BaseModel):
+    output_dir: str = "runs/a"
+    train: Inner = Inner()
+
+
+def test_a_moved_or_copied_run_directory_resumes_under_its_new_path(tmp_path):
+    import shutil
+
+    RunDirectory.create_or_resume(tmp_path / "a", Located(output_dir=str(tmp_path / "a")))
+    (tmp_path / "a" / "final").mkdir()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = Located(output_dir=str(tmp_path / "b"))
+    assert finished_run_of(tmp_path / "b", moved)
+    assert not finished_run_of(tmp_path / "b", Located(output_dir=str(tmp_path / "b"), train=Inner(lr=1.0)))
+    run = RunDirectory.create_or_resume(tmp_path / "b", moved)
+    assert run.resumed and run.config()["output_dir"] == str(tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"train\.lr") as info:  # the location never hides a real difference
+        RunDirectory.create_or_resume(tmp_path / "a", Located(output_dir=str(tmp_path / "c"), train=Inner(lr=1.0)))
+    assert "output_dir" not in str(info.value)
+
+
 def test_force_and_mutable_keys(tmp_path):
     RunDirectory.create_or_resume(tmp_path / "run", Cfg())
     # extending training is allowed when the key is declared mutable

@@ -149,7 +149,7 @@ def finished_run_of(path: str | Path, config: BaseModel | Mapping[str, Any]) -> 
     stored = path / RunDirectory.CONFIG
     if not (path / "final").is_dir() or not stored.is_file():
         return False
-    return stored_config(stored, config) == config_to_dict(config)
+    return not config_differences(stored_config(stored, config), config_to_dict(config)).keys() - LOCATION_KEYS
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -161,6 +161,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+# Where a run lives is not part of what it computes: a run directory that was moved or copied
+# resumes (and a finished one is reused) under its new path.
+LOCATION_KEYS = frozenset({"output_dir"})
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -263,8 +268,9 @@ class RunDirectory:
         Resuming with a different configuration raises :class:`ConfigError` naming every
         differing key, unless ``force`` (then the new config replaces the old one and the change
         is noted in ``config-history.jsonl``). Keys in ``mutable_keys`` (dotted, e.g. ``"steps"``
-        to extend a finished run) may change without ``force``. Input files whose sha256 changed
-        are refused the same way.
+        to extend a finished run) may change without ``force``, and so may ``output_dir``: a run
+        directory moved or copied elsewhere resumes there. Input files whose sha256 changed are
+        refused the same way.
         """
         path = Path(path).expanduser()
         new_config = config_to_dict(config)
@@ -274,7 +280,7 @@ class RunDirectory:
             raise ConfigError("run path exists and is not a directory", path=path, hint="choose another --out")
         if run.config_path.exists():
             old_config = stored_config(run.config_path, config)
-            mutable = set(mutable_keys)
+            mutable = set(mutable_keys) | LOCATION_KEYS
             differences = config_differences(old_config, new_config)
             blocking = {k: v for k, v in differences.items() if k not in mutable}
             old_inputs = json.loads((path / cls.INPUTS).read_text()) if (path / cls.INPUTS).exists() else {}
