@@ -245,6 +245,70 @@ def test_two_grpo_steps_with_the_rollout_function(tool, tokenizer, tiny_lm_dir, 
     assert all(sum(e.completion_mask) < len(e.completion_ids) for e in episodes)
 
 
+def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, tokenizer, tiny_lm_dir, tmp_path,
+                                                                          monkeypatch):
+    """Two steps with a KL term, TRL's GRPOTrainer against searchrl's: the same loss, KL and entropy,
+    while searchrl's passes project only the episodes' model tokens (env_mask), not the search results."""
+    import itertools
+    import warnings
+
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOTrainer
+
+    from searchrl.agent.rewards import RewardWeights, build_reward_functions
+    from searchrl.training import LoraSettings, build_grpo_config, build_lora_config
+    from searchrl.training import trainer as module
+
+    scored_masks = []
+    completion_logprobs = module.completion_logprobs
+
+    def recording(*args, scored=None, **kwargs):
+        scored_masks.append(scored)
+        return completion_logprobs(*args, scored=scored, **kwargs)
+
+    monkeypatch.setattr(module, "completion_logprobs", recording)
+    logs, rollouts = {}, {}
+    for name, trainer_class in [("trl", GRPOTrainer), ("searchrl", module.grpo_trainer_class())]:
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), build_lora_config(LoraSettings(r=4)))
+        answers = itertools.count()  # every other episode answers right: the groups' rewards differ
+
+        def script(prompt_text: str, turn: int, answers=answers) -> str:
+            example = next(e for e in QUESTIONS if user_prompt(e.question) in prompt_text)
+            if turn == 0:
+                return f"<think>look</think>\n<search>{example.question}</search>"
+            return f"<answer>{example.answers[0] if next(answers) % 2 else 'no idea'}</answer>"
+
+        rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3),
+                               policy_factory=lambda trainer, script=script: ScriptedPolicy(tokenizer, script))
+        functions, weights = build_reward_functions(RewardWeights(metric="em"))
+        args = build_grpo_config(
+            output_dir=tmp_path / name, max_steps=2, num_generations=2, prompts_per_step=2, micro_batch_size=2,
+            device="cpu", save_steps=100, learning_rate=1e-2, beta=0.04, extra={"reward_weights": weights},
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = trainer_class(
+                model=model, reward_funcs=functions, args=args, processing_class=tokenizer, rollout_func=rollout,
+                train_dataset=Dataset.from_list(agent_dataset_rows(QUESTIONS)),
+            )
+            trainer.train()
+        logs[name] = [entry for entry in trainer.state.log_history if "loss" in entry and "kl" in entry]
+        rollouts[name] = rollout
+    assert len(logs["trl"]) == len(logs["searchrl"]) == 2
+    assert logs["trl"][-1]["kl"] > 0  # the second step's policy has moved: the KL term is live
+    for ours, theirs in zip(logs["searchrl"], logs["trl"]):
+        for key in ("loss", "kl", "entropy", "grad_norm"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-3, abs=1e-6), key
+    # searchrl's passes (reference and policy) were told which tokens the loss reads: the env_mask
+    assert scored_masks and all(mask is not None for mask in scored_masks)
+    env_tokens = [len(e.completion_mask) - sum(e.completion_mask) for e in rollouts["searchrl"].last_episodes]
+    assert min(env_tokens) > 0 and any((mask == 0).sum() >= min(env_tokens) for mask in scored_masks)
+
+
 # ----------------------------------------------------------------------------------------
 # A whole run, then a resume
 

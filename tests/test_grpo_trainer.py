@@ -1,4 +1,5 @@
-"""The GRPO trainer's two savings change no number: merged-LoRA sampling and the shared prompt pass."""
+"""The GRPO trainer's savings change no number: merged-LoRA sampling, the shared prompt pass and
+scoring only the positions the loss reads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import traceback
 import pytest
 import torch
 
-from searchrl.training.trainer import merged_lora, shared_prompt_logprobs
+from searchrl.training.trainer import (
+    completion_logprobs,
+    lm_head_on_labelled_positions,
+    merged_lora,
+    shared_prompt_logprobs,
+)
 
 
 @pytest.fixture()
@@ -87,6 +93,70 @@ def test_nothing_is_shared_when_no_prompt_repeats(policy):
     assert shared_prompt_logprobs(policy, ids[:, 6:], mask[:, 6:], keep) is None  # a one-token prompt
 
 
+def with_env_tokens_and_extra_padding(ids, mask, keep, extra: int = 3):
+    """The batch with 3 more padding columns (a step's padding beyond this micro-batch's longest row) and
+    a scored mask that leaves two "search result" tokens of each completion out of the loss."""
+    ids = torch.cat([ids, torch.zeros(ids.size(0), extra, dtype=ids.dtype)], dim=1)
+    mask = torch.cat([mask, torch.zeros(mask.size(0), extra, dtype=mask.dtype)], dim=1)
+    scored = torch.ones(ids.size(0), keep + extra, dtype=torch.long)
+    scored[:, 1:3] = 0
+    return ids, mask, keep + extra, scored
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_scoring_only_loss_positions_gives_the_full_pass_numbers_where_the_loss_reads(policy, share):
+    ids, mask, keep = trl_batch(policy.config.vocab_size)
+    ids, mask, keep, scored = with_env_tokens_and_extra_padding(ids, mask, keep)
+    loss_mask = mask[:, -keep:] * scored
+
+    full_logps, full_entropy = full_pass(policy, ids, mask, keep)
+    (full_logps * loss_mask).sum().backward()
+    full_grads = lora_gradients(policy)
+    policy.zero_grad()
+
+    logps, entropy = completion_logprobs(policy, ids, mask, keep, scored=scored, compute_entropy=True, share_prompt=share)
+    (logps * loss_mask).sum().backward()
+    grads = lora_gradients(policy)
+
+    assert logps.shape == entropy.shape == full_logps.shape == (6, keep)
+    read = loss_mask.bool()
+    torch.testing.assert_close(logps[read], full_logps[read], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(entropy[read], full_entropy[read], rtol=1e-4, atol=1e-5)
+    assert not logps[~read].any() and not entropy[~read].any()  # unscored positions are 0, not projected
+    assert full_logps[~read & mask[:, -keep:].bool()].abs().sum() > 0  # ... where the full pass had numbers
+    assert set(grads) == set(full_grads) and len(full_grads) > 0
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_lm_head_projects_only_scored_positions_and_the_padding_is_cut(policy, monkeypatch):
+    from trl.trainer import utils as trl_utils
+
+    ids, mask, keep = trl_batch(policy.config.vocab_size)
+    ids, mask, keep, scored = with_env_tokens_and_extra_padding(ids, mask, keep)
+    projected, widths = [], []
+    apply, forward = trl_utils._ChunkedLogProbFunction.apply, policy.forward
+
+    def counting_apply(hidden, *args):
+        projected.append(hidden.size(0))
+        return apply(hidden, *args)
+
+    def recording_forward(*args, **kwargs):
+        widths.append(kwargs["input_ids"].size(1))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting_apply)
+    monkeypatch.setattr(policy, "forward", recording_forward)
+    with torch.no_grad():
+        completion_logprobs(policy, ids, mask, keep, scored=scored, share_prompt=False)
+        assert projected == [int((mask[:, -keep:] * scored).sum())] and widths == [ids.size(1) - 3]
+        full_pass(policy, ids, mask, keep)
+        assert projected[-1] == ids.size(0) * (ids.size(1) - 1)  # TRL on CPU: every position
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # the hook is TRL's own again after the block
+    with lm_head_on_labelled_positions():
+        assert trl_utils._use_triton(torch.device("cpu")) is True
+
+
 def test_merged_sampling_equals_the_adapter_and_restores_the_weights_bit_for_bit(policy):
     ids, mask, _ = trl_batch(policy.config.vocab_size)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
@@ -122,8 +192,8 @@ def test_a_training_step_samples_merged_and_shares_prompts_only_when_asked(tiny_
     from searchrl.training import train_with_resume
     from searchrl.training import trainer as module
 
-    used = {"shared": 0, "merged": 0}
-    shared, merged = module.shared_prompt_logprobs, module.merged_lora
+    used = {"shared": 0, "merged": 0, "scored": 0}
+    shared, merged, scored = module.shared_prompt_logprobs, module.merged_lora, module.completion_logprobs
 
     def counting_shared(*args, **kwargs):
         result = shared(*args, **kwargs)
@@ -134,18 +204,25 @@ def test_a_training_step_samples_merged_and_shares_prompts_only_when_asked(tiny_
         used["merged"] += any(frame.name == "_generate_single_turn" for frame in traceback.extract_stack())
         return merged(model)
 
+    def counting_scored(*args, **kwargs):
+        used["scored"] += 1
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(module, "completion_logprobs", counting_scored)
     monkeypatch.setattr(module, "shared_prompt_logprobs", counting_shared)
     monkeypatch.setattr(module, "merged_lora", counting_merged)
     config = tiny_config(tiny_lm_dir, write_tiny_beir(tmp_path / "beir"), tmp_path / "run", grpo__steps=1,
                          grpo__share_prompt=enabled, grpo__merge_lora_for_generation=enabled,
+                         grpo__score_loss_tokens_only=enabled,
                          eval__at_start=False, eval__every=100)
     setup = prepare_coaug(config)
     trainer = setup.trainer
-    assert (trainer.share_prompt, trainer.merge_lora_for_generation) == (enabled, enabled)
+    assert (trainer.share_prompt, trainer.merge_lora_for_generation, trainer.score_loss_tokens_only) == (enabled,) * 3
     train_with_resume(trainer, setup.run)
     assert trainer.state.global_step == 1
     assert used["shared"] > 0 if enabled else used["shared"] == 0
     assert used["merged"] > 0 if enabled else used["merged"] == 0
+    assert used["scored"] > 0 if enabled else used["scored"] == 0
     model = trainer.accelerator.unwrap_model(trainer.model)
     assert not any(getattr(m, "merged", False) for m in model.modules())
 

@@ -60,6 +60,10 @@ class GRPOSettings(BaseModel):
     merge_lora_for_generation: bool = Field(
         True, description="sample with the LoRA adapter merged into the base weights (restored exactly afterwards)"
     )
+    score_loss_tokens_only: bool = Field(
+        True, description="project onto the vocabulary only the positions the loss reads (no padding, no search "
+        "results) and cut each micro-batch after its longest sequence (same numbers; see searchrl.training.trainer)"
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to TRL's GRPOConfig as is")
 
     def trl_options(self) -> dict[str, Any]:
@@ -74,7 +78,7 @@ class GRPOSettings(BaseModel):
 
 
 #: GRPOSettings fields that are options of searchrl's trainer class, not of TRL's GRPOConfig.
-TRAINER_OPTIONS = ("share_prompt", "merge_lora_for_generation")
+TRAINER_OPTIONS = ("share_prompt", "merge_lora_for_generation", "score_loss_tokens_only")
 
 
 def vllm_available() -> bool:

@@ -1,7 +1,7 @@
-"""TRL's ``GRPOTrainer`` with two savings that change no result, for steps on small hardware.
+"""TRL's ``GRPOTrainer`` with savings that change no result, for steps on small hardware.
 
 Both trainers sample a group of completions for each prompt and then score every prompt +
-completion with the policy. On a CPU, two costs of that loop are avoidable:
+completion with the policy. On a CPU, three costs of that loop are avoidable:
 
 * **Sampling through the LoRA adapter.** Every adapted projection runs two extra small matrix
   products per decoded token; for a 135M model that more than doubles the operations of a decoding
@@ -14,12 +14,20 @@ completion with the policy. On a CPU, two costs of that loop are avoidable:
   each distinct prompt of a micro-batch once, keeps its keys and values, and runs only the
   completions on top of them; the gradient reaches the prompt's LoRA weights through the kept keys
   and values, as in the full pass.
+* **Scoring tokens the loss never reads.** TRL's fused LM head projects every position of the
+  pass onto the vocabulary (49k words for SmolLM2) except on Triton devices, and its micro-batches
+  keep the padding of the whole step. :func:`completion_logprobs` cuts each micro-batch after its
+  longest sequence and projects only the positions the loss reads: not padding and, for the agent,
+  not the search results inside an episode (TRL's ``tool_mask``, ``env_mask`` of a rollout
+  function), which are most of an episode's completion. Their log-probabilities and entropies are
+  0, where TRL's loss, KL term and metrics mask them anyway.
 
 The log-probabilities, entropies and gradients equal TRL's full forward pass up to floating-point
-rounding (``tests/test_grpo_trainer.py`` checks both against it). Where either saving cannot apply
-— several processes (DDP, FSDP, DeepSpeed), gradient checkpointing (a recomputed layer would write
-the kept keys and values twice), images, a mixture-of-experts auxiliary loss, vLLM sampling, no
-adapter — TRL's own code runs. ``benchmarks/rl_step.py`` measures what they buy.
+rounding on every position the loss reads (``tests/test_grpo_trainer.py`` checks them against
+it). Where a saving cannot apply — several processes (DDP, FSDP, DeepSpeed), images, a
+mixture-of-experts auxiliary loss; for the shared prompt also gradient checkpointing (a recomputed
+layer would write the kept keys and values twice); for merged sampling vLLM or no adapter — TRL's
+own code runs. ``benchmarks/rl_step.py`` measures what they buy.
 """
 
 from __future__ import annotations
@@ -76,8 +84,78 @@ def _cache_keyword(decoder: Any) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+@contextlib.contextmanager
+def lm_head_on_labelled_positions() -> Iterator[None]:
+    """Within the block, TRL's fused LM head projects only positions whose label is not -100, on CPU too.
+
+    TRL 1.16 does so on Triton devices and projects every position elsewhere (to keep tile shapes
+    fixed for compiling backends such as Neuron; ``trl.trainer.utils._use_triton`` decides). On a
+    CPU nothing is compiled, and the projection onto the vocabulary is a large part of a small
+    model's pass. Without that hook (another TRL version) the block changes nothing.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:  # pragma: no cover - trl is a dependency
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:  # pragma: no cover - a TRL without the hook: every position is projected
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def completion_logprobs(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    logits_to_keep: int,
+    *,
+    scored: Any = None,
+    compute_entropy: bool = False,
+    share_prompt: bool = True,
+) -> tuple[Any, Any]:
+    """Log-probabilities (and entropies) of the last ``logits_to_keep`` tokens of each row, computing
+    only what a loss over ``scored`` positions reads.
+
+    ``input_ids`` / ``attention_mask`` are TRL's (left-padded prompts, right-padded completions);
+    ``scored`` (rows x ``logits_to_keep``, 0/1, optional) marks the completion positions the loss
+    reads: 0 on search results and other environment tokens. The rows are cut after the last
+    completion token of the longest row, only attended and scored positions are projected onto the
+    vocabulary (:func:`lm_head_on_labelled_positions`), and, with ``share_prompt``, a prompt that
+    repeats is run once (:func:`shared_prompt_logprobs`). Returns tensors of ``rows x
+    logits_to_keep``, 0 where nothing was scored (entropies ``None`` unless ``compute_entropy``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    prompt_length = input_ids.size(1) - logits_to_keep
+    attended = attention_mask[:, prompt_length:].any(dim=0).nonzero()
+    keep = int(attended[-1]) + 1 if attended.numel() else 1
+    ids, mask = input_ids[:, : prompt_length + keep], attention_mask[:, : prompt_length + keep]
+    positions = mask[:, prompt_length:]
+    if scored is not None:
+        positions = positions * scored[:, :keep].to(positions.dtype)
+    with lm_head_on_labelled_positions():
+        result = shared_prompt_logprobs(model, ids, mask, keep, compute_entropy=compute_entropy,
+                                        positions=positions) if share_prompt else None
+        if result is None:
+            labels = torch.full_like(ids, -100)
+            labels[:, prompt_length:] = ids[:, prompt_length:].masked_fill(positions == 0, -100)
+            outputs = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+            result = outputs.log_probs[:, -keep:], outputs.entropy[:, -keep:] if compute_entropy else None
+    logps, entropy = result
+    pad = (0, logits_to_keep - keep)
+    return F.pad(logps, pad), (F.pad(entropy, pad) if entropy is not None else None)
+
+
 def shared_prompt_logprobs(
-    model: Any, input_ids: Any, attention_mask: Any, logits_to_keep: int, *, compute_entropy: bool = False
+    model: Any, input_ids: Any, attention_mask: Any, logits_to_keep: int, *, compute_entropy: bool = False,
+    positions: Any = None,
 ) -> tuple[Any, Any] | None:
     """Log-probabilities (and entropies) of the last ``logits_to_keep`` tokens of each row, every
     distinct prompt run once.
@@ -89,6 +167,8 @@ def shared_prompt_logprobs(
     for each row, and the last prompt token plus the completion run on top (the last prompt
     token's hidden state scores the first completion token). Returns ``None`` when no prompt
     repeats (nothing to share) or the prompt is a single token; the caller then runs the full pass.
+    ``positions`` (rows x ``logits_to_keep``, optional) are the completion positions to score;
+    by default every attended one.
     """
     import torch
 
@@ -113,7 +193,9 @@ def shared_prompt_logprobs(
     cache.batch_select_indices(inverse)
     completion = input_ids[:, prompt_length:]
     labels = torch.full((rows, logits_to_keep + 1), -100, dtype=input_ids.dtype, device=input_ids.device)
-    labels[:, :logits_to_keep] = completion.masked_fill(attention_mask[:, prompt_length:] == 0, -100)
+    if positions is None:
+        positions = attention_mask[:, prompt_length:]
+    labels[:, :logits_to_keep] = completion.masked_fill(positions == 0, -100)
     outputs = model(
         input_ids=input_ids[:, prompt_length - 1 :],
         attention_mask=attention_mask,
@@ -131,16 +213,21 @@ def grpo_trainer_class() -> type:
     from trl import GRPOTrainer
 
     class SearchGRPOTrainer(GRPOTrainer):
-        """``GRPOTrainer`` that samples with LoRA merged and scores each distinct prompt once.
+        """``GRPOTrainer`` that samples with LoRA merged, scores each distinct prompt once and
+        projects only the positions its loss reads.
 
-        ``share_prompt`` and ``merge_lora_for_generation`` (both on by default) switch the two
-        savings; each falls back to TRL's own code where it cannot apply.
+        ``share_prompt``, ``merge_lora_for_generation`` and ``score_loss_tokens_only`` (all on by
+        default) switch the three savings; each falls back to TRL's own code where it cannot apply.
         """
 
         def __init__(self, *args: Any, share_prompt: bool = True, merge_lora_for_generation: bool = True,
-                     **kwargs: Any) -> None:
-            self.share_prompt = share_prompt  # set first: TRL's constructor may already call the methods below
+                     score_loss_tokens_only: bool = True, **kwargs: Any) -> None:
+            # set first: TRL's constructor may already call the methods below
+            self.share_prompt = share_prompt
             self.merge_lora_for_generation = merge_lora_for_generation
+            self.score_loss_tokens_only = score_loss_tokens_only
+            # the tool/env mask of the pass in progress (the step's rollouts, or one micro-batch's)
+            self._loss_positions: Any = None
             super().__init__(*args, **kwargs)
 
         def _single_process(self) -> bool:
@@ -171,12 +258,47 @@ def grpo_trainer_class() -> type:
             with self.generation_context():
                 return super()._generate_single_turn(*args, **kwargs)
 
+        def _generate(self, prompts: list):
+            generated = super()._generate(prompts)
+            self._loss_positions = generated[2]  # tool/env mask per row: the reference pass reads it next
+            return generated
+
+        def _generate_and_score_completions(self, *args: Any, **kwargs: Any):
+            try:
+                return super()._generate_and_score_completions(*args, **kwargs)
+            finally:
+                self._loss_positions = None
+
+        def _compute_loss(self, model, inputs):
+            self._loss_positions = inputs.get("tool_mask")
+            try:
+                return super()._compute_loss(model, inputs)
+            finally:
+                self._loss_positions = None
+
+        def _scored_positions(self, rows: int, logits_to_keep: int, device: Any) -> Any:
+            """The tool/env mask of the pass in progress as rows x logits_to_keep, or None (score all)."""
+            import torch
+
+            mask = self._loss_positions
+            if mask is None or not self.score_loss_tokens_only:
+                return None
+            if isinstance(mask, torch.Tensor):
+                return mask.to(device) if tuple(mask.shape) == (rows, logits_to_keep) else None
+            if len(mask) != rows or any(len(row) > logits_to_keep for row in mask):
+                return None
+            scored = torch.ones(rows, logits_to_keep, dtype=torch.long, device=device)  # padding: 1, as TRL pads it
+            for index, row in enumerate(mask):
+                scored[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+            return scored
+
         def _get_per_token_logps_and_entropies(
             self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
             compute_aux_loss=False, **multimodal,
         ):
+            share = self.can_share_prompt(model)
             if compute_aux_loss or any(value is not None for value in multimodal.values()) \
-                    or not self.can_share_prompt(model):
+                    or not self._single_process() or not (share or self.score_loss_tokens_only):
                 return super()._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                     compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal,
@@ -184,17 +306,26 @@ def grpo_trainer_class() -> type:
             import torch
 
             batch_size = batch_size or input_ids.size(0)
+            scored = self._scored_positions(input_ids.size(0), logits_to_keep, input_ids.device)
             logps, entropies = [], []
             for start in range(0, input_ids.size(0), batch_size):
-                ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-                with self.accelerator.autocast():
-                    shared = shared_prompt_logprobs(model, ids, mask, logits_to_keep, compute_entropy=compute_entropy)
-                if shared is None:
-                    shared = super()._get_per_token_logps_and_entropies(
-                        model, ids, mask, logits_to_keep, compute_entropy=compute_entropy
-                    )[:2]
-                logps.append(shared[0])
-                entropies.append(shared[1])
+                rows = slice(start, start + batch_size)
+                ids, mask = input_ids[rows], attention_mask[rows]
+                if self.score_loss_tokens_only:
+                    with self.accelerator.autocast():
+                        chunk = completion_logprobs(
+                            model, ids, mask, logits_to_keep, scored=None if scored is None else scored[rows],
+                            compute_entropy=compute_entropy, share_prompt=share,
+                        )
+                else:
+                    with self.accelerator.autocast():
+                        chunk = shared_prompt_logprobs(model, ids, mask, logits_to_keep, compute_entropy=compute_entropy)
+                    if chunk is None:
+                        chunk = super()._get_per_token_logps_and_entropies(
+                            model, ids, mask, logits_to_keep, compute_entropy=compute_entropy
+                        )[:2]
+                logps.append(chunk[0])
+                entropies.append(chunk[1])
             return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
     return SearchGRPOTrainer
