@@ -12,7 +12,13 @@ from searchrl.agent.episode import ChatFormat, EpisodeConfig, ScriptedPolicy
 from searchrl.agent.protocol import format_information, user_prompt
 from searchrl.agent.splits import load_split, make_split, source_groups, split_by_source
 from searchrl.agent.tool import SearchTool
-from searchrl.agent.train import AgentRollout, AgentTrainConfig, agent_dataset_rows, load_agent_config, train_agent_from_yaml
+from searchrl.agent.train import (
+    AgentRollout,
+    AgentTrainConfig,
+    agent_dataset_rows,
+    load_agent_config,
+    train_agent_from_yaml,
+)
 from searchrl.data.types import Document, QAExample
 from searchrl.errors import ConfigError
 from searchrl.retrieval import build_retriever
@@ -247,8 +253,9 @@ def test_two_grpo_steps_with_the_rollout_function(tool, tokenizer, tiny_lm_dir, 
 
 def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, tokenizer, tiny_lm_dir, tmp_path,
                                                                           monkeypatch):
-    """Two steps with a KL term, TRL's GRPOTrainer against searchrl's: the same loss, KL and entropy,
-    while searchrl's passes project only the episodes' model tokens (env_mask), not the search results."""
+    """Two steps with a KL term, TRL's GRPOTrainer against searchrl's: the same loss, gradient norm and
+    trained weights, while searchrl keeps each group in one micro-batch and projects only the episodes'
+    model tokens (env_mask), not the search results."""
     import itertools
     import warnings
 
@@ -270,7 +277,7 @@ def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, 
         return completion_logprobs(*args, scored=scored, **kwargs)
 
     monkeypatch.setattr(module, "completion_logprobs", recording)
-    logs, rollouts = {}, {}
+    logs, rollouts, micro_batches, trained = {}, {}, {}, {}
     for name, trainer_class in [("trl", GRPOTrainer), ("searchrl", module.grpo_trainer_class())]:
         torch.manual_seed(0)
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), build_lora_config(LoraSettings(r=4)))
@@ -286,7 +293,7 @@ def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, 
                                policy_factory=lambda trainer, script=script: ScriptedPolicy(tokenizer, script))
         functions, weights = build_reward_functions(RewardWeights(metric="em"))
         args = build_grpo_config(
-            output_dir=tmp_path / name, max_steps=2, num_generations=2, prompts_per_step=2, micro_batch_size=2,
+            output_dir=tmp_path / name, max_steps=2, num_generations=2, prompts_per_step=4, micro_batch_size=2,
             device="cpu", save_steps=100, learning_rate=1e-2, beta=0.04, extra={"reward_weights": weights},
         )
         with warnings.catch_warnings():
@@ -295,14 +302,34 @@ def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, 
                 model=model, reward_funcs=functions, args=args, processing_class=tokenizer, rollout_func=rollout,
                 train_dataset=Dataset.from_list(agent_dataset_rows(QUESTIONS)),
             )
+            compute_loss = trainer._compute_loss
+
+            def recording_loss(model, inputs, compute_loss=compute_loss, name=name):
+                micro_batches.setdefault(name, []).append(inputs["prompt_ids"])
+                return compute_loss(model, inputs)
+
+            trainer._compute_loss = recording_loss
             trainer.train()
         logs[name] = [entry for entry in trainer.state.log_history if "loss" in entry and "kl" in entry]
         rollouts[name] = rollout
+        trained[name] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     assert len(logs["trl"]) == len(logs["searchrl"]) == 2
     assert logs["trl"][-1]["kl"] > 0  # the second step's policy has moved: the KL term is live
     for ours, theirs in zip(logs["searchrl"], logs["trl"]):
-        for key in ("loss", "kl", "entropy", "grad_norm"):
+        for key in ("loss", "grad_norm"):  # the update
             assert ours[key] == pytest.approx(theirs[key], rel=1e-3, abs=1e-6), key
+        for key in ("kl", "entropy"):  # means of micro-batch means: they depend on which rows share one
+            assert ours[key] == pytest.approx(theirs[key], rel=2e-2), key
+    # Adam moves each weight by about the learning rate (1e-2) whatever the size of its gradient, so the
+    # rounding of near-zero gradient entries shows up to ~1e-5; a different update would move ~1e-2.
+    assert trained["trl"]
+    for name, weight in trained["trl"].items():
+        torch.testing.assert_close(trained["searchrl"][name], weight, rtol=1e-3, atol=1e-4,
+                                   msg=lambda message, name=name: f"{name}: {message}")
+    # searchrl's micro-batches hold whole groups (TRL shuffles the rows), so the prompt pass is shared
+    assert len(micro_batches["searchrl"]) == len(micro_batches["trl"]) == 8
+    assert all(len(torch.unique(rows, dim=0)) == 1 for rows in micro_batches["searchrl"])
+    assert not all(len(torch.unique(rows, dim=0)) == 1 for rows in micro_batches["trl"])
     # searchrl's passes (reference and policy) were told which tokens the loss reads: the env_mask
     assert scored_masks and all(mask is not None for mask in scored_masks)
     env_tokens = [len(e.completion_mask) - sum(e.completion_mask) for e in rollouts["searchrl"].last_episodes]
@@ -316,11 +343,9 @@ def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, 
 def _write_data(directory):
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "corpus.jsonl", "w") as handle:
-        for key, text in DOCS.items():
-            handle.write(json.dumps({"_id": key, "title": "", "text": text}) + "\n")
+        handle.writelines(json.dumps({"_id": key, "title": "", "text": text}) + "\n" for key, text in DOCS.items())
     with open(directory / "questions.jsonl", "w") as handle:
-        for e in QUESTIONS:
-            handle.write(json.dumps({"id": e.id, "question": e.question, "answers": list(e.answers), "gold_ids": list(e.gold_ids)}) + "\n")
+        handle.writelines(json.dumps({"id": e.id, "question": e.question, "answers": list(e.answers), "gold_ids": list(e.gold_ids)}) + "\n" for e in QUESTIONS)
 
 
 def test_train_agent_from_yaml_end_to_end_and_resume(tmp_path, tiny_lm_dir):

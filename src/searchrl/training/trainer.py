@@ -14,6 +14,10 @@ completion with the policy. On a CPU, three costs of that loop are avoidable:
   each distinct prompt of a micro-batch once, keeps its keys and values, and runs only the
   completions on top of them; the gradient reaches the prompt's LoRA weights through the kept keys
   and values, as in the full pass.
+  TRL shuffles a step's rows before cutting them into micro-batches, which leaves few repeats of
+  a prompt in a micro-batch; where that order cannot change the gradient (one optimiser step per
+  batch of samples, a loss normalised by the step or by a fixed row count), the rows stay in
+  generation order, each prompt's samples side by side.
 * **Scoring tokens the loss never reads.** TRL's fused LM head projects every position of the
   pass onto the vocabulary (49k words for SmolLM2) except on Triton devices, and its micro-batches
   keep the padding of the whole step. :func:`completion_logprobs` cuts each micro-batch after its
@@ -207,6 +211,22 @@ def shared_prompt_logprobs(
     return outputs.log_probs[:, :logits_to_keep], entropy
 
 
+@contextlib.contextmanager
+def _rows_kept_in_order() -> Iterator[None]:
+    """Within the block, TRL's GRPO trainer does not shuffle a step's rows before splitting them."""
+    from trl.trainer import grpo_trainer as module
+
+    shuffle = getattr(module, "shuffle_sequence_dict", None)
+    if shuffle is None:  # pragma: no cover - another TRL: its own order
+        yield
+        return
+    module.shuffle_sequence_dict = lambda rows: rows
+    try:
+        yield
+    finally:
+        module.shuffle_sequence_dict = shuffle
+
+
 @functools.cache
 def grpo_trainer_class() -> type:
     """TRL's ``GRPOTrainer`` with the two savings above (a function: TRL is imported only when training)."""
@@ -257,6 +277,30 @@ def grpo_trainer_class() -> type:
         def _generate_single_turn(self, *args: Any, **kwargs: Any):
             with self.generation_context():
                 return super()._generate_single_turn(*args, **kwargs)
+
+        def can_keep_groups_together(self) -> bool:
+            """Whether the step's micro-batches may hold whole groups instead of TRL's shuffled rows.
+
+            TRL shuffles a step's rows before splitting them into micro-batches, so a micro-batch rarely
+            holds two samples of one prompt and the shared prompt pass has little to share. When the
+            step is one optimiser step over its rows (one iteration, one accumulation window) and the
+            loss is a sum over rows or tokens normalised by the whole step or by a fixed row count,
+            which rows share a micro-batch does not change the gradient (up to rounding), so the rows
+            stay in generation order: each prompt's samples side by side.
+            """
+            return bool(
+                self.share_prompt and self._single_process() and self.num_iterations == 1
+                and self.args.steps_per_generation == self.args.gradient_accumulation_steps
+                and self.loss_type in ("dapo", "grpo", "dr_grpo")
+                and getattr(self, "top_entropy_quantile", 1.0) == 1.0
+                and not getattr(self, "_entropy_bonus_enabled", False)
+            )
+
+        def _prepare_inputs(self, generation_batch: Any):
+            if not (self.model.training and self.can_keep_groups_together()):
+                return super()._prepare_inputs(generation_batch)
+            with _rows_kept_in_order():
+                return super()._prepare_inputs(generation_batch)
 
         def _generate(self, prompts: list):
             generated = super()._generate(prompts)
