@@ -9,8 +9,8 @@ Run (from the project root):
 A step is timed as TRL 1.16's GRPOTrainer runs it: sampling the group's completions; with a KL
 term, the reference pass (adapter off) over the step in order; the policy forward + backward over
 the step's micro-batches, shuffled as TRL shuffles them; the optimiser update. Log-probabilities
-come from TRL's fused LM head (off Triton devices, as here, it scores every position and keeps the
-completion's). Shapes:
+come from TRL's fused LM head with entropies, as the trainer sets it up (off Triton devices, as
+here, it projects every position onto the vocabulary and keeps the completion's). Shapes:
 
 * ``coaug``: a step of ``coaug-cpu`` — 4 SciFact query prompts x 6 samples of at most 24 tokens,
   12 sequences per forward/backward, no KL (no reference pass).
@@ -19,10 +19,13 @@ completion's). Shapes:
   (masked out of the loss) and up to 64 sampled answer tokens; 4 sequences per forward/backward;
   a reference pass (KL 0.04).
 
-Three variants, interleaved (fp32, bf16, bf16_fast, fp32, ...) so that a busy machine slows all
-alike: ``fp32`` (the recipes before bf16), ``bf16`` (bf16 weights), ``bf16_fast`` (bf16 plus the
-two savings of :mod:`searchrl.training.trainer`: sampling with LoRA merged, each distinct prompt
-of a micro-batch scored once — what the recipes run). Reported:
+Four variants, interleaved (fp32, bf16, bf16_merge_share, bf16_fast, fp32, ...) so that a busy
+machine slows all alike: ``fp32`` (the recipes before bf16), ``bf16`` (bf16 weights),
+``bf16_merge_share`` (bf16 plus sampling with LoRA merged and each distinct prompt of a micro-batch
+scored once: the recipes until now), ``bf16_fast`` (also micro-batches of whole groups instead of
+shuffled rows, only the positions the loss reads projected onto the vocabulary and each
+micro-batch cut after its longest row: all the savings of :mod:`searchrl.training.trainer`, what
+the recipes run). Reported:
 
 * seconds and tokens/s per part, and completions trained per CPU-hour (median over repeats);
 * each variant's completions per hour over fp32's, measured side by side;
@@ -131,11 +134,15 @@ def padded(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor,
     return pad(tensors, pad_id, side), pad([torch.ones_like(t) for t in tensors], 0, side)
 
 
-def trl_logprobs(model, ids, mask, keep: int, share: bool):
-    """TRL 1.16's per-token log-probabilities of one micro-batch (its fused LM head), or the trainer's shared-prompt pass."""
-    from searchrl.training.trainer import shared_prompt_logprobs
+def trl_logprobs(model, ids, mask, keep: int, savings: frozenset, scored):
+    """Per-token log-probabilities of one micro-batch: TRL 1.16's pass (its fused LM head), or the
+    trainer's: each distinct prompt once (``share``), and, with ``score``, only the ``scored``
+    positions projected onto the vocabulary and the micro-batch cut after its longest row."""
+    from searchrl.training.trainer import completion_logprobs, shared_prompt_logprobs
 
-    if share:
+    if "score" in savings:
+        return completion_logprobs(model, ids, mask, keep, scored=scored, share_prompt="share" in savings)[0]
+    if "share" in savings:
         shared = shared_prompt_logprobs(model, ids, mask, keep)
         if shared is not None:
             return shared[0]
@@ -145,10 +152,12 @@ def trl_logprobs(model, ids, mask, keep: int, share: bool):
 
 
 def one_step(model, tokenizer, shape: dict, samples: int, max_new_tokens: int, optimizer, *, micro_batch: int,
-             fast: bool, reference_pass: bool, seed: int) -> dict[str, float]:
+             savings: frozenset, reference_pass: bool, seed: int) -> dict[str, float]:
     """One RL step as TRL runs it: sample; (with KL) the reference pass over the step in order; then the
-    policy forward + backward over TRL's shuffled micro-batches; the update. ``fast``: the trainer's
-    merged-LoRA sampling and shared-prompt passes (``searchrl.training.trainer``)."""
+    policy forward + backward over TRL's shuffled micro-batches; the update. ``savings``: those of
+    ``searchrl.training.trainer`` to use — ``merge`` (sampling with LoRA merged), ``share`` (each
+    distinct prompt of a micro-batch once), ``group`` (micro-batches of whole groups, not TRL's
+    shuffled rows), ``score`` (only the positions the loss reads)."""
     from searchrl.training.trainer import merged_lora
 
     pad = tokenizer.pad_token_id
@@ -156,7 +165,7 @@ def one_step(model, tokenizer, shape: dict, samples: int, max_new_tokens: int, o
     contexts = [row for row in shape["context_ids"] for _ in range(samples)]  # completion tokens before sampling
     ids, mask = padded([p + c for p, c in zip(prompts, contexts)], pad, "left")
     start = time.perf_counter()
-    with torch.no_grad(), (merged_lora(model) if fast else contextlib.nullcontext()):
+    with torch.no_grad(), (merged_lora(model) if "merge" in savings else contextlib.nullcontext()):
         generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
                                    max_new_tokens=max_new_tokens, pad_token_id=pad)
     generation = time.perf_counter() - start
@@ -179,13 +188,17 @@ def one_step(model, tokenizer, shape: dict, samples: int, max_new_tokens: int, o
     if reference_pass:  # beta > 0: the starting policy (adapter off) over the whole step, in order
         with torch.no_grad(), model.disable_adapter():
             for chunk in range(0, input_ids.shape[0], micro_batch):
-                trl_logprobs(model, input_ids[chunk : chunk + micro_batch], attention[chunk : chunk + micro_batch], keep, fast)
+                rows = slice(chunk, chunk + micro_batch)
+                trl_logprobs(model, input_ids[rows], attention[rows], keep, savings, loss_mask[rows])
     reference = time.perf_counter() - start
-    order = torch.randperm(input_ids.shape[0], generator=torch.Generator().manual_seed(seed))  # TRL shuffles the step
+    if "group" in savings:  # the trainer keeps each prompt's samples side by side
+        order = torch.arange(input_ids.shape[0])
+    else:  # TRL shuffles the step
+        order = torch.randperm(input_ids.shape[0], generator=torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     for chunk in range(0, input_ids.shape[0], micro_batch):
         rows = order[chunk : chunk + micro_batch]
-        logps = trl_logprobs(model, input_ids[rows], attention[rows], keep, fast)
+        logps = trl_logprobs(model, input_ids[rows], attention[rows], keep, savings, loss_mask[rows])
         loss = -(logps * loss_mask[rows]).sum() / loss_mask[rows].sum().clamp(min=1)
         loss.backward()
     backward = time.perf_counter() - start
@@ -245,9 +258,10 @@ def logprob_gap(models, tokenizer, chats) -> dict[str, dict[str, float]]:
 
 
 VARIANTS = {  # name: (weights, the trainer's savings)
-    "fp32": ("fp32", False),
-    "bf16": ("bf16", False),
-    "bf16_fast": ("bf16", True),
+    "fp32": ("fp32", frozenset()),
+    "bf16": ("bf16", frozenset()),
+    "bf16_merge_share": ("bf16", frozenset({"merge", "share"})),
+    "bf16_fast": ("bf16", frozenset({"merge", "share", "group", "score"})),
 }
 
 
@@ -256,10 +270,11 @@ def measure(models, optimizers, tokenizer, shape: dict, samples: int, max_new_to
     """Median seconds of each part of a step for each variant, interleaved, and what they buy."""
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for repeat in range(repeats):
-        for name, (weights, fast) in VARIANTS.items():
+        for name, (weights, savings) in VARIANTS.items():
             torch.manual_seed(repeat)
             runs[name].append(one_step(models[weights], tokenizer, shape, samples, max_new_tokens, optimizers[weights],
-                                       micro_batch=micro_batch, fast=fast, reference_pass=reference_pass, seed=repeat))
+                                       micro_batch=micro_batch, savings=savings, reference_pass=reference_pass,
+                                       seed=repeat))
     parameters = sum(p.numel() for p in models["fp32"].parameters())
     result: dict = {"step": {"prompts": len(shape["prompt_ids"]), "samples_per_prompt": samples,
                              "max_new_tokens": max_new_tokens, "micro_batch": micro_batch,
@@ -332,7 +347,8 @@ def main() -> None:
     models, optimizers = {}, {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         base = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-        add_fused_lm_head(base)  # as GRPOTrainer does (on CPU it scores every position, keeps the completion's)
+        # as GRPOTrainer does: entropies too (its metric); off Triton devices it projects every position
+        add_fused_lm_head(base, outputs=("log_probs", "entropy"))
         lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, target_modules="all-linear", task_type="CAUSAL_LM")
         models[name] = get_peft_model(base, lora)
         optimizers[name] = torch.optim.AdamW([p for p in models[name].parameters() if p.requires_grad], lr=1e-5)
@@ -348,8 +364,11 @@ def main() -> None:
         "logprob_gap": gap,
         "variants": {"fp32": "float32 weights, sampling through the adapter, TRL's full pass (the recipes before bf16)",
                      "bf16": "bfloat16 weights, otherwise the same",
-                     "bf16_fast": "bfloat16 weights, LoRA merged for sampling, each distinct prompt scored once "
-                                  "(searchrl.training.trainer, the recipes' default)"},
+                     "bf16_merge_share": "bfloat16 weights, LoRA merged for sampling, each distinct prompt scored "
+                                         "once",
+                     "bf16_fast": "bf16_merge_share with micro-batches of whole groups, only the positions the "
+                                  "loss reads projected onto the vocabulary and each micro-batch cut after its "
+                                  "longest row (searchrl.training.trainer, the recipes' default)"},
     }
     trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
     if "coaug" in trainers:
