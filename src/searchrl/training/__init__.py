@@ -7,8 +7,9 @@
   TRL's own names, and :func:`build_grpo_config`, a TRL ``GRPOConfig`` whose generation batch is
   one RL step (CPU or GPU; vLLM colocated or as a ``trl vllm-serve`` server).
 * :mod:`~searchrl.training.trainer` — :func:`grpo_trainer_class`, TRL's ``GRPOTrainer`` that samples
-  with the LoRA adapter merged (:func:`merged_lora`) and scores each distinct prompt of a micro-batch
-  once (:func:`shared_prompt_logprobs`): the same numbers, fewer operations.
+  with the LoRA adapter merged (:func:`merged_lora`), keeps each prompt's samples in one micro-batch
+  and scores its prompt once (:func:`shared_prompt_logprobs`), and projects onto the vocabulary only
+  the positions the loss reads (:func:`completion_logprobs`): the same numbers, fewer operations.
 * :mod:`~searchrl.training.callbacks` — the trainer's logs into ``metrics.jsonl``
   (:class:`RunLoggingCallback`), one progress display (:class:`StepProgressCallback`: a bar on a
   terminal, one line per step otherwise), dev evaluation with best-checkpoint keeping and
