@@ -184,7 +184,7 @@ def test_merging_leaves_a_model_without_adapters_alone(tiny_lm_dir):
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_a_training_step_samples_merged_and_shares_prompts_only_when_asked(tiny_lm_dir, tmp_path, monkeypatch, enabled):
-    """Through a real co-augmentation step: both savings run (or, switched off, TRL's own code runs),
+    """Through a real co-augmentation step: the savings run (or, switched off, TRL's own code runs),
     the trainer's log-probabilities are the same either way, and the weights come back unmerged."""
     from test_coaug_train import tiny_config, write_tiny_beir
 

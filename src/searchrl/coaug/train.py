@@ -23,9 +23,10 @@ How one RL step maps onto TRL's ``GRPOTrainer`` (checked against TRL 1.16's sour
   TRL calls each process's reward function on that process's share of the step; the reward
   gathers the shares first (:class:`~searchrl.coaug.reward.CoAugReward`), so the pool is the
   whole step's and N processes compute the rewards one process would.
-* **The trainer class** is TRL's with two savings that change no result
-  (:mod:`searchrl.training.trainer`): it samples with the LoRA adapter merged and scores each
-  distinct prompt of a micro-batch once (single process; TRL's own code otherwise).
+* **The trainer class** is TRL's with savings that change no result
+  (:mod:`searchrl.training.trainer`): it samples with the LoRA adapter merged, keeps each prompt's
+  samples in one micro-batch and scores the prompt once, and projects only the positions the loss
+  reads onto the vocabulary (single process; TRL's own code otherwise).
 
 Everything else — run directory, resume, dev evaluation and best checkpoint — comes from
 :mod:`searchrl.runs` and :mod:`searchrl.training`. The best checkpoint ``RUN/best`` is a LoRA

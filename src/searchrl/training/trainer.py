@@ -229,7 +229,7 @@ def _rows_kept_in_order() -> Iterator[None]:
 
 @functools.cache
 def grpo_trainer_class() -> type:
-    """TRL's ``GRPOTrainer`` with the two savings above (a function: TRL is imported only when training)."""
+    """TRL's ``GRPOTrainer`` with the savings above (a function: TRL is imported only when training)."""
     from trl import GRPOTrainer
 
     class SearchGRPOTrainer(GRPOTrainer):
