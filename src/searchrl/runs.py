@@ -112,6 +112,11 @@ def config_to_dict(config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
+# Where a run lives is not part of what it computes: a run directory that was moved or copied
+# resumes (and a finished one is reused) under its new path.
+LOCATION_KEYS = frozenset({"output_dir"})
+
+
 def stored_config(path: str | Path, config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     """The configuration stored at ``path`` (a ``config.yaml``), as ``config``'s model reads it today.
 
@@ -161,11 +166,6 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
-
-
-# Where a run lives is not part of what it computes: a run directory that was moved or copied
-# resumes (and a finished one is reused) under its new path.
-LOCATION_KEYS = frozenset({"output_dir"})
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

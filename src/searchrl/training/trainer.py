@@ -331,10 +331,10 @@ def grpo_trainer_class() -> type:
                 return mask.to(device) if tuple(mask.shape) == (rows, logits_to_keep) else None
             if len(mask) != rows or any(len(row) > logits_to_keep for row in mask):
                 return None
-            scored = torch.ones(rows, logits_to_keep, dtype=torch.long, device=device)  # padding: 1, as TRL pads it
-            for index, row in enumerate(mask):
-                scored[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-            return scored
+            from trl.trainer.utils import pad  # padded with 1, as TRL pads the tool mask
+
+            scored = pad([torch.tensor(row, dtype=torch.long) for row in mask], padding_value=1, padding_side="right")
+            return torch.nn.functional.pad(scored, (0, logits_to_keep - scored.size(1)), value=1).to(device)
 
         def _get_per_token_logps_and_entropies(
             self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
