@@ -11,6 +11,7 @@ from searchrl.agent.episode import (
     EpisodeConfig,
     EpisodeResult,
     ScriptedPolicy,
+    answer_mask,
     answer_text_mask,
     rollout_batch,
     run_episodes,
@@ -206,6 +207,14 @@ def test_answer_text_mask_leaves_only_the_answer_words_out(tokenizer):
     assert results[2].finish_reason == "no_action" and masks[2] == results[2].completion_mask
     batch = rollout_batch(results, completion_masks=masks)
     assert batch["env_mask"] == masks and batch["completion_ids"] == [r.completion_ids for r in results]
+    assert "answer_mask" not in batch
+    # answer_mask is the rest of the model's tokens: the answer's words, for answer credit
+    answers = [answer_mask(r, tokenizer.decode) for r in results]
+    for r, kept, answer in zip(results, masks, answers):
+        assert [k + a for k, a in zip(kept, answer)] == r.completion_mask
+    assert tokenizer.decode([t for t, a in zip(results[0].completion_ids, answers[0]) if a]).startswith(results[0].answer)
+    assert sum(answers[2]) == 0  # no answer, no answer words
+    assert rollout_batch(results, completion_masks=masks, answer_masks=answers)["answer_mask"] == answers
 
 
 def test_evaluate_agent_metrics_transcripts_and_resume(tokenizer, tmp_path):

@@ -203,6 +203,25 @@ def test_rollout_can_leave_the_answer_words_out_of_the_loss(tool, tokenizer):
     assert logged[-1]["rollout/loss_tokens_per_episode"] == pytest.approx(expected)
 
 
+def test_rollout_with_answer_credit_returns_where_the_answer_words_are(tool, tokenizer):
+    logged = []
+    run = SimpleNamespace(log_metrics=lambda step, metrics, prefix="": logged.append({prefix + k: v for k, v in metrics.items()}))
+    rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3), run=run, answer_credit=True,
+                           policy_factory=lambda trainer: _scripted(tokenizer))
+    trainer = _fake_trainer()
+    trainer.processing_class = tokenizer
+    rows = agent_dataset_rows(QUESTIONS[:2])
+    out = rollout([rows[0]["prompt"], rows[1]["prompt"]], trainer)
+    for ids, mask, answer, episode in zip(out["completion_ids"], out["env_mask"], out["answer_mask"], out["episode"]):
+        # the whole episode stays in the loss; answer_mask marks the words after <answer>
+        assert mask == [int(m) for m in mask] and sum(mask) > sum(answer) > 0
+        assert all(a <= m for a, m in zip(answer, mask))
+        assert tokenizer.decode([t for t, a in zip(ids, answer) if a]) == f"{episode['answer']}</answer><|im_end|>"
+    assert logged[-1]["rollout/answer_tokens_per_episode"] == pytest.approx(sum(map(sum, out["answer_mask"])) / 2)
+    with pytest.raises(ConfigError, match="train_answer_text"):
+        AgentRollout(tool, QUESTIONS, EpisodeConfig(), train_answer_text=False, answer_credit=True)
+
+
 def test_rollout_rejects_unknown_prompts(tool, tokenizer):
     from searchrl.errors import DataError
 
@@ -334,6 +353,114 @@ def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, 
     assert scored_masks and all(mask is not None for mask in scored_masks)
     env_tokens = [len(e.completion_mask) - sum(e.completion_mask) for e in rollouts["searchrl"].last_episodes]
     assert min(env_tokens) > 0 and any((mask == 0).sum() >= min(env_tokens) for mask in scored_masks)
+
+
+def test_answer_credit_gives_the_answer_words_only_the_correctness_part_of_the_advantage(
+        tool, tokenizer, tiny_lm_dir, tmp_path, monkeypatch):
+    """One GRPO step with answer credit: every token but the answer's words keeps TRL's advantage; the
+    answer's words get the correctness term's share, 0 where the group's answers tie."""
+    import itertools
+    import warnings
+
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from searchrl.agent.rewards import RewardWeights, answer_reward_funcs, build_reward_functions
+    from searchrl.training import LoraSettings, build_grpo_config, build_lora_config
+    from searchrl.training import credit, trainer as module
+
+    calls, losses = [], []
+    split = credit.answer_credited_advantages
+
+    def recording(rewards, weights, funcs, mask, **kwargs):
+        out = split(rewards, weights, funcs, mask, **kwargs)
+        calls.append({"rewards": rewards.clone(), "weights": weights.clone(), "funcs": list(funcs), "mask": mask,
+                      "advantages": kwargs["advantages"].clone(), "out": out.clone()})
+        return out
+
+    monkeypatch.setattr(credit, "answer_credited_advantages", recording)
+    searches, answers = itertools.count(), itertools.count()
+
+    def script(prompt_text: str, turn: int) -> str:
+        example = next(e for e in QUESTIONS if user_prompt(e.question) in prompt_text)
+        if turn == 0:  # in each group one episode searches the question, the other another document's words
+            other = next(text for key, text in DOCS.items() if key not in example.gold_ids and key != "c5")
+            return f"<search>{example.question if next(searches) % 2 == 0 else other}</search>"
+        return f"<answer>{example.answers[0] if next(answers) % 4 == 0 else 'no idea'}</answer>"
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), build_lora_config(LoraSettings(r=4)))
+    rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3), answer_credit=True,
+                           policy_factory=lambda trainer: ScriptedPolicy(tokenizer, script))
+    weights = RewardWeights(metric="em")
+    functions, reward_weights = build_reward_functions(weights)
+    args = build_grpo_config(
+        output_dir=tmp_path, max_steps=1, num_generations=2, prompts_per_step=4, micro_batch_size=4, device="cpu",
+        save_steps=100, scale_rewards="group", extra={"reward_weights": reward_weights},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = module.grpo_trainer_class()(
+            model=model, reward_funcs=functions, args=args, processing_class=tokenizer, rollout_func=rollout,
+            train_dataset=Dataset.from_list(agent_dataset_rows(QUESTIONS)),
+            answer_reward_funcs=answer_reward_funcs(weights),
+        )
+        compute_loss = trainer._compute_loss
+        trainer._compute_loss = lambda model, inputs: losses.append(inputs["advantages"]) or compute_loss(model, inputs)
+        trainer.train()
+
+    assert len(calls) == 1 and calls[0]["funcs"] == [trainer.reward_func_names.index("correctness_reward"),
+                                                     trainer.reward_func_names.index("retry_reward")]
+    call = calls[0]
+    mask, out, advantages, rewards = call["mask"].bool(), call["out"], call["advantages"], call["rewards"]
+    episodes = rollout.last_episodes
+    for row, episode in enumerate(episodes):  # the mask holds the answer's words and nothing else
+        ids = torch.tensor(episode.completion_ids)[mask[row, : len(episode.completion_ids)]]
+        assert tokenizer.decode(ids).startswith(episode.answer) and not mask[row, len(episode.completion_ids):].any()
+    # every other token keeps TRL's advantage ...
+    assert torch.equal(out[~mask], advantages.unsqueeze(1).expand_as(out)[~mask])
+    # ... the answer's words get the correctness and retry terms' part, scaled as TRL scales the sum
+    total = (rewards * call["weights"]).sum(dim=1).view(-1, 2)
+    part = (rewards[:, calls[0]["funcs"]] * call["weights"][calls[0]["funcs"]]).sum(dim=1).view(-1, 2)
+    expected = ((part - part.mean(dim=1, keepdim=True)) / (total.std(dim=1, keepdim=True) + 1e-4)).view(-1)
+    for row in range(len(episodes)):
+        assert torch.allclose(out[row][mask[row]], expected[row].expand(int(mask[row].sum())))
+    # the script made groups whose answers tie while their searches differ: answer words 0, the rest not
+    ties = [g for g in range(4) if part[g, 0] == part[g, 1] and total[g, 0] != total[g, 1]]
+    assert ties and all(out[2 * g][mask[2 * g]].abs().max() == 0 and advantages[2 * g] != 0 for g in ties)
+    assert any(expected != 0)
+    # and the loss read these per-token advantages (two micro-batches of whole groups, in order)
+    assert len(losses) == 2 and torch.equal(torch.cat(losses), out)
+
+
+def test_answer_credit_with_every_term_is_grpo_and_rejects_what_it_cannot_split():
+    import torch
+
+    from searchrl.training.credit import answer_credited_advantages
+    from trl.trainer.utils import nanstd
+
+    rewards = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0],
+                            [float("nan")] * 3, [1.0, 1.0, 1.0]])
+    weights = torch.tensor([4.0, 2.0, 1.0])
+    total = (rewards * weights).nansum(dim=1)
+    total[4] = torch.nan
+    mask = torch.ones(6, 3, dtype=torch.long)
+    for scaling in ("group", "batch", "none"):  # TRL's advantage, as its _generate_and_score_completions computes it
+        centred = total - torch.nanmean(total.view(-1, 2), dim=1).repeat_interleave(2)
+        std = nanstd(total.view(-1, 2), dim=1).repeat_interleave(2) if scaling == "group" else nanstd(total)
+        trl = torch.nan_to_num(centred / (std + 1e-4) if scaling != "none" else centred, nan=0.0)
+        out = answer_credited_advantages(rewards, weights, [0, 1, 2], mask, num_generations=2, scale_rewards=scaling,
+                                         advantages=trl)
+        assert torch.allclose(out, trl.unsqueeze(1).expand(6, 3), atol=1e-6), scaling
+    rows = answer_credited_advantages(rewards, weights, [0], mask[2:4], num_generations=2, scale_rewards="none",
+                                      advantages=trl[2:4], rows=slice(2, 4))
+    assert rows[:, 0].tolist() == [1.0, -1.0]  # this process's rows: correctness 0.5 vs 0.0, weight 4, centred
+    with pytest.raises(ConfigError, match="scale_rewards"):
+        answer_credited_advantages(rewards, weights, [0], mask, num_generations=2, scale_rewards="max",
+                                   advantages=trl)
+    with pytest.raises(Exception, match="train_answer_text"):
+        load_agent_config(None, ["grpo.answer_credit=answer_terms", "grpo.train_answer_text=false"])
 
 
 # ----------------------------------------------------------------------------------------

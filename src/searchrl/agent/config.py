@@ -96,6 +96,12 @@ class GRPOSettings(SharedGRPOSettings):
         description="False: the words after <answer> are left out of the loss, so GRPO trains the search "
         "(when and what to search, when to answer) and the answers keep the warm-start's wording",
     )
+    answer_credit: Literal["all_terms", "answer_terms"] = Field(
+        "all_terms",
+        description="the advantage the words after <answer> get: all_terms (GRPO's one advantage per episode) or "
+        "answer_terms (only the part of the terms that score what the answer says: correctness, and retry when "
+        "it pays for correct answers; searchrl.training.credit)",
+    )
     shuffle: bool = True
     save_steps: int = Field(5, ge=1)
     generation_batch_size: int = Field(16, ge=1, description="sequences per transformers generate call")
@@ -110,6 +116,16 @@ class GRPOSettings(SharedGRPOSettings):
         if preset not in LOSS_PRESETS:
             return data  # the field's own validation names the allowed values
         return {**LOSS_PRESETS[preset], **data}
+
+    @model_validator(mode="after")
+    def _check_answer_credit(self) -> "GRPOSettings":
+        if self.answer_credit == "answer_terms" and not self.train_answer_text:
+            raise ValueError("grpo.answer_credit: answer_terms trains the answer's words, which "
+                             "grpo.train_answer_text: false leaves out of the loss; keep one of the two")
+        if self.answer_credit == "answer_terms" and self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"grpo.answer_credit: answer_terms cannot split advantages scaled with "
+                             f"scale_rewards={self.scale_rewards!r}; use group, batch or none")
+        return self
 
 
 class DevEvalSettings(BaseModel):

@@ -500,8 +500,16 @@ def answer_text_mask(result: EpisodeResult, decode: Callable[[Sequence[int]], st
     return mask
 
 
+def answer_mask(result: EpisodeResult, decode: Callable[[Sequence[int]], str]) -> list[int]:
+    """1 on the words of the episode's final answer (the model's tokens after its final ``<answer>``
+    tag, the closing tag included), 0 elsewhere: the complement of :func:`answer_text_mask`
+    within the model's tokens. All 0 for an episode that did not end with an answer."""
+    return [whole - kept for whole, kept in zip(result.completion_mask, answer_text_mask(result, decode))]
+
+
 def rollout_batch(
-    results: Sequence[EpisodeResult], *, completion_masks: Sequence[list[int]] | None = None
+    results: Sequence[EpisodeResult], *, completion_masks: Sequence[list[int]] | None = None,
+    answer_masks: Sequence[list[int]] | None = None,
 ) -> dict[str, list]:
     """Episodes in the shape TRL's ``GRPOTrainer`` expects back from a ``rollout_func``.
 
@@ -511,7 +519,8 @@ def rollout_batch(
     end-of-turn token added after a stop string) — TRL turns those into NaN and leaves them out
     of its importance-sampling correction. It is ``None`` altogether when the policy gave no
     log-probabilities (TRL then computes its own). ``episode`` carries each episode's record
-    (without token arrays) to the reward functions.
+    (without token arrays) to the reward functions; ``answer_mask`` (only when ``answer_masks``
+    is given, see :func:`answer_mask`) where searchrl's trainer applies answer credit.
     """
     logprobs = (
         [[None if lp is None else float(lp) for lp in r.logprobs[r.prompt_length :]] for r in results]  # type: ignore[index]
@@ -521,13 +530,18 @@ def rollout_batch(
     masks = [r.completion_mask for r in results] if completion_masks is None else [list(m) for m in completion_masks]
     if len(masks) != len(results):
         raise ValueError(f"{len(masks)} completion masks for {len(results)} episodes")
-    return {
+    batch = {
         "prompt_ids": [r.token_ids[: r.prompt_length] for r in results],
         "completion_ids": [r.completion_ids for r in results],
         "logprobs": logprobs,
         "env_mask": masks,
         "episode": [r.to_dict(tokens=False) for r in results],
     }
+    if answer_masks is not None:
+        if len(answer_masks) != len(results):
+            raise ValueError(f"{len(answer_masks)} answer masks for {len(results)} episodes")
+        batch["answer_mask"] = [list(m) for m in answer_masks]
+    return batch
 
 
 # ----------------------------------------------------------------------------------------

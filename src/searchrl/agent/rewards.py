@@ -588,6 +588,24 @@ def build_reward_functions(
     return scorer.functions(), [weight for _, weight in parts if weight != 0]
 
 
+def answer_reward_funcs(weights: RewardWeights) -> list[str]:
+    """Names of the TRL reward functions that score what the final answer says (answer credit).
+
+    The correctness term, and the retry term when it pays only for a correct answer
+    (``retry_mode: sound``). Format (the tags), retrieval and the other retry modes are earned by
+    the search and the episode's shape; with ``grpo.answer_credit: answer_terms`` the answer's
+    words get only these terms' part of the advantage (:mod:`searchrl.training.credit`).
+
+    >>> answer_reward_funcs(RewardWeights())
+    ['correctness_reward', 'retry_reward']
+    >>> answer_reward_funcs(RewardWeights(retry_mode="recovery"))
+    ['correctness_reward']
+    """
+    terms = [("correctness", weights.correctness != 0),
+             ("retry", weights.retry != 0 and weights.retry_mode == "sound")]
+    return [f"{name}_reward" for name, used in terms if used]
+
+
 def episode_rewards(
     episode: Any, answers: Sequence[str], gold_ids: Sequence[str] = (), weights: RewardWeights | None = None, *, judge: Any = None
 ) -> dict[str, float | None]:

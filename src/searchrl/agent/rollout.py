@@ -22,6 +22,7 @@ from searchrl.agent.episode import (
     EpisodeConfig,
     EnginePolicy,
     TurnOutput,
+    answer_mask,
     answer_text_mask,
     rollout_batch,
     run_episodes,
@@ -198,7 +199,9 @@ class AgentRollout:
 
     ``policy_factory(trainer)`` builds the policy; the default samples from the trainer's model.
     ``train_answer_text=False`` leaves the words of each final answer out of the loss
-    (:func:`~searchrl.agent.episode.answer_text_mask`).
+    (:func:`~searchrl.agent.episode.answer_text_mask`); ``answer_credit=True`` returns where they
+    are instead (``answer_mask``), for the trainer to give them their own advantage
+    (:mod:`searchrl.training.credit`).
     """
 
     def __init__(
@@ -211,9 +214,14 @@ class AgentRollout:
         policy_factory: Any = None,
         generation_batch_size: int = 16,
         train_answer_text: bool = True,
+        answer_credit: bool = False,
     ) -> None:
+        if answer_credit and not train_answer_text:
+            raise ConfigError("answer credit trains the answer's words, which train_answer_text=False leaves out",
+                              hint="use one of the two")
         self.tool = tool
         self.train_answer_text = train_answer_text
+        self.answer_credit = answer_credit
         self.by_prompt = {user_prompt(e.question): e for e in examples}
         if len(self.by_prompt) != len(examples):
             raise DataError("two training questions have the same text", hint="remove duplicate questions")
@@ -249,11 +257,14 @@ class AgentRollout:
         masks = [r.completion_mask for r in episodes]
         if not self.train_answer_text:
             masks = [answer_text_mask(r, trainer.processing_class.decode) for r in episodes]
+        answers = [answer_mask(r, trainer.processing_class.decode) for r in episodes] if self.answer_credit else None
         if self.run is not None and getattr(trainer, "accelerator", None) is not None and trainer.accelerator.is_main_process:
             stats = rollout_statistics(episodes, time.perf_counter() - started)
             stats["loss_tokens_per_episode"] = sum(map(sum, masks)) / max(len(masks), 1)
+            if answers is not None:
+                stats["answer_tokens_per_episode"] = sum(map(sum, answers)) / max(len(answers), 1)
             self.run.log_metrics(step + 1, stats, prefix="rollout/")
-        return rollout_batch(episodes, completion_masks=masks)
+        return rollout_batch(episodes, completion_masks=masks, answer_masks=answers)
 
 
 def rollout_statistics(episodes: Sequence[Any], seconds: float | None = None) -> dict[str, float]:

@@ -46,13 +46,13 @@ from searchrl.agent.config import (
     load_agent_config,
 )
 from searchrl.agent.episode import EnginePolicy, EpisodeConfig
-from searchrl.agent.rewards import build_reward_functions
+from searchrl.agent.rewards import answer_reward_funcs, build_reward_functions
 from searchrl.agent.rollout import AgentRollout, TrainerVLLMPolicy, agent_dataset_rows, rollout_statistics, trainer_policy
 from searchrl.agent.sft import run_sft_stage, sft_adapter_dir, sft_finished
 from searchrl.agent.splits import make_split, split_by_source
 from searchrl.agent.tool import SearchTool, build_search_tool
 from searchrl.data.types import QAExample
-from searchrl.errors import ModelError
+from searchrl.errors import ConfigError, ModelError
 from searchrl.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
@@ -338,8 +338,13 @@ def build_trainer(
 
     functions, weights = build_reward_functions(config.reward_weights(), judge=_judge(config))
     grpo = config.grpo
+    credit = grpo.answer_credit == "answer_terms"
+    if credit and not answer_reward_funcs(config.reward_weights()):
+        raise ConfigError("grpo.answer_credit: answer_terms needs a reward term that scores the answer",
+                          hint="give rewards.correctness a weight, or use answer_credit: all_terms")
     rollout = AgentRollout(tool, train, config.rollout_episode_config(), run=run,
-                           generation_batch_size=grpo.generation_batch_size, train_answer_text=grpo.train_answer_text)
+                           generation_batch_size=grpo.generation_batch_size, train_answer_text=grpo.train_answer_text,
+                           answer_credit=credit)
     dev_callback = DevEvaluationCallback(
         run, evaluation, metric=config.eval.metric, every=config.eval.every,
         patience=config.eval.patience, evaluate_at_start=config.eval.at_start,
@@ -355,6 +360,7 @@ def build_trainer(
             processing_class=tokenizer,
             callbacks=[RunLoggingCallback(run), dev_callback, ReleaseMemoryCallback()],
             rollout_func=rollout,
+            answer_reward_funcs=answer_reward_funcs(config.reward_weights()) if credit else (),
             **grpo.trainer_options(),
         )
     return quiet_trainer(trainer, "GRPO")  # the same logs go to metrics.jsonl and TensorBoard

@@ -32,6 +32,10 @@ it). Where a saving cannot apply — several processes (DDP, FSDP, DeepSpeed), i
 mixture-of-experts auxiliary loss; for the shared prompt also gradient checkpointing (a recomputed
 layer would write the kept keys and values twice); for merged sampling vLLM or no adapter — TRL's
 own code runs. ``benchmarks/rl_step.py`` measures what they buy.
+
+One option does change the update, and is off unless asked for: ``answer_reward_funcs`` (answer
+credit, :mod:`searchrl.training.credit`) gives the tokens a rollout marks as the answer's words
+(``answer_mask``) the advantage of those reward functions alone, every other token TRL's.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 
@@ -238,17 +242,42 @@ def grpo_trainer_class() -> type:
 
         ``share_prompt``, ``merge_lora_for_generation`` and ``score_loss_tokens_only`` (all on by
         default) switch the three savings; each falls back to TRL's own code where it cannot apply.
+        ``answer_reward_funcs`` (names of reward functions; default none) turns on answer credit.
         """
 
         def __init__(self, *args: Any, share_prompt: bool = True, merge_lora_for_generation: bool = True,
-                     score_loss_tokens_only: bool = True, **kwargs: Any) -> None:
+                     score_loss_tokens_only: bool = True, answer_reward_funcs: Sequence[str] = (),
+                     **kwargs: Any) -> None:
             # set first: TRL's constructor may already call the methods below
             self.share_prompt = share_prompt
             self.merge_lora_for_generation = merge_lora_for_generation
             self.score_loss_tokens_only = score_loss_tokens_only
             # the tool/env mask of the pass in progress (the step's rollouts, or one micro-batch's)
             self._loss_positions: Any = None
+            self._answer_mask: Any = None  # the step's rollout answer masks (answer credit)
+            self._rewards_per_func: Any = None
             super().__init__(*args, **kwargs)
+            self.answer_funcs = self._answer_columns(answer_reward_funcs)
+
+        def _answer_columns(self, names: Sequence[str]) -> list[int]:
+            """Columns of the reward functions whose advantage the answer's words get (answer credit)."""
+            if not names:
+                return []
+            from searchrl.errors import ConfigError
+            from searchrl.training.credit import SCALINGS
+
+            unknown = sorted(set(names) - set(self.reward_func_names))
+            if unknown:
+                raise ConfigError(f"answer credit names reward functions the trainer lacks: {', '.join(unknown)}",
+                                  hint=f"the trainer's are {', '.join(self.reward_func_names)}")
+            if self.multi_objective_aggregation != "sum_then_normalize" or self.scale_rewards not in SCALINGS:
+                raise ConfigError(
+                    "answer credit splits the advantage TRL computes with multi_objective_aggregation="
+                    f"'sum_then_normalize' and scale_rewards in {SCALINGS}; this run has "
+                    f"{self.multi_objective_aggregation!r} and {self.scale_rewards!r}",
+                    hint="leave multi_objective_aggregation at its default, or train without answer credit",
+                )
+            return [self.reward_func_names.index(name) for name in names]
 
         def _single_process(self) -> bool:
             accelerator = self.accelerator
@@ -305,13 +334,37 @@ def grpo_trainer_class() -> type:
         def _generate(self, prompts: list):
             generated = super()._generate(prompts)
             self._loss_positions = generated[2]  # tool/env mask per row: the reference pass reads it next
+            self._answer_mask = (generated[5] or {}).get("answer_mask")  # the rollout's extra fields
             return generated
+
+        def _calculate_rewards(self, *args: Any, **kwargs: Any):
+            self._rewards_per_func = super()._calculate_rewards(*args, **kwargs)
+            return self._rewards_per_func
 
         def _generate_and_score_completions(self, *args: Any, **kwargs: Any):
             try:
-                return super()._generate_and_score_completions(*args, **kwargs)
+                output = super()._generate_and_score_completions(*args, **kwargs)
+                if self.answer_funcs and self.model.training:
+                    output["advantages"] = self._answer_credited(output)
+                return output
             finally:
-                self._loss_positions = None
+                self._loss_positions = self._answer_mask = self._rewards_per_func = None
+
+        def _answer_credited(self, output: dict) -> Any:
+            """Per-token advantages: the answer's words get the part of the answer reward terms."""
+            from searchrl.training.credit import answer_credited_advantages, padded_answer_mask
+
+            if self._answer_mask is None:
+                raise ValueError("answer credit is on but the rollout returned no answer_mask")
+            advantages = output["advantages"]
+            rows = advantages.size(0)
+            start = self.accelerator.process_index * rows
+            mask = padded_answer_mask(self._answer_mask, output["completion_ids"].size(1))
+            return answer_credited_advantages(
+                self._rewards_per_func, self.reward_weights, self.answer_funcs, mask,
+                num_generations=self.num_generations, scale_rewards=self.scale_rewards,
+                advantages=advantages, rows=slice(start, start + rows),
+            )
 
         def _compute_loss(self, model, inputs):
             self._loss_positions = inputs.get("tool_mask")

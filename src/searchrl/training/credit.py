@@ -1,0 +1,109 @@
+"""Answer credit: the words of an answer get the advantage of the reward terms that read them.
+
+GRPO gives every token of a sample one advantage, the sample's weighted reward sum relative to
+its group. In an agent episode most of that sum is earned by the search (was a gold passage
+retrieved, were the tags well formed) and only the correctness term reads the words of the final
+answer. Trained on the whole advantage, the answer's words are pushed up or down by how the
+search went: an episode whose search succeeded but whose answer was wrong still raises the
+probability of that wrong answer. On Apollo 13 with SmolLM2-135M that moved answers away from
+the warm-start's while retrieval improved (``grpo.train_answer_text`` and the README's
+"Training the search").
+
+With the sums-then-normalise advantage TRL computes (``multi_objective_aggregation:
+sum_then_normalize``), the advantage is linear in the reward terms:
+
+    A = (R - mean_g R) / s = sum_k w_k (r_k - mean_g r_k) / s,
+
+where ``g`` is the sample's group and ``s`` the group's (or batch's) reward standard deviation, or
+1 with ``scale_rewards: none``. :func:`answer_credited_advantages` keeps ``A`` on every token
+but the answer's words, which get only the part of the sum that comes from the terms named as
+reading the answer (for the agent: correctness, and the retry term when it pays only for a
+correct answer; see ``searchrl.agent.rewards.answer_terms``). Where every answer term ties within
+a group, the answer's words get advantage 0 and only the KL term (if any) moves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from searchrl.errors import ConfigError
+
+#: ``scale_rewards`` values whose advantage :func:`answer_credited_advantages` can split by term.
+SCALINGS = ("group", "batch", "none")
+
+
+def answer_credited_advantages(
+    rewards_per_func: Any,
+    weights: Any,
+    answer_funcs: Sequence[int],
+    answer_mask: Any,
+    *,
+    num_generations: int,
+    scale_rewards: str,
+    advantages: Any,
+    rows: slice | None = None,
+) -> Any:
+    """Per-token advantages (rows x tokens): ``advantages`` except on the answer's words.
+
+    ``rewards_per_func`` is TRL's samples x reward-functions matrix over all processes (NaN where
+    a function did not score a sample), ``weights`` its reward weights, ``answer_funcs`` the
+    columns of the terms that read the answer, ``answer_mask`` (this process's rows x completion
+    tokens, 1 on the answer's words) where the answer's advantage applies, ``advantages`` TRL's
+    per-sample advantages of this process's rows, and ``rows`` which rows of ``rewards_per_func``
+    are this process's (default: all).
+
+    >>> import torch
+    >>> rewards = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])  # correctness, retrieval
+    >>> total = rewards.sum(dim=1)
+    >>> advantages = total - total.view(-1, 2).mean(dim=1).repeat_interleave(2)
+    >>> mask = torch.tensor([[0, 1], [0, 1], [0, 1], [0, 1]])  # the second token is the answer
+    >>> answer_credited_advantages(rewards, torch.ones(2), [0], mask, num_generations=2,
+    ...                            scale_rewards="none", advantages=advantages)
+    tensor([[ 0.5000,  0.5000],
+            [-0.5000, -0.5000],
+            [ 0.0000,  0.0000],
+            [ 0.0000,  0.0000]])
+    """
+    import torch
+    from trl.trainer.utils import nanstd  # TRL's own, so the scaling is exactly the advantage's
+
+    if scale_rewards not in SCALINGS:
+        raise ConfigError(
+            f"answer credit cannot split advantages scaled with scale_rewards={scale_rewards!r}",
+            hint=f"use one of {', '.join(SCALINGS)}",
+        )
+    rewards_per_func = rewards_per_func.float()
+    weights = weights.to(rewards_per_func.device, torch.float32)
+    unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    total = (rewards_per_func * weights).nansum(dim=1)
+    part = (rewards_per_func[:, list(answer_funcs)] * weights[list(answer_funcs)]).nansum(dim=1)
+    total[unscorable] = torch.nan
+    part[unscorable] = torch.nan
+    groups = part.view(-1, num_generations)
+    centred = (groups - torch.nanmean(groups, dim=1, keepdim=True)).view(-1)
+    if scale_rewards == "group":
+        centred = centred / (nanstd(total.view(-1, num_generations), dim=1).repeat_interleave(num_generations) + 1e-4)
+    elif scale_rewards == "batch":
+        centred = centred / (nanstd(total) + 1e-4)
+    answer_advantages = torch.nan_to_num(centred, nan=0.0)[rows if rows is not None else slice(None)]
+    answer_mask = torch.as_tensor(answer_mask, device=advantages.device).bool()
+    if answer_mask.dim() != 2 or answer_mask.size(0) != advantages.size(0):
+        raise ValueError(f"answer mask of shape {tuple(answer_mask.shape)} for {advantages.size(0)} samples")
+    return torch.where(answer_mask, answer_advantages.to(advantages.device, advantages.dtype).unsqueeze(1),
+                       advantages.unsqueeze(1))
+
+
+def padded_answer_mask(rows: Sequence[Sequence[int]], width: int) -> Any:
+    """The rollout's per-episode answer masks as one rows x ``width`` tensor, padded with 0."""
+    import torch
+
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if len(row) > width:
+            raise ValueError(f"answer mask of episode {i} has {len(row)} tokens, its completion {width}")
+        mask[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+    return mask
+
+
+__all__ = ["SCALINGS", "answer_credited_advantages", "padded_answer_mask"]
