@@ -34,6 +34,7 @@ from searchrl.llm.precision import Precision
 from searchrl.resolver import DEFAULT_LLM
 from searchrl.training import GRPOSettings as SharedGRPOSettings
 from searchrl.training import LoraSettings
+from searchrl.training.credit import SCALINGS
 
 LossPreset = Literal["searchrl", "rezero"]
 
@@ -122,9 +123,9 @@ class GRPOSettings(SharedGRPOSettings):
         if self.answer_credit == "answer_terms" and not self.train_answer_text:
             raise ValueError("grpo.answer_credit: answer_terms trains the answer's words, which "
                              "grpo.train_answer_text: false leaves out of the loss; keep one of the two")
-        if self.answer_credit == "answer_terms" and self.scale_rewards not in ("group", "batch", "none"):
+        if self.answer_credit == "answer_terms" and self.scale_rewards not in SCALINGS:
             raise ValueError(f"grpo.answer_credit: answer_terms cannot split advantages scaled with "
-                             f"scale_rewards={self.scale_rewards!r}; use group, batch or none")
+                             f"scale_rewards={self.scale_rewards!r}; use one of {', '.join(SCALINGS)}")
         return self
 
 
