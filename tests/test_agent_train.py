@@ -186,15 +186,20 @@ def test_rollout_output_matches_what_trl_expects(tool, tokenizer):
         assert out["logprobs"] is None or len(out["logprobs"][i]) == len(ids)
 
 
-def test_rollout_can_leave_the_answer_words_out_of_the_loss(tool, tokenizer):
+def _logged_rollout(tool, tokenizer, **options):
+    """The first two questions' episodes from a scripted rollout with ``options``, and what it logged."""
     logged = []
     run = SimpleNamespace(log_metrics=lambda step, metrics, prefix="": logged.append({prefix + k: v for k, v in metrics.items()}))
-    rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3), run=run, train_answer_text=False,
-                           policy_factory=lambda trainer: _scripted(tokenizer))
+    rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3), run=run,
+                           policy_factory=lambda trainer: _scripted(tokenizer), **options)
     trainer = _fake_trainer()
     trainer.processing_class = tokenizer
     rows = agent_dataset_rows(QUESTIONS[:2])
-    out = rollout([rows[0]["prompt"], rows[1]["prompt"]], trainer)
+    return rollout([rows[0]["prompt"], rows[1]["prompt"]], trainer), logged
+
+
+def test_rollout_can_leave_the_answer_words_out_of_the_loss(tool, tokenizer):
+    out, logged = _logged_rollout(tool, tokenizer, train_answer_text=False)
     for ids, mask, episode in zip(out["completion_ids"], out["env_mask"], out["episode"]):
         kept = tokenizer.decode([t for t, m in zip(ids, mask) if m])
         search_turn = episode["messages"][2]["content"]
@@ -204,14 +209,7 @@ def test_rollout_can_leave_the_answer_words_out_of_the_loss(tool, tokenizer):
 
 
 def test_rollout_with_answer_credit_returns_where_the_answer_words_are(tool, tokenizer):
-    logged = []
-    run = SimpleNamespace(log_metrics=lambda step, metrics, prefix="": logged.append({prefix + k: v for k, v in metrics.items()}))
-    rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3), run=run, answer_credit=True,
-                           policy_factory=lambda trainer: _scripted(tokenizer))
-    trainer = _fake_trainer()
-    trainer.processing_class = tokenizer
-    rows = agent_dataset_rows(QUESTIONS[:2])
-    out = rollout([rows[0]["prompt"], rows[1]["prompt"]], trainer)
+    out, logged = _logged_rollout(tool, tokenizer, answer_credit=True)
     for ids, mask, answer, episode in zip(out["completion_ids"], out["env_mask"], out["answer_mask"], out["episode"]):
         # the whole episode stays in the loss; answer_mask marks the words after <answer>
         assert mask == [int(m) for m in mask] and sum(mask) > sum(answer) > 0

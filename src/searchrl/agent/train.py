@@ -339,7 +339,8 @@ def build_trainer(
     functions, weights = build_reward_functions(config.reward_weights(), judge=_judge(config))
     grpo = config.grpo
     credit = grpo.answer_credit == "answer_terms"
-    if credit and not answer_reward_funcs(config.reward_weights()):
+    answer_funcs = answer_reward_funcs(config.reward_weights()) if credit else []
+    if credit and not answer_funcs:
         raise ConfigError("grpo.answer_credit: answer_terms needs a reward term that scores the answer",
                           hint="give rewards.correctness a weight, or use answer_credit: all_terms")
     rollout = AgentRollout(tool, train, config.rollout_episode_config(), run=run,
@@ -360,7 +361,7 @@ def build_trainer(
             processing_class=tokenizer,
             callbacks=[RunLoggingCallback(run), dev_callback, ReleaseMemoryCallback()],
             rollout_func=rollout,
-            answer_reward_funcs=answer_reward_funcs(config.reward_weights()) if credit else (),
+            answer_reward_funcs=answer_funcs,
             **grpo.trainer_options(),
         )
     return quiet_trainer(trainer, "GRPO")  # the same logs go to metrics.jsonl and TensorBoard

@@ -98,16 +98,4 @@ def answer_credited_advantages(
                        advantages.unsqueeze(1))
 
 
-def padded_answer_mask(rows: Sequence[Sequence[int]], width: int) -> Any:
-    """The rollout's per-episode answer masks as one rows x ``width`` tensor, padded with 0."""
-    import torch
-
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        if len(row) > width:
-            raise ValueError(f"answer mask of episode {i} has {len(row)} tokens, its completion {width}")
-        mask[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-    return mask
-
-
-__all__ = ["SCALINGS", "answer_credited_advantages", "padded_answer_mask"]
+__all__ = ["SCALINGS", "answer_credited_advantages"]

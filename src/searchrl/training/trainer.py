@@ -231,6 +231,15 @@ def _rows_kept_in_order() -> Iterator[None]:
         module.shuffle_sequence_dict = shuffle
 
 
+def padded_rows(rows: Sequence[Sequence[int]], width: int, value: int) -> Any:
+    """Per-row masks as one rows x ``width`` tensor, padded on the right with ``value`` (TRL's ``pad``)."""
+    import torch
+    from trl.trainer.utils import pad
+
+    padded = pad([torch.tensor(list(row), dtype=torch.long) for row in rows], padding_value=value, padding_side="right")
+    return torch.nn.functional.pad(padded, (0, width - padded.size(1)), value=value)
+
+
 @functools.cache
 def grpo_trainer_class() -> type:
     """TRL's ``GRPOTrainer`` with the savings above (a function: TRL is imported only when training)."""
@@ -352,14 +361,16 @@ def grpo_trainer_class() -> type:
 
         def _answer_credited(self, output: dict) -> Any:
             """Per-token advantages: the answer's words get the part of the answer reward terms."""
-            from searchrl.training.credit import answer_credited_advantages, padded_answer_mask
+            from searchrl.training.credit import answer_credited_advantages
 
-            if self._answer_mask is None:
-                raise ValueError("answer credit is on but the rollout returned no answer_mask")
+            width = output["completion_ids"].size(1)
+            if self._answer_mask is None or any(len(row) > width for row in self._answer_mask):
+                raise ValueError("answer credit is on but the rollout returned no answer_mask, or one longer than "
+                                 "its completion")
             advantages = output["advantages"]
             rows = advantages.size(0)
             start = self.accelerator.process_index * rows
-            mask = padded_answer_mask(self._answer_mask, output["completion_ids"].size(1))
+            mask = padded_rows(self._answer_mask, width, value=0)
             return answer_credited_advantages(
                 self._rewards_per_func, self.reward_weights, self.answer_funcs, mask,
                 num_generations=self.num_generations, scale_rewards=self.scale_rewards,
@@ -384,10 +395,7 @@ def grpo_trainer_class() -> type:
                 return mask.to(device) if tuple(mask.shape) == (rows, logits_to_keep) else None
             if len(mask) != rows or any(len(row) > logits_to_keep for row in mask):
                 return None
-            from trl.trainer.utils import pad  # padded with 1, as TRL pads the tool mask
-
-            scored = pad([torch.tensor(row, dtype=torch.long) for row in mask], padding_value=1, padding_side="right")
-            return torch.nn.functional.pad(scored, (0, logits_to_keep - scored.size(1)), value=1).to(device)
+            return padded_rows(mask, logits_to_keep, value=1).to(device)  # padded with 1, as TRL pads the tool mask
 
         def _get_per_token_logps_and_entropies(
             self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
