@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -215,6 +216,55 @@ def test_answer_text_mask_leaves_only_the_answer_words_out(tokenizer):
     assert tokenizer.decode([t for t, a in zip(results[0].completion_ids, answers[0]) if a]).startswith(results[0].answer)
     assert sum(answers[2]) == 0  # no answer, no answer words
     assert rollout_batch(results, completion_masks=masks, answer_masks=answers)["answer_mask"] == answers
+
+
+class TemperatureMarking(ScriptedPolicy):
+    """Scripted turns whose tokens carry the temperature they were generated at (as their logprob)."""
+
+    def __init__(self, tokenizer, scripts):
+        super().__init__(tokenizer, scripts)
+        self.params = []
+
+    def generate_turns(self, token_id_lists, params):
+        self.params.append(params)
+        outputs = super().generate_turns(token_id_lists, params)
+        return [replace(o, logprobs=[-params.temperature - 1.0] * len(o.token_ids)) for o in outputs]
+
+
+def test_answer_temperature_writes_the_answer_words_and_only_them_at_their_own_temperature(tokenizer):
+    policy = TemperatureMarking(tokenizer, SCRIPTS)
+    config = EpisodeConfig(temperature=1.0, answer_temperature=0.0, seed=5)
+    results = run_episodes(policy, make_tool(), [Q_CMD, Q_TANK, Q_BOAT], config)
+    plain = run_episodes(ScriptedPolicy(tokenizer, SCRIPTS), make_tool(), [Q_CMD, Q_TANK, Q_BOAT])
+    # The same episodes as one generation per turn: a turn continued after <answer> is still one turn.
+    assert [r.assistant_turns for r in results] == [r.assistant_turns for r in plain]
+    assert [(r.finish_reason, r.answer) for r in results] == [(r.finish_reason, r.answer) for r in plain]
+    # Turns are sampled up to <answer>; the two answers are continued in one call, greedily, with the turn's stops.
+    assert [(p.temperature, "<answer>" in p.stop) for p in policy.params] == [
+        (1.0, True), (1.0, True), (0.0, False), (1.0, True), (0.0, False)]
+    assert policy.calls == [3, 2, 1, 1, 1]
+    for r in results:
+        written = [(t, lp) for t, lp, m in zip(r.completion_ids, r.logprobs[r.prompt_length:], r.completion_mask) if m]
+        in_answer = [a for a, m in zip(answer_mask(r, tokenizer.decode), r.completion_mask) if m]
+        # Exactly the tokens left out of the loss (the answer's words) were written at temperature 0:
+        # everything GRPO trains was sampled at the policy's temperature.
+        for (token, logprob), answer in zip(written, in_answer):
+            if logprob is not None:  # the end-of-turn token the environment appends has none
+                assert logprob == (-1.0 if answer else -2.0)
+        assert any(in_answer) == (r.finish_reason == "answered")
+
+
+def test_answer_temperature_with_no_room_left_for_the_answer_ends_the_turn_at_its_limit(tokenizer):
+    scripts = {Q_CMD.question: ["<answer>Jim Lovell</answer>"]}
+    room = len(tokenizer.encode("<answer>", add_special_tokens=False))
+    policy = TemperatureMarking(tokenizer, scripts)
+    config = EpisodeConfig(temperature=1.0, answer_temperature=0.0, max_turn_tokens=room)
+    [episode] = run_episodes(policy, make_tool(), [Q_CMD], config)
+    assert len(policy.params) == 1 and episode.finish_reason == "no_action" and episode.answer is None
+    # The same temperature for both: no split, a turn is one call.
+    policy = TemperatureMarking(tokenizer, SCRIPTS)
+    run_episodes(policy, make_tool(), [Q_CMD], EpisodeConfig(temperature=1.0, answer_temperature=1.0))
+    assert all("<answer>" not in p.stop for p in policy.params) and policy.calls == [1, 1]
 
 
 def test_evaluate_agent_metrics_transcripts_and_resume(tokenizer, tmp_path):

@@ -117,6 +117,19 @@ def test_config_rejects_unknown_keys_and_drops_retry_for_the_ablation(tmp_path):
         load_agent_config(path, ["grpo.stepz=4"])
 
 
+def test_answer_temperature_reaches_rollouts_only_and_only_with_the_answer_words_untrained():
+    config = load_agent_config(None, ["grpo.train_answer_text=false", "grpo.answer_temperature=0", "grpo.temperature=1.0"])
+    rollout = config.rollout_episode_config()
+    assert (rollout.temperature, rollout.answer_temperature) == (1.0, 0.0)
+    assert config.eval_episode_config().answer_temperature is None  # evaluation is greedy throughout
+    assert load_agent_config(None, ["grpo.train_answer_text=false"]).rollout_episode_config().answer_temperature is None
+    # Sampling the answer's words away from the policy while training them would be off-policy.
+    with pytest.raises(ConfigError, match="train_answer_text"):
+        load_agent_config(None, ["grpo.answer_temperature=0"])
+    with pytest.raises(ConfigError, match="grpo.answer_temperature"):
+        load_agent_config(None, ["episode.answer_temperature=0"])
+
+
 def test_shipped_configs_load():
     from searchrl.recipes import RECIPES_DIR
 

@@ -103,6 +103,13 @@ class GRPOSettings(SharedGRPOSettings):
         "answer_terms (only the part of the terms that score what the answer says: correctness, and retry when "
         "it pays for correct answers; searchrl.training.credit)",
     )
+    answer_temperature: float | None = Field(
+        None,
+        ge=0,
+        description="with train_answer_text: false, the temperature rollouts write the answer's words at (None: "
+        "the GRPO temperature). 0 reads them greedily, as evaluation does: those words are not trained, so the "
+        "reward scores each sampled search by the answer the evaluated policy would give",
+    )
     shuffle: bool = True
     save_steps: int = Field(5, ge=1)
     generation_batch_size: int = Field(16, ge=1, description="sequences per transformers generate call")
@@ -123,6 +130,9 @@ class GRPOSettings(SharedGRPOSettings):
         if self.answer_credit == "answer_terms" and not self.train_answer_text:
             raise ValueError("grpo.answer_credit: answer_terms trains the answer's words, which "
                              "grpo.train_answer_text: false leaves out of the loss; keep one of the two")
+        if self.answer_temperature is not None and self.train_answer_text:
+            raise ValueError("grpo.answer_temperature samples the answer's words away from the policy the loss "
+                             "trains; it needs grpo.train_answer_text: false (which leaves them out of the loss)")
         if self.answer_credit == "answer_terms" and self.scale_rewards not in SCALINGS:
             raise ValueError(f"grpo.answer_credit: answer_terms cannot split advantages scaled with "
                              f"scale_rewards={self.scale_rewards!r}; use one of {', '.join(SCALINGS)}")
@@ -188,6 +198,9 @@ class AgentTrainConfig(BaseModel):
             raise ValueError("rewards.metric 'judge' needs judge_model (a fixed model other than the policy)")
         if not self.lora.enabled and (self.sft.enabled or self.init_adapter is not None):
             raise ValueError("the warm-start and init_adapter produce LoRA adapters: keep lora.enabled true")
+        if self.episode.answer_temperature is not None:
+            raise ValueError("episode.answer_temperature is set by the stage: use grpo.answer_temperature for "
+                             "rollouts (evaluation is greedy throughout)")
         return self
 
     def reward_weights(self) -> RewardWeights:
@@ -195,9 +208,11 @@ class AgentTrainConfig(BaseModel):
         return self.rewards if self.retry_reward else self.rewards.model_copy(update={"retry": 0.0})
 
     def rollout_episode_config(self) -> EpisodeConfig:
-        """Episode settings of RL rollouts: sampled at the GRPO temperature the loss also uses."""
+        """Episode settings of RL rollouts: sampled at the GRPO temperature the loss also uses (the answer's
+        words, when the loss leaves them out, at ``grpo.answer_temperature``)."""
         return self.episode.model_copy(
-            update={"temperature": self.grpo.temperature, "top_p": self.grpo.top_p, "seed": self.seed}
+            update={"temperature": self.grpo.temperature, "top_p": self.grpo.top_p, "seed": self.seed,
+                    "answer_temperature": self.grpo.answer_temperature}
         )
 
     def eval_episode_config(self) -> EpisodeConfig:

@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from searchrl.agent.protocol import (
+    ANSWER_OPEN,
     INFORMATION_OPEN,
     SYSTEM_PROMPT,
     TURN_STOP_STRINGS,
@@ -158,6 +159,12 @@ class EpisodeConfig(BaseModel):
     max_context_tokens: int | None = Field(None, ge=1, description="prompt + history length at most")
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    answer_temperature: float | None = Field(
+        None,
+        ge=0.0,
+        description="temperature of the words after <answer> (None: the turn's temperature); a turn is then "
+        "generated up to its <answer> tag and the answer continued at this temperature",
+    )
     seed: int = 0
     system_prompt: str = SYSTEM_PROMPT
     stop_on_information: bool = Field(
@@ -337,6 +344,9 @@ def run_episodes(
     fmt = chat_format or ChatFormat(policy.tokenizer, system_prompt=config.system_prompt)
     eot = fmt.end_of_turn_ids
     stops = config.stop_strings()
+    # With its own answer temperature, a turn first stops at <answer>; _continue_answers writes the rest.
+    split_answers = config.answer_temperature is not None and config.answer_temperature != config.temperature
+    turn_stops = [*stops, ANSWER_OPEN] if split_answers else stops
     max_context = config.max_context_tokens or getattr(policy, "context_length", None)
 
     states: list[_State] = []
@@ -380,7 +390,7 @@ def run_episodes(
                 temperature=config.temperature,
                 top_p=config.top_p,
                 max_new_tokens=limit,
-                stop=stops,
+                stop=turn_stops,
                 seed=config.seed + round_index,
             )
             outputs = policy.generate_turns([states[i].token_ids for i in group], params)
@@ -388,6 +398,8 @@ def run_episodes(
                 raise EngineError(f"policy returned {len(outputs)} turns for {len(group)} sequences")
             outputs_by_episode.update(zip(group, outputs))
         outputs = [outputs_by_episode[i] for i, _ in ready]
+        if split_answers:
+            outputs = _continue_answers(policy, states, ready, outputs, config, stops, seed=config.seed + round_index)
 
         searching: list[int] = []
         for (i, limit), output in zip(ready, outputs):
@@ -437,6 +449,51 @@ def run_episodes(
         if state.finish is None:
             state.finish = "turn_limit"
     return [state.result() for state in states]
+
+
+def _continue_answers(
+    policy: Policy,
+    states: Sequence[_State],
+    ready: Sequence[tuple[int, int]],
+    outputs: Sequence[TurnOutput],
+    config: EpisodeConfig,
+    stops: Sequence[str],
+    *,
+    seed: int,
+) -> list[TurnOutput]:
+    """Finish the turns that stopped at ``<answer>``: the answer's words at ``config.answer_temperature``.
+
+    Each such turn is continued from its own tokens (within the turn's token limit) and returned as
+    one turn: the tokens, log-probabilities and finish of both parts joined. Other turns pass through.
+    """
+    merged = list(outputs)
+    waiting = [
+        (n, i, limit - len(output.token_ids))
+        for n, ((i, limit), output) in enumerate(zip(ready, outputs))
+        if output.finish == "stop" and output.text.endswith(ANSWER_OPEN)
+    ]
+    for n, _, room in waiting:
+        if room < 1:  # no token left for the answer: the turn was cut by its limit
+            merged[n] = TurnOutput(outputs[n].token_ids, outputs[n].text, outputs[n].logprobs, "length")
+    temperature = config.answer_temperature or 0.0
+    for room in sorted({room for *_, room in waiting if room >= 1}, reverse=True):
+        group = [(n, i) for n, i, row_room in waiting if row_room == room]
+        params = SamplingParams(
+            n=1,
+            temperature=temperature,
+            top_p=config.top_p if temperature > 0 else 1.0,
+            max_new_tokens=room,
+            stop=list(stops),
+            seed=seed,
+        )
+        rests = policy.generate_turns([states[i].token_ids + outputs[n].token_ids for n, i in group], params)
+        if len(rests) != len(group):
+            raise EngineError(f"policy returned {len(rests)} answers for {len(group)} sequences")
+        for (n, _), rest in zip(group, rests):
+            first = outputs[n]
+            both = first.logprobs + rest.logprobs if first.logprobs is not None and rest.logprobs is not None else None
+            merged[n] = TurnOutput(first.token_ids + list(rest.token_ids), first.text + rest.text, both, rest.finish)
+    return merged
 
 
 def _run_searches(
@@ -584,12 +641,16 @@ class ScriptedPolicy:
     def _turn_text(self, prompt_text: str) -> str:
         turn_index = prompt_text.count(self.format.generation_prompt) - 1 if self.format.generation_prompt else 0
         if callable(self.scripts):
-            return self.scripts(prompt_text, turn_index)
-        matches = [q for q in self.scripts if q in prompt_text]
-        if not matches:
-            raise ConfigError("no script for this prompt", hint=f"prompt starts {prompt_text[:200]!r}")
-        turns = self.scripts[max(matches, key=len)]
-        return turns[turn_index] if turn_index < len(turns) else ""
+            text = self.scripts(prompt_text, turn_index)
+        else:
+            matches = [q for q in self.scripts if q in prompt_text]
+            if not matches:
+                raise ConfigError("no script for this prompt", hint=f"prompt starts {prompt_text[:200]!r}")
+            turns = self.scripts[max(matches, key=len)]
+            text = turns[turn_index] if turn_index < len(turns) else ""
+        # A prompt that ends inside the turn (an answer continued on its own) gets the rest of it.
+        written = prompt_text.rsplit(self.format.generation_prompt, 1)[-1] if self.format.generation_prompt else ""
+        return text[len(written):] if written and text.startswith(written) else text
 
     def generate_turns(self, token_id_lists: Sequence[Sequence[int]], params: SamplingParams) -> list[TurnOutput]:
         self.calls.append(len(token_id_lists))

@@ -21,7 +21,7 @@ MODEL_TAGS = (THINK, SEARCH, ANSWER)
 ACTION_TAGS = (SEARCH, ANSWER)
 
 SEARCH_CLOSE = "</search>"
-ANSWER_CLOSE = "</answer>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 INFORMATION_OPEN = "<information>"
 TURN_STOP_STRINGS = (SEARCH_CLOSE, ANSWER_CLOSE)
 """Generation of one assistant turn stops right after either closing tag."""
