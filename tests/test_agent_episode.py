@@ -267,6 +267,21 @@ def test_answer_temperature_with_no_room_left_for_the_answer_ends_the_turn_at_it
     assert all("<answer>" not in p.stop for p in policy.params) and policy.calls == [1, 1]
 
 
+def test_evaluation_splits_f1_into_what_the_search_showed_and_what_the_model_read(tokenizer):
+    scripts = {**SCRIPTS, Q_CMD.question: ["<search>commanded Apollo</search>", "<answer>Fred Haise</answer>"],
+               Q_BOAT.question: ["<search>lunar module lifeboat</search>", "<answer>lunar module</answer>"]}
+    tool = make_tool(fail_on="tank")
+    m = evaluate_agent(ScriptedPolicy(tokenizer, scripts), tool, [Q_CMD, Q_TANK, Q_BOAT], show_progress=False).metrics
+    # Q_CMD was shown "Jim Lovell commanded Apollo 13." and answered wrong; Q_BOAT's answer was shown and
+    # read; Q_TANK's search failed, so it counts in neither.
+    assert m["tool_errors"] == 1 and m["answer_shown_rate"] == 1.0
+    assert m["f1_when_shown"] == pytest.approx(0.5) and m["f1_when_not_shown"] is None
+    plain = ScriptedPolicy(tokenizer, {**scripts, Q_BOAT.question: ["<search>oxygen tank</search>", "<answer>lunar module</answer>"]})
+    m = evaluate_agent(plain, make_tool(), [Q_CMD, Q_BOAT], show_progress=False).metrics
+    # a right answer the passages did not show (a guess, or the model's own knowledge)
+    assert (m["answer_shown_rate"], m["f1_when_shown"], m["f1_when_not_shown"]) == (0.5, 0.0, 1.0)
+
+
 def test_evaluate_agent_metrics_transcripts_and_resume(tokenizer, tmp_path):
     out = tmp_path / "t.jsonl"
     policy = ScriptedPolicy(tokenizer, SCRIPTS)
@@ -277,6 +292,7 @@ def test_evaluate_agent_metrics_transcripts_and_resume(tokenizer, tmp_path):
     assert m["searches_per_episode"] == pytest.approx(1.0) and m["retries_per_episode"] == pytest.approx(1 / 3)
     assert m["answered_rate"] == pytest.approx(2 / 3) and m["retrieval_hit_rate"] == pytest.approx(2 / 3)
     assert m["finish_reasons"] == {"answered": 2, "no_action": 1}
+    assert (m["answer_shown_rate"], m["f1_when_shown"], m["f1_when_not_shown"]) == (pytest.approx(2 / 3), 1.0, 0.0)
     assert len(out.read_text().splitlines()) == 3
     # Rerun: nothing is generated again; a torn last line is dropped and redone.
     policy.calls.clear()

@@ -9,9 +9,9 @@ import pytest
 from searchrl.agent.episode import ChatFormat
 from searchrl.agent.protocol import format_information
 from searchrl.agent.noise import NoiseConfig
+from searchrl.agent.rewards import answer_shown
 from searchrl.agent.sft import (
     SFTConfig,
-    answer_shown,
     build_transcripts,
     check_played,
     keyword_query,

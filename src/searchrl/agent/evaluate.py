@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from searchrl.agent.episode import EpisodeConfig, EpisodeResult, Policy, run_episodes
-from searchrl.agent.rewards import correctness_reward, format_reward, retrieval_reward
+from searchrl.agent.rewards import answer_shown, correctness_reward, format_reward, retrieval_reward
 from searchrl.agent.tool import SearchTool
 from searchrl.data.io import atomic_write_text
 from searchrl.data.types import QAExample
@@ -54,12 +54,18 @@ def example_key(example: QAExample) -> str:
 
 
 def score_episode(episode: EpisodeResult, *, judge: Any = None) -> dict[str, float | None]:
-    """Per-episode scores: ``em``, ``f1``, ``judge`` (when a judge is given), ``format``, ``retrieval_hit``."""
+    """Per-episode scores: ``em``, ``f1``, ``judge`` (when a judge is given), ``format``, ``retrieval_hit``
+    and ``answer_shown`` (a reference answer occurs in the passages the searches showed the model:
+    whether the search brought the answer to the reader; ``None`` when the tool failed)."""
+    shown = None
+    if episode.finish_reason != "tool_error":
+        shown = float(answer_shown(episode.answers, "\n".join(s.get("text", "") for s in episode.searches)))
     scores: dict[str, float | None] = {
         "em": correctness_reward(episode, episode.answers, metric="em"),
         "f1": correctness_reward(episode, episode.answers, metric="f1"),
         "format": format_reward(episode),
         "retrieval_hit": retrieval_reward(episode, episode.gold_ids),
+        "answer_shown": shown,
     }
     if judge is not None:
         scores["judge"] = correctness_reward(episode, episode.answers, metric="judge", judge=judge)
@@ -84,6 +90,11 @@ def summarize(records: Sequence[Mapping[str, Any]], *, with_judge: bool = False)
         "searches_per_episode": _mean([float(k) for k in searches]),
         "retries_per_episode": _mean([float(max(k - 1, 0)) for k in searches]),
         "retrieval_hit_rate": _mean([s.get("retrieval_hit") for s in scores]),
+        # F1 = answer_shown_rate * f1_when_shown + (1 - answer_shown_rate) * f1_when_not_shown: what the
+        # search brought to the model, and what the model made of it
+        "answer_shown_rate": _mean([s.get("answer_shown") for s in scores]),
+        "f1_when_shown": _mean([s.get("f1") for s in scores if s.get("answer_shown") == 1.0]),
+        "f1_when_not_shown": _mean([s.get("f1") for s in scores if s.get("answer_shown") == 0.0]),
         "format_rate": _mean([s.get("format") for s in scores]),
         "turns_per_episode": _mean([float(r["num_turns"]) for r in records]),
         "model_tokens_per_episode": _mean([float(r["num_model_tokens"]) for r in records]),

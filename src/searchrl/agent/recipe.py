@@ -32,8 +32,8 @@ from searchrl.errors import DataError
 
 #: Metrics of each evaluated policy that the recipe prints.
 RECIPE_METRICS = (
-    "em", "f1", "searches_per_episode", "retries_per_episode", "answered_rate", "retrieval_hit_rate", "format_rate",
-    "num_questions",
+    "em", "f1", "searches_per_episode", "retries_per_episode", "answered_rate", "retrieval_hit_rate",
+    "answer_shown_rate", "f1_when_shown", "format_rate", "num_questions",
 )
 NO_RETRY_DIR = "no-retry"
 

@@ -301,6 +301,20 @@ def retrieval_reward(episode: Any, gold_ids: Sequence[str]) -> float | None:
     return float(any(gold.intersection(ids) for ids in view.retrieved))
 
 
+def _squash(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def answer_shown(answers: Sequence[str], passages: str) -> bool:
+    """Whether any reference answer occurs in the passages (case and spacing ignored).
+
+    >>> answer_shown(["Jim  Lovell"], "[1] Commander jim lovell said ..."), answer_shown(["Haise"], "[1] Lovell")
+    (True, False)
+    """
+    text = _squash(passages)
+    return any(_squash(a) and _squash(a) in text for a in answers)
+
+
 # ----------------------------------------------------------------------------------------
 # TRL glue and weights
 

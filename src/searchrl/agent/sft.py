@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from searchrl.agent.episode import EpisodeConfig, EpisodeResult, ScriptedPolicy, run_episodes, sample_key, search_key
 from searchrl.agent.protocol import user_prompt
+from searchrl.agent.rewards import answer_shown
 from searchrl.agent.tool import SearchTool
 from searchrl.data.types import QAExample
 from searchrl.errors import ConfigError, DataError
@@ -147,20 +148,6 @@ def alternative_queries(question: str) -> list[str]:
     full = " ".join(words)
     queries = [" ".join(c) for c in candidates if c]
     return [q for q in dict.fromkeys(queries) if q != full]
-
-
-def _squash(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def answer_shown(answers: Sequence[str], passages: str) -> bool:
-    """Whether any reference answer occurs in the passages (case and spacing ignored).
-
-    >>> answer_shown(["Jim  Lovell"], "[1] Commander jim lovell said ..."), answer_shown(["Haise"], "[1] Lovell")
-    (True, False)
-    """
-    text = _squash(passages)
-    return any(_squash(a) and _squash(a) in text for a in answers)
 
 
 def _search_turn(query: str, thought: str) -> str:
