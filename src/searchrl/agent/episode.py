@@ -399,7 +399,9 @@ def run_episodes(
             outputs_by_episode.update(zip(group, outputs))
         outputs = [outputs_by_episode[i] for i, _ in ready]
         if split_answers:
-            outputs = _continue_answers(policy, states, ready, outputs, config, stops, seed=config.seed + round_index)
+            # a seed no turn of the episode uses: the answer's draws do not replay the turn's
+            outputs = _continue_answers(policy, states, ready, outputs, config, stops,
+                                        seed=config.seed + config.max_turns + round_index)
 
         searching: list[int] = []
         for (i, limit), output in zip(ready, outputs):
@@ -552,7 +554,7 @@ def answer_text_mask(result: EpisodeResult, decode: Callable[[Sequence[int]], st
     while start > 0 and mask[start - 1] == 1:
         start -= 1
     for end in range(start + 1, len(ids) + 1):
-        if "<answer>" in decode(ids[start:end]):
+        if ANSWER_OPEN in decode(ids[start:end]):
             return mask[:end] + [0] * (len(mask) - end)
     return mask
 
