@@ -380,24 +380,9 @@ def run_episodes(
         if not ready:
             break
 
-        # One generation call per distinct turn limit (usually one): a row near its budget or the
-        # context length must not be asked for more tokens than it has room for.
-        outputs_by_episode: dict[int, TurnOutput] = {}
-        for limit in sorted({limit for _, limit in ready}, reverse=True):
-            group = [i for i, row_limit in ready if row_limit == limit]
-            params = SamplingParams(
-                n=1,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                max_new_tokens=limit,
-                stop=turn_stops,
-                seed=config.seed + round_index,
-            )
-            outputs = policy.generate_turns([states[i].token_ids for i in group], params)
-            if len(outputs) != len(group):
-                raise EngineError(f"policy returned {len(outputs)} turns for {len(group)} sequences")
-            outputs_by_episode.update(zip(group, outputs))
-        outputs = [outputs_by_episode[i] for i, _ in ready]
+        params = SamplingParams(n=1, temperature=config.temperature, top_p=config.top_p, max_new_tokens=1,
+                                stop=turn_stops, seed=config.seed + round_index)
+        outputs = _generate_by_limit(policy, [(states[i].token_ids, limit) for i, limit in ready], params)
         if split_answers:
             # a seed no turn of the episode uses: the answer's draws do not replay the turn's
             outputs = _continue_answers(policy, states, ready, outputs, config, stops,
@@ -453,6 +438,25 @@ def run_episodes(
     return [state.result() for state in states]
 
 
+def _generate_by_limit(
+    policy: Policy, requests: Sequence[tuple[Sequence[int], int]], params: SamplingParams
+) -> list[TurnOutput]:
+    """Continue each ``(token ids, new-token limit)`` request with ``params``; outputs in request order.
+
+    One generation call per distinct limit (usually one): a row near its budget or the context
+    length must not be asked for more tokens than it has room for.
+    """
+    outputs: list[TurnOutput | None] = [None] * len(requests)
+    for limit in sorted({limit for _, limit in requests}, reverse=True):
+        group = [n for n, (_, row_limit) in enumerate(requests) if row_limit == limit]
+        got = policy.generate_turns([requests[n][0] for n in group], params.model_copy(update={"max_new_tokens": limit}))
+        if len(got) != len(group):
+            raise EngineError(f"policy returned {len(got)} turns for {len(group)} sequences")
+        for n, output in zip(group, got):
+            outputs[n] = output
+    return outputs  # type: ignore[return-value]
+
+
 def _continue_answers(
     policy: Policy,
     states: Sequence[_State],
@@ -470,31 +474,22 @@ def _continue_answers(
     """
     merged = list(outputs)
     waiting = [
-        (n, i, limit - len(output.token_ids))
+        (n, states[i].token_ids + output.token_ids, limit - len(output.token_ids))
         for n, ((i, limit), output) in enumerate(zip(ready, outputs))
         if output.finish == "stop" and output.text.endswith(ANSWER_OPEN)
     ]
     for n, _, room in waiting:
         if room < 1:  # no token left for the answer: the turn was cut by its limit
             merged[n] = TurnOutput(outputs[n].token_ids, outputs[n].text, outputs[n].logprobs, "length")
+    continued = [(n, ids, room) for n, ids, room in waiting if room >= 1]
     temperature = config.answer_temperature or 0.0
-    for room in sorted({room for *_, room in waiting if room >= 1}, reverse=True):
-        group = [(n, i) for n, i, row_room in waiting if row_room == room]
-        params = SamplingParams(
-            n=1,
-            temperature=temperature,
-            top_p=config.top_p if temperature > 0 else 1.0,
-            max_new_tokens=room,
-            stop=list(stops),
-            seed=seed,
-        )
-        rests = policy.generate_turns([states[i].token_ids + outputs[n].token_ids for n, i in group], params)
-        if len(rests) != len(group):
-            raise EngineError(f"policy returned {len(rests)} answers for {len(group)} sequences")
-        for (n, _), rest in zip(group, rests):
-            first = outputs[n]
-            both = first.logprobs + rest.logprobs if first.logprobs is not None and rest.logprobs is not None else None
-            merged[n] = TurnOutput(first.token_ids + list(rest.token_ids), first.text + rest.text, both, rest.finish)
+    params = SamplingParams(n=1, temperature=temperature, top_p=config.top_p if temperature > 0 else 1.0,
+                            max_new_tokens=1, stop=list(stops), seed=seed)
+    rests = _generate_by_limit(policy, [(ids, room) for _, ids, room in continued], params) if continued else []
+    for (n, _, _), rest in zip(continued, rests):
+        first = outputs[n]
+        both = first.logprobs + rest.logprobs if first.logprobs is not None and rest.logprobs is not None else None
+        merged[n] = TurnOutput(first.token_ids + list(rest.token_ids), first.text + rest.text, both, rest.finish)
     return merged
 
 
