@@ -97,11 +97,15 @@ class GRPOSettings(SharedGRPOSettings):
         description="False: the words after <answer> are left out of the loss, so GRPO trains the search "
         "(when and what to search, when to answer) and the answers keep the warm-start's wording",
     )
-    answer_credit: Literal["all_terms", "answer_terms"] = Field(
+    answer_credit: Literal["all_terms", "answer_terms", "context_baseline"] = Field(
         "all_terms",
-        description="the advantage the words after <answer> get: all_terms (GRPO's one advantage per episode) or "
+        description="the advantage the words after <answer> get: all_terms (GRPO's one advantage per episode), "
         "answer_terms (only the part of the terms that score what the answer says: correctness, and retry when "
-        "it pays for correct answers; searchrl.training.credit)",
+        "it pays for correct answers) or context_baseline (the answer's correctness against answer_samples "
+        "answers resampled from where it began, scaled as a GRPO group; searchrl.training.credit)",
+    )
+    answer_samples: int = Field(
+        4, ge=1, description="with answer_credit: context_baseline, the answers resampled per episode for its baseline"
     )
     answer_temperature: float | None = Field(
         None,
@@ -127,8 +131,8 @@ class GRPOSettings(SharedGRPOSettings):
 
     @model_validator(mode="after")
     def _check_answer_credit(self) -> "GRPOSettings":
-        if self.answer_credit == "answer_terms" and not self.train_answer_text:
-            raise ValueError("grpo.answer_credit: answer_terms trains the answer's words, which "
+        if self.answer_credit != "all_terms" and not self.train_answer_text:
+            raise ValueError(f"grpo.answer_credit: {self.answer_credit} trains the answer's words, which "
                              "grpo.train_answer_text: false leaves out of the loss; keep one of the two")
         if self.answer_temperature is not None and self.train_answer_text:
             raise ValueError("grpo.answer_temperature samples the answer's words away from the policy the loss "
@@ -198,6 +202,9 @@ class AgentTrainConfig(BaseModel):
             raise ValueError("rewards.metric 'judge' needs judge_model (a fixed model other than the policy)")
         if not self.lora.enabled and (self.sft.enabled or self.init_adapter is not None):
             raise ValueError("the warm-start and init_adapter produce LoRA adapters: keep lora.enabled true")
+        if self.grpo.answer_credit == "context_baseline" and (not self.rewards.correctness or self.rewards.metric == "judge"):
+            raise ValueError("grpo.answer_credit: context_baseline scores the resampled answers with the correctness "
+                             "term: it needs rewards.correctness above 0 and rewards.metric em or f1")
         if self.episode.answer_temperature is not None:
             raise ValueError("episode.answer_temperature is set by the stage: use grpo.answer_temperature for "
                              "rollouts (evaluation is greedy throughout)")

@@ -561,9 +561,58 @@ def answer_mask(result: EpisodeResult, decode: Callable[[Sequence[int]], str]) -
     return [whole - kept for whole, kept in zip(result.completion_mask, answer_text_mask(result, decode))]
 
 
+def resample_answers(
+    policy: Policy,
+    results: Sequence[EpisodeResult],
+    config: EpisodeConfig,
+    *,
+    samples: int,
+    seed: int,
+    chat_format: ChatFormat | None = None,
+) -> list[list[str] | None]:
+    """``samples`` more answers to each answered episode, written from where its own answer began.
+
+    Each episode is continued ``samples`` times from its tokens up to and including its final
+    ``<answer>`` tag, at ``config.temperature`` and within the room its own answer had (the final
+    turn's token limit, the episode's token budget, the context), in one batched call. Returns,
+    per episode, the final turn's text as each sample would have written it, to be scored like
+    the episode's own (a sample cut by the limit before ``</answer>`` holds no answer); ``None``
+    for an episode that did not end with an answer or whose answer had no room.
+    """
+    fmt = chat_format or ChatFormat(policy.tokenizer, system_prompt=config.system_prompt)
+    eot = len(fmt.end_of_turn_ids)
+    max_context = config.max_context_tokens or getattr(policy, "context_length", None)
+    requests: list[tuple[int, list[int], int]] = []  # (episode, tokens up to <answer>, new-token limit)
+    for n, result in enumerate(results):
+        words = answer_mask(result, fmt.decode)
+        if result.finish_reason != "answered" or 1 not in words:
+            continue
+        begin = words.index(1)  # the answer's first token, in completion positions
+        mask = result.completion_mask
+        turn_start = begin
+        while turn_start > 0 and mask[turn_start - 1] == 1:
+            turn_start -= 1
+        context = result.token_ids[: result.prompt_length + begin]
+        limit = min(config.max_turn_tokens - (begin - turn_start), config.max_model_tokens - sum(mask[:begin]) - eot)
+        if max_context is not None:
+            limit = min(limit, max_context - len(context) - eot)
+        if limit >= 1:
+            requests.extend((n, context, limit) for _ in range(samples))
+    params = SamplingParams(n=1, temperature=config.temperature, top_p=config.top_p, max_new_tokens=1,
+                            stop=config.stop_strings(), seed=seed)
+    outputs = _generate_by_limit(policy, [(ids, limit) for _, ids, limit in requests], params) if requests else []
+    turns: list[list[str] | None] = [None] * len(results)
+    for (n, _, _), output in zip(requests, outputs):
+        final_turn = results[n].assistant_turns[-1]
+        written = final_turn[: final_turn.rindex(ANSWER_OPEN) + len(ANSWER_OPEN)]
+        turns[n] = [*(turns[n] or []), written + output.text]
+    return turns
+
+
 def rollout_batch(
     results: Sequence[EpisodeResult], *, completion_masks: Sequence[list[int]] | None = None,
     answer_masks: Sequence[list[int]] | None = None,
+    answer_advantages: Sequence[float] | None = None,
 ) -> dict[str, list]:
     """Episodes in the shape TRL's ``GRPOTrainer`` expects back from a ``rollout_func``.
 
@@ -574,7 +623,9 @@ def rollout_batch(
     of its importance-sampling correction. It is ``None`` altogether when the policy gave no
     log-probabilities (TRL then computes its own). ``episode`` carries each episode's record
     (without token arrays) to the reward functions; ``answer_mask`` (only when ``answer_masks``
-    is given, see :func:`answer_mask`) where searchrl's trainer applies answer credit.
+    is given, see :func:`answer_mask`) where searchrl's trainer applies answer credit, and
+    ``answer_advantage`` (only when ``answer_advantages`` is given) the advantage each episode's
+    answer words get there instead of the one the trainer computes.
     """
     logprobs = (
         [[None if lp is None else float(lp) for lp in r.logprobs[r.prompt_length :]] for r in results]  # type: ignore[index]
@@ -595,6 +646,11 @@ def rollout_batch(
         if len(answer_masks) != len(results):
             raise ValueError(f"{len(answer_masks)} answer masks for {len(results)} episodes")
         batch["answer_mask"] = [list(m) for m in answer_masks]
+    if answer_advantages is not None:
+        if answer_masks is None or len(answer_advantages) != len(results):
+            raise ValueError(f"{len(answer_advantages)} answer advantages for {len(results)} episodes "
+                             f"({'with' if answer_masks is not None else 'without'} answer masks)")
+        batch["answer_advantage"] = [float(a) for a in answer_advantages]
     return batch
 
 

@@ -24,6 +24,7 @@ from searchrl.agent.episode import (
     TurnOutput,
     answer_mask,
     answer_text_mask,
+    resample_answers,
     rollout_batch,
     run_episodes,
 )
@@ -201,7 +202,9 @@ class AgentRollout:
     ``train_answer_text=False`` leaves the words of each final answer out of the loss
     (:func:`~searchrl.agent.episode.answer_text_mask`); ``answer_credit=True`` returns where they
     are instead (``answer_mask``), for the trainer to give them their own advantage
-    (:mod:`searchrl.training.credit`).
+    (:mod:`searchrl.training.credit`). ``answer_samples=K`` (K >= 1) also returns that advantage
+    (``answer_advantage``): each answer is compared with K answers resampled from the point where
+    it began (the context baseline), all scored by ``correctness_reward`` with ``answer_metric``.
     """
 
     def __init__(
@@ -215,13 +218,25 @@ class AgentRollout:
         generation_batch_size: int = 16,
         train_answer_text: bool = True,
         answer_credit: bool = False,
+        answer_samples: int = 0,
+        answer_metric: str = "em",
     ) -> None:
-        if answer_credit and not train_answer_text:
+        if (answer_credit or answer_samples) and not train_answer_text:
             raise ConfigError("answer credit trains the answer's words, which train_answer_text=False leaves out",
                               hint="use one of the two")
+        if answer_samples and answer_credit:
+            raise ConfigError("answer_samples gives the answer's words the context baseline's advantage; "
+                              "answer_credit gives them the answer terms' part of GRPO's", hint="use one of the two")
+        if answer_samples and answer_metric not in ("em", "f1"):
+            raise ConfigError(f"the context baseline scores resampled answers with em or f1, not {answer_metric!r}",
+                              hint="use rewards.metric em or f1")
+        if answer_samples < 0:
+            raise ConfigError(f"answer_samples must be 0 (off) or more, not {answer_samples}")
         self.tool = tool
         self.train_answer_text = train_answer_text
         self.answer_credit = answer_credit
+        self.answer_samples = answer_samples
+        self.answer_metric = answer_metric
         self.by_prompt = {user_prompt(e.question): e for e in examples}
         if len(self.by_prompt) != len(examples):
             raise DataError("two training questions have the same text", hint="remove duplicate questions")
@@ -247,9 +262,15 @@ class AgentRollout:
         started = time.perf_counter()
         # searchrl's trainer samples with the LoRA adapter merged (restored before the update)
         sampling = getattr(trainer, "generation_context", contextlib.nullcontext)
+        resampled = None
         try:
             with torch.no_grad(), sampling():
-                episodes = run_episodes(self.policy_factory(trainer), self.tool, examples, config, step=step)
+                policy = self.policy_factory(trainer)
+                episodes = run_episodes(policy, self.tool, examples, config, step=step)
+                if self.answer_samples:
+                    # a seed no turn or answer continuation of these episodes uses
+                    resampled = resample_answers(policy, episodes, config, samples=self.answer_samples,
+                                                 seed=config.seed + 2 * config.max_turns)
         finally:
             if was_training:
                 model.train()
@@ -257,14 +278,43 @@ class AgentRollout:
         masks = [r.completion_mask for r in episodes]
         if not self.train_answer_text:
             masks = [answer_text_mask(r, trainer.processing_class.decode) for r in episodes]
-        answers = [answer_mask(r, trainer.processing_class.decode) for r in episodes] if self.answer_credit else None
+        wants_mask = self.answer_credit or self.answer_samples
+        answers = [answer_mask(r, trainer.processing_class.decode) for r in episodes] if wants_mask else None
+        advantages, baseline_stats = self._context_baselines(episodes, resampled) if resampled is not None else (None, {})
         if self.run is not None and getattr(trainer, "accelerator", None) is not None and trainer.accelerator.is_main_process:
             stats = rollout_statistics(episodes, time.perf_counter() - started)
             stats["loss_tokens_per_episode"] = sum(map(sum, masks)) / max(len(masks), 1)
             if answers is not None:
                 stats["answer_tokens_per_episode"] = sum(map(sum, answers)) / max(len(answers), 1)
-            self.run.log_metrics(step + 1, stats, prefix="rollout/")
-        return rollout_batch(episodes, completion_masks=masks, answer_masks=answers)
+            self.run.log_metrics(step + 1, {**stats, **baseline_stats}, prefix="rollout/")
+        return rollout_batch(episodes, completion_masks=masks, answer_masks=answers, answer_advantages=advantages)
+
+    def _context_baselines(self, episodes: Sequence[Any], resampled: Sequence[list[str] | None]):
+        """Each episode's answer advantage against its resampled answers (0 where there are none), and
+        what to log: how many answers were resampled, their mean score and the episodes' own, and how
+        often the advantage was not 0."""
+        from searchrl.agent.rewards import correctness_reward
+        from searchrl.training.credit import context_baseline_advantage
+
+        advantages, own_scores, sample_scores = [], [], []
+        for episode, turns in zip(episodes, resampled):
+            if turns is None:
+                advantages.append(0.0)
+                continue
+            own = correctness_reward(episode, episode.answers, metric=self.answer_metric) or 0.0
+            others = [correctness_reward([*episode.assistant_turns[:-1], turn], episode.answers,
+                                         metric=self.answer_metric) or 0.0 for turn in turns]
+            advantages.append(context_baseline_advantage(own, others))
+            own_scores.append(own)
+            sample_scores.extend(others)
+        baselined = len(own_scores)
+        stats = {
+            "answer_baseline_rate": baselined / max(len(episodes), 1),
+            "answer_own_score": sum(own_scores) / max(baselined, 1),
+            "answer_resampled_score": sum(sample_scores) / max(len(sample_scores), 1),
+            "answer_advantage_nonzero": sum(a != 0 for a in advantages) / max(baselined, 1),
+        }
+        return advantages, stats
 
 
 def rollout_statistics(episodes: Sequence[Any], seconds: float | None = None) -> dict[str, float]:

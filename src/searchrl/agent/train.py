@@ -343,9 +343,11 @@ def build_trainer(
     if credit and not answer_funcs:
         raise ConfigError("grpo.answer_credit: answer_terms needs a reward term that scores the answer",
                           hint="give rewards.correctness a weight, or use answer_credit: all_terms")
+    baseline = grpo.answer_credit == "context_baseline"
     rollout = AgentRollout(tool, train, config.rollout_episode_config(), run=run,
                            generation_batch_size=grpo.generation_batch_size, train_answer_text=grpo.train_answer_text,
-                           answer_credit=credit)
+                           answer_credit=credit, answer_samples=grpo.answer_samples if baseline else 0,
+                           answer_metric=config.rewards.metric)
     dev_callback = DevEvaluationCallback(
         run, evaluation, metric=config.eval.metric, every=config.eval.every,
         patience=config.eval.patience, evaluate_at_start=config.eval.at_start,

@@ -24,6 +24,15 @@ within a group, the answer's words get advantage 0 and only the KL term (if any)
 Measured on Apollo 13 with SmolLM2-135M (README, "Crediting the answer's words"), answers drifted
 under answer credit as well and held-out F1 did not improve; the agent recipes keep masking the
 answer's words (``grpo.train_answer_text: false``) and leave this off.
+
+Both keep comparing answers written after *different* searches: within a group, an answer to
+passages that hold the reference is compared with answers to passages that do not. The
+*context baseline* (:func:`context_baseline_advantage`) compares an answer only with answers
+to the same passages: the rollout samples a few more answers from the point where the
+episode's own answer began (``searchrl.agent.episode.resample_answers``), and the answer's
+words get its correctness relative to theirs, scaled like a GRPO group of those answers
+(:func:`with_answer_advantages` puts it on the answer's words). What the search found no
+longer moves the answer's words; every other token keeps GRPO's advantage.
 """
 
 from __future__ import annotations
@@ -98,4 +107,43 @@ def answer_credited_advantages(
                        advantages.unsqueeze(1))
 
 
-__all__ = ["SCALINGS", "answer_credited_advantages"]
+def context_baseline_advantage(own: float, others: Sequence[float]) -> float:
+    """GRPO's advantage of an answer among answers sampled from the same point of the same episode.
+
+    ``own`` is the episode's answer's score, ``others`` those of the resampled answers; the
+    group is all of them: ``(own - mean) / (std + 1e-4)`` with the sample standard deviation, as
+    TRL scales a group, and 0 when every answer scores the same (or there are no others).
+
+    >>> round(context_baseline_advantage(1.0, [0.0, 0.0, 0.0]), 3)
+    1.5
+    >>> context_baseline_advantage(0.5, [0.5, 0.5])
+    0.0
+    """
+    import statistics
+
+    scores = [float(own), *map(float, others)]
+    if len(scores) < 2 or max(scores) == min(scores):
+        return 0.0
+    return (scores[0] - statistics.fmean(scores)) / (statistics.stdev(scores) + 1e-4)
+
+
+def with_answer_advantages(advantages: Any, answer_mask: Any, answer_advantages: Sequence[float]) -> Any:
+    """Per-token advantages (rows x tokens): ``answer_advantages[row]`` on the tokens ``answer_mask``
+    marks, ``advantages[row]`` (TRL's, one per row) on every other token.
+
+    >>> import torch
+    >>> with_answer_advantages(torch.tensor([1.0, -1.0]), torch.tensor([[0, 1], [0, 0]]), [0.5, 2.0])
+    tensor([[ 1.0000,  0.5000],
+            [-1.0000, -1.0000]])
+    """
+    import torch
+
+    answer_mask = torch.as_tensor(answer_mask, device=advantages.device).bool()
+    if answer_mask.dim() != 2 or answer_mask.size(0) != advantages.size(0) or len(answer_advantages) != advantages.size(0):
+        raise ValueError(f"answer mask of shape {tuple(answer_mask.shape)} and {len(answer_advantages)} answer "
+                         f"advantages for {advantages.size(0)} samples")
+    per_row = torch.tensor([float(a) for a in answer_advantages], device=advantages.device, dtype=advantages.dtype)
+    return torch.where(answer_mask, per_row.unsqueeze(1), advantages.unsqueeze(1))
+
+
+__all__ = ["SCALINGS", "answer_credited_advantages", "context_baseline_advantage", "with_answer_advantages"]

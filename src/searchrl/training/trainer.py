@@ -33,9 +33,11 @@ mixture-of-experts auxiliary loss; for the shared prompt also gradient checkpoin
 layer would write the kept keys and values twice); for merged sampling vLLM or no adapter — TRL's
 own code runs. ``benchmarks/rl_step.py`` measures what they buy.
 
-One option does change the update, and is off unless asked for: ``answer_reward_funcs`` (answer
-credit, :mod:`searchrl.training.credit`) gives the tokens a rollout marks as the answer's words
-(``answer_mask``) the advantage of those reward functions alone, every other token TRL's.
+Two options do change the update, and are off unless asked for (:mod:`searchrl.training.credit`):
+``answer_reward_funcs`` (answer credit) gives the tokens a rollout marks as the answer's words
+(``answer_mask``) the advantage of those reward functions alone, every other token TRL's; a
+rollout that also returns ``answer_advantage`` (one number per row: the context baseline) gives
+the answer's words that advantage instead.
 """
 
 from __future__ import annotations
@@ -264,6 +266,7 @@ def grpo_trainer_class() -> type:
             # the tool/env mask of the pass in progress (the step's rollouts, or one micro-batch's)
             self._loss_positions: Any = None
             self._answer_mask: Any = None  # the step's rollout answer masks (answer credit)
+            self._answer_advantages: Any = None  # and the advantages the rollout gave them (context baseline)
             self._rewards_per_func: Any = None
             super().__init__(*args, **kwargs)
             self.answer_funcs = self._answer_columns(answer_reward_funcs)
@@ -343,7 +346,8 @@ def grpo_trainer_class() -> type:
         def _generate(self, prompts: list):
             generated = super()._generate(prompts)
             self._loss_positions = generated[2]  # tool/env mask per row: the reference pass reads it next
-            self._answer_mask = (generated[5] or {}).get("answer_mask")  # the rollout's extra fields
+            extra = generated[5] or {}  # the rollout's extra fields
+            self._answer_mask, self._answer_advantages = extra.get("answer_mask"), extra.get("answer_advantage")
             return generated
 
         def _calculate_rewards(self, *args: Any, **kwargs: Any):
@@ -353,11 +357,28 @@ def grpo_trainer_class() -> type:
         def _generate_and_score_completions(self, *args: Any, **kwargs: Any):
             try:
                 output = super()._generate_and_score_completions(*args, **kwargs)
-                if self.answer_funcs and self.model.training:
+                if self.model.training and self._answer_advantages is not None:
+                    output["advantages"] = self._rollout_answer_advantages(output)
+                elif self.answer_funcs and self.model.training:
                     output["advantages"] = self._answer_credited(output)
                 return output
             finally:
-                self._loss_positions = self._answer_mask = self._rewards_per_func = None
+                self._loss_positions = self._answer_mask = self._answer_advantages = self._rewards_per_func = None
+
+        def _rollout_answer_advantages(self, output: dict) -> Any:
+            """Per-token advantages: the answer's words get the advantage the rollout computed for them
+            (the context baseline); every other token TRL's."""
+            from searchrl.training.credit import with_answer_advantages
+
+            if self.answer_funcs:
+                raise ValueError("the rollout returned answer advantages and answer_reward_funcs are set: "
+                                 "the answer's words can get one of the two")
+            width = output["completion_ids"].size(1)
+            if self._answer_mask is None or any(len(row) > width for row in self._answer_mask):
+                raise ValueError("the rollout returned answer advantages without an answer_mask, or one longer "
+                                 "than its completion")
+            return with_answer_advantages(output["advantages"], padded_rows(self._answer_mask, width, value=0),
+                                          self._answer_advantages)
 
         def _answer_credited(self, output: dict) -> Any:
             """Per-token advantages: the answer's words get the part of the answer reward terms."""
