@@ -5,8 +5,10 @@ mid-job must cost nothing: either Ray restarts it and the job finishes, or the j
 interrupted and the rerun finishes it, with every id written exactly once.
 
 The worker-failure tests run a scripted engine (pure Python: a restarted worker is up in about
-a second instead of the seconds it takes to import torch and load a model); the ``--ray`` CLI
-test and the failed-load test run the tiny transformers model, as users' workers do.
+a second instead of the seconds it takes to import torch and load a model); so does the
+failed-load test, whose engine fails to load as ``build_engine`` does for a missing model folder
+(``tests/test_resolver.py`` checks that error). The ``--ray`` CLI test runs the tiny transformers
+model, as users' workers do.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ ray = pytest.importorskip("ray")
 from searchrl.augment import CorpusAugmentationJob, ExpansionPolicy  # noqa: E402
 from searchrl.augment.ray_job import RayEnginePool, ray_cluster  # noqa: E402
 from searchrl.errors import EngineError  # noqa: E402
-from searchrl.llm import build_engine  # noqa: E402
 from searchrl.llm.engine import GenerationEngine  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]  # one local cluster, on one test worker
@@ -133,12 +134,25 @@ def test_a_job_stopped_by_a_dead_worker_resumes_without_losing_or_repeating(clus
     assert len({r["completion"] for r in read_records(out / "expansions.jsonl")}) > 1  # not one repeated output
 
 
+class CannotLoad(GenerationEngine):
+    """An engine whose model is not there: it raises ``ModelError`` as it is built, as
+    ``build_engine`` does for a missing folder, without importing torch in every worker."""
+
+    def __init__(self, path: str) -> None:
+        from searchrl.errors import ModelError
+
+        raise ModelError(f"no such file or folder: {path}", hint="pass a model name or an existing folder")
+
+    def generate(self, prompts, params):  # pragma: no cover - never built
+        raise AssertionError
+
+
 def test_a_model_that_cannot_load_fails_the_pool_with_its_own_error(cluster, tmp_path):
     from searchrl.errors import ModelError
 
     assert cluster["CPU"] == 2
 
-    missing = functools.partial(build_engine, "transformers", model=str(tmp_path / "missing"), device="cpu")
+    missing = functools.partial(CannotLoad, str(tmp_path / "missing"))
     with pytest.raises(ModelError, match="missing"):
         RayEnginePool(missing, workers=2)
     import time
