@@ -11,7 +11,7 @@ import itertools
 from types import SimpleNamespace
 
 import pytest
-from test_agent_train import QUESTIONS, _fake_trainer, tool  # noqa: F401  (tool is a fixture)
+from test_agent_train import QUESTIONS, _fake_trainer, one_grpo_step, tool  # noqa: F401  (tool is a fixture)
 
 from searchrl.agent.episode import (
     ChatFormat,
@@ -162,18 +162,11 @@ def test_the_rollout_refuses_a_context_baseline_it_cannot_train(tool, tokenizer)
 
 def test_one_grpo_step_trains_the_answer_words_on_the_rollouts_advantages(tool, tokenizer, tiny_lm_dir, tmp_path,  # noqa: F811
                                                                           monkeypatch):
-    import warnings
-
     import torch
-    from datasets import Dataset
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    from searchrl.agent.rewards import RewardWeights, build_reward_functions
-    from searchrl.training import LoraSettings, build_grpo_config, build_lora_config
-    from searchrl.training import credit, trainer as module
+    from searchrl.training import credit
 
-    calls, losses = [], []
+    calls = []
     place = credit.with_answer_advantages
 
     def recording(advantages, mask, answer_advantages):
@@ -191,23 +184,9 @@ def test_one_grpo_step_trains_the_answer_words_on_the_rollouts_advantages(tool, 
             return f"<search>{example.question}</search>"
         return f"<answer>{example.answers[0] if next(answers) % 3 == 0 else 'no idea'}</answer>"
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), build_lora_config(LoraSettings(r=4)))
     rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3, temperature=1.0), answer_samples=2,
                            policy_factory=lambda trainer: ScriptedPolicy(tokenizer, script))
-    functions, reward_weights = build_reward_functions(RewardWeights(metric="em"))
-    args = build_grpo_config(
-        output_dir=tmp_path, max_steps=1, num_generations=2, prompts_per_step=4, micro_batch_size=4, device="cpu",
-        save_steps=100, scale_rewards="group", extra={"reward_weights": reward_weights},
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = module.grpo_trainer_class()(
-            model=model, reward_funcs=functions, args=args, processing_class=tokenizer, rollout_func=rollout,
-            train_dataset=Dataset.from_list(agent_dataset_rows(QUESTIONS)),
-        )
-        compute_loss = trainer._compute_loss
-        trainer._compute_loss = lambda model, inputs: losses.append(inputs["advantages"]) or compute_loss(model, inputs)
-        trainer.train()
+    _, losses = one_grpo_step(rollout, tokenizer, tiny_lm_dir, tmp_path)
 
     assert len(calls) == 1
     call = calls[0]

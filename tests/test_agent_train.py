@@ -366,23 +366,50 @@ def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, 
     assert min(env_tokens) > 0 and any((mask == 0).sum() >= min(env_tokens) for mask in scored_masks)
 
 
+def one_grpo_step(rollout, tokenizer, tiny_lm_dir, tmp_path, **trainer_options):
+    """One GRPO step of a LoRA'd tiny model on ``rollout`` (4 questions x 2 episodes, std-scaled
+    advantages, EM rewards); returns the trainer and the advantages each micro-batch's loss read."""
+    import warnings
+
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from searchrl.agent.rewards import RewardWeights, build_reward_functions
+    from searchrl.training import LoraSettings, build_grpo_config, build_lora_config
+    from searchrl.training import trainer as module
+
+    losses = []
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), build_lora_config(LoraSettings(r=4)))
+    functions, reward_weights = build_reward_functions(RewardWeights(metric="em"))
+    args = build_grpo_config(
+        output_dir=tmp_path, max_steps=1, num_generations=2, prompts_per_step=4, micro_batch_size=4, device="cpu",
+        save_steps=100, scale_rewards="group", extra={"reward_weights": reward_weights},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = module.grpo_trainer_class()(
+            model=model, reward_funcs=functions, args=args, processing_class=tokenizer, rollout_func=rollout,
+            train_dataset=Dataset.from_list(agent_dataset_rows(QUESTIONS)), **trainer_options,
+        )
+        compute_loss = trainer._compute_loss
+        trainer._compute_loss = lambda model, inputs: losses.append(inputs["advantages"]) or compute_loss(model, inputs)
+        trainer.train()
+    return trainer, losses
+
+
 def test_answer_credit_gives_the_answer_words_only_the_correctness_part_of_the_advantage(
         tool, tokenizer, tiny_lm_dir, tmp_path, monkeypatch):
     """One GRPO step with answer credit: every token but the answer's words keeps TRL's advantage; the
     answer's words get the correctness term's share, 0 where the group's answers tie."""
     import itertools
-    import warnings
 
     import torch
-    from datasets import Dataset
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    from searchrl.agent.rewards import RewardWeights, answer_reward_funcs, build_reward_functions
-    from searchrl.training import LoraSettings, build_grpo_config, build_lora_config
-    from searchrl.training import credit, trainer as module
+    from searchrl.agent.rewards import RewardWeights, answer_reward_funcs
+    from searchrl.training import credit
 
-    calls, losses = [], []
+    calls = []
     split = credit.answer_credited_advantages
 
     def recording(rewards, weights, funcs, mask, **kwargs):
@@ -401,25 +428,10 @@ def test_answer_credit_gives_the_answer_words_only_the_correctness_part_of_the_a
             return f"<search>{example.question if next(searches) % 2 == 0 else other}</search>"
         return f"<answer>{example.answers[0] if next(answers) % 4 == 0 else 'no idea'}</answer>"
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), build_lora_config(LoraSettings(r=4)))
     rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3), answer_credit=True,
                            policy_factory=lambda trainer: ScriptedPolicy(tokenizer, script))
-    weights = RewardWeights(metric="em")
-    functions, reward_weights = build_reward_functions(weights)
-    args = build_grpo_config(
-        output_dir=tmp_path, max_steps=1, num_generations=2, prompts_per_step=4, micro_batch_size=4, device="cpu",
-        save_steps=100, scale_rewards="group", extra={"reward_weights": reward_weights},
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = module.grpo_trainer_class()(
-            model=model, reward_funcs=functions, args=args, processing_class=tokenizer, rollout_func=rollout,
-            train_dataset=Dataset.from_list(agent_dataset_rows(QUESTIONS)),
-            answer_reward_funcs=answer_reward_funcs(weights),
-        )
-        compute_loss = trainer._compute_loss
-        trainer._compute_loss = lambda model, inputs: losses.append(inputs["advantages"]) or compute_loss(model, inputs)
-        trainer.train()
+    trainer, losses = one_grpo_step(rollout, tokenizer, tiny_lm_dir, tmp_path,
+                                    answer_reward_funcs=answer_reward_funcs(RewardWeights(metric="em")))
 
     assert len(calls) == 1 and calls[0]["funcs"] == [trainer.reward_func_names.index("correctness_reward"),
                                                      trainer.reward_func_names.index("retry_reward")]
