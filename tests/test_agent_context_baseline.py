@@ -87,7 +87,7 @@ def test_answers_are_resampled_from_the_episodes_own_tokens_within_its_answers_r
         # the room the answer had: the turn's limit less what the turn wrote before its answer
         assert params.max_new_tokens == 40 - _written_before_answer(episode, fmt)
     right, wrong = (f"<think>the passage says</think><answer>{a}</answer>" for a in ("55 hours", "no idea"))
-    assert turns == [[wrong, right, wrong], [f"<think>the passage says</think><answer>number two</answer>"] * 3]
+    assert turns == [[wrong, right, wrong], ["<think>the passage says</think><answer>number two</answer>"] * 3]
 
 
 def test_episodes_without_an_answer_or_room_for_one_are_not_resampled(tool, tokenizer):  # noqa: F811
