@@ -291,8 +291,9 @@ class AgentRollout:
 
     def _context_baselines(self, episodes: Sequence[Any], resampled: Sequence[list[str] | None]):
         """Each episode's answer advantage against its resampled answers (0 where there are none), and
-        what to log: how many answers were resampled, their mean score and the episodes' own, and how
-        often the advantage was not 0."""
+        what to log: the share of episodes whose answer was resampled, the mean score of their own answers
+        and of the resampled ones, and how often the advantage was not 0. (Only answered episodes are
+        resampled, and their answers always score: the search tool did not fail.)"""
         from searchrl.agent.rewards import correctness_reward
         from searchrl.training.credit import context_baseline_advantage
 
@@ -301,9 +302,11 @@ class AgentRollout:
             if turns is None:
                 advantages.append(0.0)
                 continue
-            own = correctness_reward(episode, episode.answers, metric=self.answer_metric) or 0.0
+            own = correctness_reward(episode, episode.answers, metric=self.answer_metric)
             others = [correctness_reward([*episode.assistant_turns[:-1], turn], episode.answers,
-                                         metric=self.answer_metric) or 0.0 for turn in turns]
+                                         metric=self.answer_metric) for turn in turns]
+            if own is None or None in others:
+                raise ValueError(f"episode {episode.sample_key}: an answered episode's answers could not be scored")
             advantages.append(context_baseline_advantage(own, others))
             own_scores.append(own)
             sample_scores.extend(others)
