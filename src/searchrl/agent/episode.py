@@ -568,6 +568,7 @@ def resample_answers(
     *,
     samples: int,
     seed: int,
+    answer_masks: Sequence[Sequence[int]] | None = None,
     chat_format: ChatFormat | None = None,
 ) -> list[list[str] | None]:
     """``samples`` more answers to each answered episode, written from where its own answer began.
@@ -577,14 +578,17 @@ def resample_answers(
     turn's token limit, the episode's token budget, the context), in one batched call. Returns,
     per episode, the final turn's text as each sample would have written it, to be scored like
     the episode's own (a sample cut by the limit before ``</answer>`` holds no answer); ``None``
-    for an episode that did not end with an answer or whose answer had no room.
+    for an episode that did not end with an answer or whose answer had no room. ``answer_masks``
+    are the episodes' :func:`answer_mask` when the caller has them already.
     """
     fmt = chat_format or ChatFormat(policy.tokenizer, system_prompt=config.system_prompt)
     eot = len(fmt.end_of_turn_ids)
     max_context = config.max_context_tokens or getattr(policy, "context_length", None)
     requests: list[tuple[int, list[int], int]] = []  # (episode, tokens up to <answer>, new-token limit)
-    for n, result in enumerate(results):
-        words = answer_mask(result, fmt.decode)
+    if answer_masks is None:
+        answer_masks = [answer_mask(result, fmt.decode) for result in results]
+    for n, (result, words) in enumerate(zip(results, answer_masks)):
+        words = list(words)
         if result.finish_reason != "answered" or 1 not in words:
             continue
         begin = words.index(1)  # the answer's first token, in completion positions

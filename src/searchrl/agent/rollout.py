@@ -262,15 +262,17 @@ class AgentRollout:
         started = time.perf_counter()
         # searchrl's trainer samples with the LoRA adapter merged (restored before the update)
         sampling = getattr(trainer, "generation_context", contextlib.nullcontext)
-        resampled = None
+        answers = resampled = None
         try:
             with torch.no_grad(), sampling():
                 policy = self.policy_factory(trainer)
                 episodes = run_episodes(policy, self.tool, examples, config, step=step)
+                if self.answer_credit or self.answer_samples:
+                    answers = [answer_mask(r, trainer.processing_class.decode) for r in episodes]
                 if self.answer_samples:
                     # a seed no turn or answer continuation of these episodes uses
                     resampled = resample_answers(policy, episodes, config, samples=self.answer_samples,
-                                                 seed=config.seed + 2 * config.max_turns)
+                                                 seed=config.seed + 2 * config.max_turns, answer_masks=answers)
         finally:
             if was_training:
                 model.train()
@@ -278,8 +280,6 @@ class AgentRollout:
         masks = [r.completion_mask for r in episodes]
         if not self.train_answer_text:
             masks = [answer_text_mask(r, trainer.processing_class.decode) for r in episodes]
-        wants_mask = self.answer_credit or self.answer_samples
-        answers = [answer_mask(r, trainer.processing_class.decode) for r in episodes] if wants_mask else None
         advantages, baseline_stats = self._context_baselines(episodes, resampled) if resampled is not None else (None, {})
         if self.run is not None and getattr(trainer, "accelerator", None) is not None and trainer.accelerator.is_main_process:
             stats = rollout_statistics(episodes, time.perf_counter() - started)

@@ -103,11 +103,7 @@ def answer_credited_advantages(
     elif scale_rewards == "batch":
         centred = centred / (nanstd(total) + 1e-4)
     answer_advantages = torch.nan_to_num(centred, nan=0.0)[rows if rows is not None else slice(None)]
-    answer_mask = torch.as_tensor(answer_mask, device=advantages.device).bool()
-    if answer_mask.dim() != 2 or answer_mask.size(0) != advantages.size(0):
-        raise ValueError(f"answer mask of shape {tuple(answer_mask.shape)} for {advantages.size(0)} samples")
-    return torch.where(answer_mask, answer_advantages.to(advantages.device, advantages.dtype).unsqueeze(1),
-                       advantages.unsqueeze(1))
+    return with_answer_advantages(advantages, answer_mask, answer_advantages)
 
 
 def context_baseline_advantage(own: float, others: Sequence[float]) -> float:
@@ -130,9 +126,10 @@ def context_baseline_advantage(own: float, others: Sequence[float]) -> float:
     return (scores[0] - statistics.fmean(scores)) / (statistics.stdev(scores) + 1e-4)
 
 
-def with_answer_advantages(advantages: Any, answer_mask: Any, answer_advantages: Sequence[float]) -> Any:
+def with_answer_advantages(advantages: Any, answer_mask: Any, answer_advantages: Any) -> Any:
     """Per-token advantages (rows x tokens): ``answer_advantages[row]`` on the tokens ``answer_mask``
-    marks, ``advantages[row]`` (TRL's, one per row) on every other token.
+    marks, ``advantages[row]`` (TRL's, one per row) on every other token. ``answer_advantages`` is
+    one number per row (a sequence or a tensor).
 
     >>> import torch
     >>> with_answer_advantages(torch.tensor([1.0, -1.0]), torch.tensor([[0, 1], [0, 0]]), [0.5, 2.0])
@@ -142,10 +139,10 @@ def with_answer_advantages(advantages: Any, answer_mask: Any, answer_advantages:
     import torch
 
     answer_mask = torch.as_tensor(answer_mask, device=advantages.device).bool()
-    if answer_mask.dim() != 2 or answer_mask.size(0) != advantages.size(0) or len(answer_advantages) != advantages.size(0):
-        raise ValueError(f"answer mask of shape {tuple(answer_mask.shape)} and {len(answer_advantages)} answer "
+    per_row = torch.as_tensor(answer_advantages, device=advantages.device, dtype=advantages.dtype).reshape(-1)
+    if answer_mask.dim() != 2 or answer_mask.size(0) != advantages.size(0) or per_row.numel() != advantages.size(0):
+        raise ValueError(f"answer mask of shape {tuple(answer_mask.shape)} and {per_row.numel()} answer "
                          f"advantages for {advantages.size(0)} samples")
-    per_row = torch.tensor([float(a) for a in answer_advantages], device=advantages.device, dtype=advantages.dtype)
     return torch.where(answer_mask, per_row.unsqueeze(1), advantages.unsqueeze(1))
 
 

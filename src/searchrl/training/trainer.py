@@ -373,27 +373,25 @@ def grpo_trainer_class() -> type:
             if self.answer_funcs:
                 raise ValueError("the rollout returned answer advantages and answer_reward_funcs are set: "
                                  "the answer's words can get one of the two")
+            return with_answer_advantages(output["advantages"], self._answer_mask_rows(output),
+                                          self._answer_advantages)
+
+        def _answer_mask_rows(self, output: dict) -> Any:
+            """The rollout's answer mask as this step's rows x completion tokens."""
             width = output["completion_ids"].size(1)
             if self._answer_mask is None or any(len(row) > width for row in self._answer_mask):
-                raise ValueError("the rollout returned answer advantages without an answer_mask, or one longer "
-                                 "than its completion")
-            return with_answer_advantages(output["advantages"], padded_rows(self._answer_mask, width, value=0),
-                                          self._answer_advantages)
+                raise ValueError("the rollout returned no answer_mask, or one longer than its completion")
+            return padded_rows(self._answer_mask, width, value=0)
 
         def _answer_credited(self, output: dict) -> Any:
             """Per-token advantages: the answer's words get the part of the answer reward terms."""
             from searchrl.training.credit import answer_credited_advantages
 
-            width = output["completion_ids"].size(1)
-            if self._answer_mask is None or any(len(row) > width for row in self._answer_mask):
-                raise ValueError("answer credit is on but the rollout returned no answer_mask, or one longer than "
-                                 "its completion")
             advantages = output["advantages"]
             rows = advantages.size(0)
             start = self.accelerator.process_index * rows
-            mask = padded_rows(self._answer_mask, width, value=0)
             return answer_credited_advantages(
-                self._rewards_per_func, self.reward_weights, self.answer_funcs, mask,
+                self._rewards_per_func, self.reward_weights, self.answer_funcs, self._answer_mask_rows(output),
                 num_generations=self.num_generations, scale_rewards=self.scale_rewards,
                 advantages=advantages, rows=slice(start, start + rows),
             )
