@@ -6,7 +6,7 @@ retrieved, were the tags well formed) and only the correctness term reads the wo
 answer. Trained on the whole advantage, the answer's words are pushed up or down by how the
 search went: an episode whose search succeeded but whose answer was wrong still raises the
 probability of that wrong answer. On Apollo 13 with SmolLM2-135M that moved answers away from
-the warm-start's while retrieval improved (``grpo.train_answer_text`` and the README's
+the warm-start's while retrieval improved (``grpo.train_answer_text`` and docs/EXPERIMENTS.md,
 "Training the search").
 
 With the sums-then-normalise advantage TRL computes (``multi_objective_aggregation:
@@ -21,7 +21,7 @@ reading the answer (for the agent: correctness, and the retry term when it pays 
 correct answer; see ``searchrl.agent.rewards.answer_reward_funcs``). Where every answer term ties
 within a group, the answer's words get advantage 0 and only the KL term (if any) moves them.
 
-Measured on Apollo 13 with SmolLM2-135M (README, "Crediting the answer's words"), answers drifted
+Measured on Apollo 13 with SmolLM2-135M (docs/EXPERIMENTS.md, "Crediting the answer's words"), answers drifted
 under answer credit as well and held-out F1 did not improve; the agent recipes keep masking the
 answer's words (``grpo.train_answer_text: false``) and leave this off.
 
@@ -33,7 +33,7 @@ episode's own answer began (``searchrl.agent.episode.resample_answers``), and th
 words get its correctness relative to theirs, scaled like a GRPO group of those answers
 (:func:`with_answer_advantages` puts it on the answer's words). What the search found no
 longer moves the answer's words; every other token keeps GRPO's advantage. Measured on Apollo 13
-with SmolLM2-135M (README, "Comparing each answer only with answers to the same passages"), it
+with SmolLM2-135M (docs/EXPERIMENTS.md, "Comparing each answer only with answers to the same passages"), it
 raised the reading of shown answers on the dev questions but not on held-out ones (held-out F1
 -0.006 and +0.020 against the warm-start for seeds 0 and 1); the recipes leave it off.
 """
