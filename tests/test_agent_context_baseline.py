@@ -131,7 +131,7 @@ def test_the_rollout_gives_each_answer_its_advantage_against_its_resampled_answe
                                                      context_baseline_advantage(0.0, [1.0, 1.0, 1.0])])
     assert out["answer_advantage"][0] > 0 > out["answer_advantage"][1]
     for ids, answer, episode in zip(out["completion_ids"], out["answer_mask"], out["episode"]):
-        assert tokenizer.decode([t for t, a in zip(ids, answer) if a]) == f"{episode['answer']}</answer><|im_end|>"
+        assert tokenizer.decode([t for t, a in zip(ids, answer) if a]) == f"{episode['answer']}</answer>"
     stats = logged[-1]
     assert stats["rollout/answer_baseline_rate"] == 1.0 and stats["rollout/answer_own_score"] == 0.5
     assert stats["rollout/answer_resampled_score"] == pytest.approx(4 / 6)

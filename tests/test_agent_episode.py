@@ -182,16 +182,26 @@ def test_rollout_batch_splits_prompt_and_completion(tokenizer):
     batch = rollout_batch(results)
     for r, prompt, completion, env_mask in zip(results, batch["prompt_ids"], batch["completion_ids"], batch["env_mask"]):
         assert prompt + completion == r.token_ids and len(env_mask) == len(completion)
-        assert sum(env_mask) == r.num_model_tokens
-    # Sampled tokens keep their log-probability; tool results and the end-of-turn token the
-    # environment appended after a stop string have none (TRL reads None as "not sampled").
+        # The loss holds what the policy sampled: the model's tokens less the end-of-turn token the
+        # environment appended after each turn that ended on a stop string, which nothing samples; a
+        # turn the model closed itself (the last example's) keeps its own end-of-turn token.
+        stopped = sum(t.endswith(("</search>", "</answer>")) for t in r.assistant_turns)
+        forced = [t for t, m, e in zip(completion, r.completion_mask, env_mask) if m and not e]
+        assert tokenizer.decode(forced) == "<|im_end|>" * stopped
+        assert sum(env_mask) == r.num_model_tokens - stopped
+    # Sampled tokens keep their log-probability, and only they are in the loss; tool results and the
+    # end-of-turn token the environment appended after a stop string have none (TRL reads None as
+    # "not sampled").
     for r, logprobs, env_mask in zip(results, batch["logprobs"], batch["env_mask"]):
         assert len(logprobs) == len(env_mask)
-        assert all(lp is None for lp, m in zip(logprobs, env_mask) if not m)
-        assert any(lp is not None for lp in logprobs)
+        assert [int(lp is not None) for lp in logprobs] == env_mask == r.completion_sampled
     assert batch["episode"][0]["answer"] == "Jim Lovell" and "token_ids" not in batch["episode"][0]
     record = EpisodeResult.from_dict(json.loads(json.dumps(results[0].to_dict())))
     assert record.token_ids == results[0].token_ids and record.assistant_turns == results[0].assistant_turns
+    assert record.sampled == results[0].sampled != results[0].mask
+    # A record saved before ``sampled`` existed reads every model token as sampled.
+    old = {k: v for k, v in results[0].to_dict().items() if k != "sampled"}
+    assert EpisodeResult.from_dict(old).sampled == results[0].mask
 
 
 def test_answer_text_mask_leaves_only_the_answer_words_out(tokenizer):
@@ -207,7 +217,12 @@ def test_answer_text_mask_leaves_only_the_answer_words_out(tokenizer):
     # An episode that ends without an answer keeps its whole mask.
     assert results[2].finish_reason == "no_action" and masks[2] == results[2].completion_mask
     batch = rollout_batch(results, completion_masks=masks)
-    assert batch["env_mask"] == masks and batch["completion_ids"] == [r.completion_ids for r in results]
+    # The batch keeps the given masks on the sampled tokens: every turn's appended end-of-turn token is out.
+    for r, mask, env_mask in zip(results, masks, batch["env_mask"]):
+        assert env_mask == [m * s for m, s in zip(mask, r.completion_sampled)]
+    assert tokenizer.decode([t for t, m in zip(results[0].completion_ids, batch["env_mask"][0]) if m]) == (
+        "".join(results[0].assistant_turns[:-1]) + "<answer>")
+    assert batch["completion_ids"] == [r.completion_ids for r in results]
     assert "answer_mask" not in batch
     # answer_mask is the rest of the model's tokens: the answer's words, for answer credit
     answers = [answer_mask(r, tokenizer.decode) for r in results]
@@ -215,7 +230,12 @@ def test_answer_text_mask_leaves_only_the_answer_words_out(tokenizer):
         assert [k + a for k, a in zip(kept, answer)] == r.completion_mask
     assert tokenizer.decode([t for t, a in zip(results[0].completion_ids, answers[0]) if a]).startswith(results[0].answer)
     assert sum(answers[2]) == 0  # no answer, no answer words
-    assert rollout_batch(results, completion_masks=masks, answer_masks=answers)["answer_mask"] == answers
+    sent = rollout_batch(results, completion_masks=masks, answer_masks=answers)["answer_mask"]
+    # the answer's words and closing tag; the end-of-turn token appended after </answer> is not the answer's
+    assert tokenizer.decode([t for t, a in zip(results[0].completion_ids, sent[0]) if a]) == "Jim Lovell</answer>"
+    assert sent == [[a * s for a, s in zip(answer, r.completion_sampled)] for r, answer in zip(results, answers)]
+    with pytest.raises(ValueError, match="answer mask of 3 tokens for episode 'q1#0'"):
+        rollout_batch(results, completion_masks=masks, answer_masks=[[1, 1, 1], *answers[1:]])
 
 
 class TemperatureMarking(ScriptedPolicy):

@@ -188,14 +188,15 @@ def test_rollout_output_matches_what_trl_expects(tool, tokenizer):
         example = QUESTIONS[i // 3]
         assert episode["question_id"] == example.id and episode["num_turns"] == 2
         assert out["prompt_ids"][i] == fmt.prompt_ids(fmt.initial_messages(example.question))
-        # Masked-out tokens are exactly the tool results (with their template tokens).
+        # Masked-out tokens are exactly the tool results (with their template tokens) and the
+        # end-of-turn token appended after each turn's stop string (</search>, </answer>): the
+        # policy never sampled it, so it gets no gradient.
         env_tokens = [t for t, m in zip(ids, mask) if m == 0]
         results = [format_information(s["text"]) for s in episode["searches"]]
-        assert env_tokens == [t for content in results for t in fmt.user_turn_ids(content)]
-        # The model's tokens end each turn with the end-of-turn token, which keeps its gradient.
-        assert ids[-1] == fmt.end_of_turn_ids[-1] and mask[-1] == 1
-        # An end-of-turn token appended after a stop string has no sampling logprob, so TRL
-        # gets None and computes its own.
+        eot = fmt.end_of_turn_ids
+        assert env_tokens == [t for content in results for t in eot + fmt.user_turn_ids(content)] + eot
+        assert ids[-1] == eot[-1] and mask[-1] == 0
+        # It has no sampling logprob either, so TRL gets None there and computes its own.
         assert out["logprobs"] is None or len(out["logprobs"][i]) == len(ids)
 
 
@@ -216,7 +217,7 @@ def test_rollout_can_leave_the_answer_words_out_of_the_loss(tool, tokenizer):
     for ids, mask, episode in zip(out["completion_ids"], out["env_mask"], out["episode"]):
         kept = tokenizer.decode([t for t, m in zip(ids, mask) if m])
         search_turn = episode["messages"][2]["content"]
-        assert kept == search_turn + "<|im_end|><answer>" and episode["answer"] not in kept
+        assert kept == search_turn + "<answer>" and episode["answer"] not in kept
     expected = sum(map(sum, out["env_mask"])) / 2
     assert logged[-1]["rollout/loss_tokens_per_episode"] == pytest.approx(expected)
 
@@ -227,7 +228,7 @@ def test_rollout_with_answer_credit_returns_where_the_answer_words_are(tool, tok
         # the whole episode stays in the loss; answer_mask marks the words after <answer>
         assert mask == [int(m) for m in mask] and sum(mask) > sum(answer) > 0
         assert all(a <= m for a, m in zip(answer, mask))
-        assert tokenizer.decode([t for t, a in zip(ids, answer) if a]) == f"{episode['answer']}</answer><|im_end|>"
+        assert tokenizer.decode([t for t, a in zip(ids, answer) if a]) == f"{episode['answer']}</answer>"
     assert logged[-1]["rollout/answer_tokens_per_episode"] == pytest.approx(sum(map(sum, out["answer_mask"])) / 2)
     with pytest.raises(ConfigError, match="train_answer_text"):
         AgentRollout(tool, QUESTIONS, EpisodeConfig(), train_answer_text=False, answer_credit=True)
@@ -274,11 +275,12 @@ def test_two_grpo_steps_with_the_rollout_function(tool, tokenizer, tiny_lm_dir, 
         # Every scripted episode searches once and answers in a well-formed way.
         assert entry["rewards/format_reward/mean"] == 1.0
         assert entry["rewards/retrieval_reward/mean"] == 1.0
-    # TRL counts only env_mask == 1 tokens as completion length: the model's tokens, not the results.
+    # TRL counts only env_mask == 1 tokens as completion length: the tokens the model sampled, not
+    # the results nor the end-of-turn tokens appended after its stop strings.
     episodes = rollout.last_episodes
-    model_tokens = [sum(e.completion_mask) for e in episodes]
-    assert logs[-1]["completions/mean_length"] == pytest.approx(sum(model_tokens) / len(model_tokens))
-    assert all(sum(e.completion_mask) < len(e.completion_ids) for e in episodes)
+    sampled = [sum(e.completion_sampled) for e in episodes]
+    assert logs[-1]["completions/mean_length"] == pytest.approx(sum(sampled) / len(sampled))
+    assert all(sum(e.completion_sampled) < sum(e.completion_mask) < len(e.completion_ids) for e in episodes)
 
 
 def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, tokenizer, tiny_lm_dir, tmp_path,

@@ -180,9 +180,12 @@ class EpisodeResult:
     """One finished episode: the transcript for people and rewards, the tokens for training.
 
     ``token_ids[:prompt_length]`` is the opening prompt; ``mask[i] == 1`` marks a token the model
-    wrote (or the end-of-turn token it should have written); ``logprobs[i]`` is the policy's
-    log-probability of a sampled token, ``None`` where it has none (environment tokens, an
-    appended end-of-turn token), and the whole list is ``None`` if the policy reports none.
+    wrote (or the end-of-turn token it should have written: what a warm-start learns to write);
+    ``sampled[i] == 1`` marks the model's tokens the policy actually sampled, that is ``mask``
+    less the end-of-turn tokens appended after a turn stopped on a stop string (what GRPO trains:
+    nothing ever samples those, so a gradient on them only drifts them); ``logprobs[i]`` is the
+    policy's log-probability of a sampled token, ``None`` where it has none (environment tokens,
+    an appended end-of-turn token), and the whole list is ``None`` if the policy reports none.
     """
 
     question_id: str
@@ -201,6 +204,11 @@ class EpisodeResult:
     token_ids: list[int] = field(repr=False)
     mask: list[int] = field(repr=False)
     logprobs: list[float | None] | None = field(repr=False)
+    sampled: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.sampled:  # a record written before ``sampled`` existed: every model token counts
+            self.sampled = list(self.mask)
 
     @property
     def assistant_turns(self) -> list[str]:
@@ -218,11 +226,15 @@ class EpisodeResult:
     def completion_mask(self) -> list[int]:
         return self.mask[self.prompt_length :]
 
+    @property
+    def completion_sampled(self) -> list[int]:
+        return self.sampled[self.prompt_length :]
+
     def to_dict(self, *, tokens: bool = True) -> dict:
         """A JSON-ready record; ``tokens=False`` leaves out the token arrays."""
         record = asdict(self)
         if not tokens:
-            for key in ("token_ids", "mask", "logprobs"):
+            for key in ("token_ids", "mask", "sampled", "logprobs"):
                 record.pop(key)
         return record
 
@@ -245,6 +257,7 @@ class _State:
     mask: list[int]
     logprobs: list[float | None]
     prompt_length: int
+    sampled: list[int] = field(default_factory=list)
     searches: list[dict] = field(default_factory=list)
     has_logprobs: bool = True
     model_tokens: int = 0
@@ -253,9 +266,12 @@ class _State:
     finish: FinishReason | None = None
     error: str | None = None
 
-    def append(self, ids: Sequence[int], *, written_by_model: bool, logprobs: Sequence[float | None] | None = None) -> None:
+    def append(self, ids: Sequence[int], *, written_by_model: bool, sampled: bool | None = None,
+               logprobs: Sequence[float | None] | None = None) -> None:
+        """``sampled`` (default: ``written_by_model``) is False for model tokens the policy did not sample."""
         self.token_ids.extend(ids)
         self.mask.extend([int(written_by_model)] * len(ids))
+        self.sampled.extend([int(written_by_model if sampled is None else sampled)] * len(ids))
         self.logprobs.extend(logprobs if logprobs is not None else [None] * len(ids))
         if written_by_model:
             self.model_tokens += len(ids)
@@ -278,6 +294,7 @@ class _State:
             token_ids=self.token_ids,
             mask=self.mask,
             logprobs=self.logprobs if self.has_logprobs else None,
+            sampled=self.sampled,
         )
 
 
@@ -354,7 +371,8 @@ def run_episodes(
         messages = fmt.initial_messages(example.question)
         ids = fmt.prompt_ids(messages)
         states.append(
-            _State(example, key, messages, list(ids), [0] * len(ids), [None] * len(ids), prompt_length=len(ids))
+            _State(example, key, messages, list(ids), [0] * len(ids), [None] * len(ids), prompt_length=len(ids),
+                   sampled=[0] * len(ids))
         )
         if on_message is not None:
             for message in messages:
@@ -405,9 +423,9 @@ def run_episodes(
                     text_ids = ids[: -len(eot)]
                 else:  # stopped on another EOS id: close the turn the way the template does
                     text_ids = ids[:-1] if ids else ids
-                    state.append(eot, written_by_model=True)
+                    state.append(eot, written_by_model=True, sampled=False)
             elif finish == "stop":
-                state.append(eot, written_by_model=True)
+                state.append(eot, written_by_model=True, sampled=False)
             text = fmt.decode(text_ids)
             state.turns += 1
             state.messages.append({"role": "assistant", "content": text})
@@ -621,7 +639,8 @@ def rollout_batch(
     """Episodes in the shape TRL's ``GRPOTrainer`` expects back from a ``rollout_func``.
 
     ``env_mask`` is the completion part of each mask (or ``completion_masks`` when given, e.g.
-    from :func:`answer_text_mask`); ``logprobs`` holds the policy's sampling
+    from :func:`answer_text_mask`) kept to the tokens the policy sampled: an end-of-turn token
+    appended after a stop string is never in the loss (``answer_mask`` likewise); ``logprobs`` holds the policy's sampling
     log-probability of each completion token, ``None`` where there is none (tool results, the
     end-of-turn token added after a stop string) — TRL turns those into NaN and leaves them out
     of its importance-sampling correction. It is ``None`` altogether when the policy gave no
@@ -639,6 +658,7 @@ def rollout_batch(
     masks = [r.completion_mask for r in results] if completion_masks is None else [list(m) for m in completion_masks]
     if len(masks) != len(results):
         raise ValueError(f"{len(masks)} completion masks for {len(results)} episodes")
+    masks = [_sampled_only(mask, r, "completion") for mask, r in zip(masks, results)]
     batch = {
         "prompt_ids": [r.token_ids[: r.prompt_length] for r in results],
         "completion_ids": [r.completion_ids for r in results],
@@ -649,13 +669,21 @@ def rollout_batch(
     if answer_masks is not None:
         if len(answer_masks) != len(results):
             raise ValueError(f"{len(answer_masks)} answer masks for {len(results)} episodes")
-        batch["answer_mask"] = [list(m) for m in answer_masks]
+        batch["answer_mask"] = [_sampled_only(m, r, "answer") for m, r in zip(answer_masks, results)]
     if answer_advantages is not None:
         if answer_masks is None or len(answer_advantages) != len(results):
             raise ValueError(f"{len(answer_advantages)} answer advantages for {len(results)} episodes "
                              f"({'with' if answer_masks is not None else 'without'} answer masks)")
         batch["answer_advantage"] = [float(a) for a in answer_advantages]
     return batch
+
+
+def _sampled_only(mask: Sequence[int], result: EpisodeResult, kind: str) -> list[int]:
+    sampled = result.completion_sampled
+    if len(mask) != len(sampled):
+        raise ValueError(f"a {kind} mask of {len(mask)} tokens for episode {result.sample_key!r} "
+                         f"of {len(sampled)} completion tokens")
+    return [int(m) * s for m, s in zip(mask, sampled)]
 
 
 # ----------------------------------------------------------------------------------------

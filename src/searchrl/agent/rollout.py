@@ -7,8 +7,8 @@ episodes per question — with :func:`~searchrl.agent.episode.run_episodes` and 
 trainer's model itself; with ``use_vllm`` through the vLLM engine TRL colocates and keeps in
 sync with the trained weights (:class:`TrainerVLLMPolicy`), or a ``trl vllm-serve`` server on other
 GPUs (:class:`TrainerVLLMServerPolicy`). Completions are the whole multi-turn
-continuation after the prompt; ``env_mask`` is 0 on search results and inserted template tokens,
-so only model-written tokens (and the end-of-turn tokens that close its turns) get gradient.
+continuation after the prompt; ``env_mask`` is 0 on search results, inserted template tokens and
+the end-of-turn tokens appended after a stop string, so only tokens the policy sampled get gradient.
 """
 
 from __future__ import annotations
@@ -281,13 +281,14 @@ class AgentRollout:
         if not self.train_answer_text:
             masks = [answer_text_mask(r, trainer.processing_class.decode) for r in episodes]
         advantages, baseline_stats = self._context_baselines(episodes, resampled) if resampled is not None else (None, {})
+        batch = rollout_batch(episodes, completion_masks=masks, answer_masks=answers, answer_advantages=advantages)
         if self.run is not None and getattr(trainer, "accelerator", None) is not None and trainer.accelerator.is_main_process:
             stats = rollout_statistics(episodes, time.perf_counter() - started)
-            stats["loss_tokens_per_episode"] = sum(map(sum, masks)) / max(len(masks), 1)
+            stats["loss_tokens_per_episode"] = sum(map(sum, batch["env_mask"])) / max(len(episodes), 1)
             if answers is not None:
-                stats["answer_tokens_per_episode"] = sum(map(sum, answers)) / max(len(answers), 1)
+                stats["answer_tokens_per_episode"] = sum(map(sum, batch["answer_mask"])) / max(len(episodes), 1)
             self.run.log_metrics(step + 1, {**stats, **baseline_stats}, prefix="rollout/")
-        return rollout_batch(episodes, completion_masks=masks, answer_masks=answers, answer_advantages=advantages)
+        return batch
 
     def _context_baselines(self, episodes: Sequence[Any], resampled: Sequence[list[str] | None]):
         """Each episode's answer advantage against its resampled answers (0 where there are none), and
