@@ -640,11 +640,11 @@ def rollout_batch(
 
     ``env_mask`` is the completion part of each mask (or ``completion_masks`` when given, e.g.
     from :func:`answer_text_mask`) kept to the tokens the policy sampled: an end-of-turn token
-    appended after a stop string is never in the loss (``answer_mask`` likewise); ``logprobs`` holds the policy's sampling
-    log-probability of each completion token, ``None`` where there is none (tool results, the
-    end-of-turn token added after a stop string) — TRL turns those into NaN and leaves them out
-    of its importance-sampling correction. It is ``None`` altogether when the policy gave no
-    log-probabilities (TRL then computes its own). ``episode`` carries each episode's record
+    appended after a stop string is never in the loss (``answer_mask`` likewise); ``logprobs``
+    holds the policy's sampling log-probability of each completion token, ``None`` where there is
+    none (tool results, the end-of-turn token added after a stop string) — TRL turns those into
+    NaN and leaves them out of its importance-sampling correction. It is ``None`` altogether when
+    the policy gave no log-probabilities (TRL then computes its own). ``episode`` carries each episode's record
     (without token arrays) to the reward functions; ``answer_mask`` (only when ``answer_masks``
     is given, see :func:`answer_mask`) where searchrl's trainer applies answer credit, and
     ``answer_advantage`` (only when ``answer_advantages`` is given) the advantage each episode's

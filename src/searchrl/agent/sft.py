@@ -18,9 +18,9 @@ The transcripts are *played* through :func:`~searchrl.agent.episode.run_episodes
 loss masks come from exactly the code path RL episodes use: loss on every model-written token
 (including the end-of-turn token: the warm-start learns to close its turns, while GRPO leaves the
 end-of-turn token appended after a stop string out of its loss, as nothing samples it), none on the
-prompt, the search results or the template tokens around them. Training is a short plain loop (masked next-token loss, LoRA, AdamW) — TRL's
-SFTTrainer would re-tokenise the chat and compute its own assistant mask, which could disagree with
-the RL masks at the turn boundaries.
+prompt, the search results or the template tokens around them. Training is a short plain loop
+(masked next-token loss, LoRA, AdamW) — TRL's SFTTrainer would re-tokenise the chat and compute
+its own assistant mask, which could disagree with the RL masks at the turn boundaries.
 """
 
 from __future__ import annotations
