@@ -204,11 +204,7 @@ class EpisodeResult:
     token_ids: list[int] = field(repr=False)
     mask: list[int] = field(repr=False)
     logprobs: list[float | None] | None = field(repr=False)
-    sampled: list[int] = field(default_factory=list, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.sampled:  # a record written before ``sampled`` existed: every model token counts
-            self.sampled = list(self.mask)
+    sampled: list[int] = field(repr=False)
 
     @property
     def assistant_turns(self) -> list[str]:
@@ -244,6 +240,7 @@ class EpisodeResult:
         values.setdefault("token_ids", [])
         values.setdefault("mask", [])
         values.setdefault("logprobs", None)
+        values.setdefault("sampled", list(values["mask"]))  # saved before ``sampled`` existed: all sampled
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -257,7 +254,7 @@ class _State:
     mask: list[int]
     logprobs: list[float | None]
     prompt_length: int
-    sampled: list[int] = field(default_factory=list)
+    sampled: list[int]
     searches: list[dict] = field(default_factory=list)
     has_logprobs: bool = True
     model_tokens: int = 0
