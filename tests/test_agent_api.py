@@ -73,10 +73,27 @@ def test_the_package_exports_the_agent_trainer():
     assert callable(train_agent) and callable(train_agent_from_yaml)
 
 
-def test_importing_the_package_does_not_import_torch():
-    code = "import sys, searchrl; print('torch' in sys.modules, 'transformers' in sys.modules)"
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import searchrl",
+        # reading a config (the CLI's --help, validation, the recipe's settings) needs no torch either
+        "import searchrl.agent.config, searchrl.coaug.config; from searchrl.training import GRPOSettings, LoraSettings",
+    ],
+)
+def test_importing_the_package_and_its_configs_does_not_import_torch(imports):
+    code = f"import sys; {imports}; print('torch' in sys.modules, 'transformers' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_the_training_package_resolves_its_names_when_first_used():
+    import searchrl.training as training
+
+    assert training.StepProgressCallback.__module__ == "searchrl.training.callbacks"
+    assert set(training.__all__) <= set(dir(training))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        training.no_such_name  # noqa: B018
 
 
 # ----------------------------------------------------------------------------------------

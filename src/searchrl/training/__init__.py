@@ -17,40 +17,65 @@
 * :mod:`~searchrl.training.resume` — :func:`train_with_resume` from the last complete checkpoint.
 """
 
-from searchrl.training.callbacks import (
-    DevEvaluationCallback,
-    ReleaseMemoryCallback,
-    RunLoggingCallback,
-    StepProgressCallback,
-    TimeLimitCallback,
-    quiet_trainer,
-)
-from searchrl.training.grpo import GRPOSettings, build_grpo_config, vllm_available
-from searchrl.training.policy import (
-    LLAMA_STYLE_TARGETS,
-    LoraSettings,
-    build_lora_config,
-    load_policy,
-    resolve_device,
-    save_policy,
-)
-from searchrl.training.resume import train_with_resume
+from __future__ import annotations
 
-__all__ = [
-    "DevEvaluationCallback",
-    "GRPOSettings",
-    "LLAMA_STYLE_TARGETS",
-    "LoraSettings",
-    "ReleaseMemoryCallback",
-    "RunLoggingCallback",
-    "StepProgressCallback",
-    "TimeLimitCallback",
-    "build_grpo_config",
-    "build_lora_config",
-    "load_policy",
-    "quiet_trainer",
-    "resolve_device",
-    "save_policy",
-    "train_with_resume",
-    "vllm_available",
-]
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_LAZY_EXPORTS: dict[str, str] = {
+    "DevEvaluationCallback": "callbacks",
+    "ReleaseMemoryCallback": "callbacks",
+    "RunLoggingCallback": "callbacks",
+    "StepProgressCallback": "callbacks",
+    "TimeLimitCallback": "callbacks",
+    "quiet_trainer": "callbacks",
+    "GRPOSettings": "grpo",
+    "build_grpo_config": "grpo",
+    "vllm_available": "grpo",
+    "LLAMA_STYLE_TARGETS": "policy",
+    "LoraSettings": "policy",
+    "build_lora_config": "policy",
+    "load_policy": "policy",
+    "resolve_device": "policy",
+    "save_policy": "policy",
+    "train_with_resume": "resume",
+}
+"""Public name -> its module under ``searchrl.training``, imported when the name is first used: the
+settings (``GRPOSettings``, ``LoraSettings``) load without transformers, which only the callbacks
+need, so reading a config does not import torch."""
+
+__all__ = sorted(_LAZY_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from searchrl.training.callbacks import (
+        DevEvaluationCallback,
+        ReleaseMemoryCallback,
+        RunLoggingCallback,
+        StepProgressCallback,
+        TimeLimitCallback,
+        quiet_trainer,
+    )
+    from searchrl.training.grpo import GRPOSettings, build_grpo_config, vllm_available
+    from searchrl.training.policy import (
+        LLAMA_STYLE_TARGETS,
+        LoraSettings,
+        build_lora_config,
+        load_policy,
+        resolve_device,
+        save_policy,
+    )
+    from searchrl.training.resume import train_with_resume
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY_EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'searchrl.training' has no attribute {name!r}") from None
+    value = getattr(import_module(f"searchrl.training.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_EXPORTS})
