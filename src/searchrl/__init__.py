@@ -16,20 +16,21 @@ The entry points, imported on first use so that ``import searchrl`` stays light:
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from searchrl.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_LAZY_EXPORTS: dict[str, tuple[str, str]] = {
-    "Agent": ("searchrl.agent.api", "Agent"),
-    "AgentAnswer": ("searchrl.agent.api", "AgentAnswer"),
-    "train_coaug": ("searchrl.coaug.train", "train_coaug"),
-    "train_coaug_from_yaml": ("searchrl.coaug.train", "train_coaug_from_yaml"),
-    "train_agent": ("searchrl.agent.train", "train_agent"),
-    "train_agent_from_yaml": ("searchrl.agent.train", "train_agent_from_yaml"),
+_LAZY_EXPORTS: dict[str, str] = {
+    "Agent": "searchrl.agent.api",
+    "AgentAnswer": "searchrl.agent.api",
+    "train_coaug": "searchrl.coaug.train",
+    "train_coaug_from_yaml": "searchrl.coaug.train",
+    "train_agent": "searchrl.agent.train",
+    "train_agent_from_yaml": "searchrl.agent.train",
 }
-"""Public name -> (module, attribute); the module is imported when the name is first used."""
+"""Public name -> its module, imported when the name is first used."""
 
 __all__ = ["__version__", *_LAZY_EXPORTS]
 
@@ -39,15 +40,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from searchrl.coaug.train import train_coaug, train_coaug_from_yaml
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module_name, attribute = _LAZY_EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'searchrl' has no attribute {name!r}") from None
-    value = getattr(import_module(module_name), attribute)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY_EXPORTS)

@@ -19,30 +19,31 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from searchrl.lazy import lazy_exports
 
 _LAZY_EXPORTS: dict[str, str] = {
-    "DevEvaluationCallback": "callbacks",
-    "ReleaseMemoryCallback": "callbacks",
-    "RunLoggingCallback": "callbacks",
-    "StepProgressCallback": "callbacks",
-    "TimeLimitCallback": "callbacks",
-    "quiet_trainer": "callbacks",
-    "GRPOSettings": "grpo",
-    "build_grpo_config": "grpo",
-    "vllm_available": "grpo",
-    "LLAMA_STYLE_TARGETS": "policy",
-    "LoraSettings": "policy",
-    "build_lora_config": "policy",
-    "load_policy": "policy",
-    "resolve_device": "policy",
-    "save_policy": "policy",
-    "train_with_resume": "resume",
+    "DevEvaluationCallback": "searchrl.training.callbacks",
+    "ReleaseMemoryCallback": "searchrl.training.callbacks",
+    "RunLoggingCallback": "searchrl.training.callbacks",
+    "StepProgressCallback": "searchrl.training.callbacks",
+    "TimeLimitCallback": "searchrl.training.callbacks",
+    "quiet_trainer": "searchrl.training.callbacks",
+    "GRPOSettings": "searchrl.training.grpo",
+    "build_grpo_config": "searchrl.training.grpo",
+    "vllm_available": "searchrl.training.grpo",
+    "LLAMA_STYLE_TARGETS": "searchrl.training.policy",
+    "LoraSettings": "searchrl.training.policy",
+    "build_lora_config": "searchrl.training.policy",
+    "load_policy": "searchrl.training.policy",
+    "resolve_device": "searchrl.training.policy",
+    "save_policy": "searchrl.training.policy",
+    "train_with_resume": "searchrl.training.resume",
 }
-"""Public name -> its module under ``searchrl.training``, imported when the name is first used: the
-settings (``GRPOSettings``, ``LoraSettings``) load without transformers, which only the callbacks
-need, so reading a config does not import torch."""
+"""Public name -> its module, imported when the name is first used: the settings (``GRPOSettings``,
+``LoraSettings``) load without transformers, which only the callbacks need, so reading a config
+does not import torch."""
 
 __all__ = sorted(_LAZY_EXPORTS)
 
@@ -67,15 +68,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from searchrl.training.resume import train_with_resume
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module = _LAZY_EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'searchrl.training' has no attribute {name!r}") from None
-    value = getattr(import_module(f"searchrl.training.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY_EXPORTS)
