@@ -459,6 +459,64 @@ def test_answer_credit_gives_the_answer_words_only_the_correctness_part_of_the_a
     assert len(losses) == 2 and torch.equal(torch.cat(losses), out)
 
 
+def test_an_answer_advantage_floor_stops_answers_being_pushed_down_and_leaves_the_rest(
+        tool, tokenizer, tiny_lm_dir, tmp_path):
+    """One GRPO step with answer credit and a floor of 0: the loss reads the answer's words'
+    advantages raised to 0 where they were negative, every other token's exactly as without it."""
+    import itertools
+
+    import torch
+
+    from searchrl.agent.rewards import RewardWeights, answer_reward_funcs
+
+    def run(floor, directory):
+        searches, answers = itertools.count(), itertools.count()
+
+        def script(prompt_text: str, turn: int) -> str:
+            example = next(e for e in QUESTIONS if user_prompt(e.question) in prompt_text)
+            if turn == 0:
+                other = next(text for key, text in DOCS.items() if key not in example.gold_ids and key != "c5")
+                return f"<search>{example.question if next(searches) % 2 == 0 else other}</search>"
+            return f"<answer>{example.answers[0] if next(answers) % 4 == 0 else 'no idea'}</answer>"
+
+        rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3), answer_credit=True,
+                               policy_factory=lambda trainer: ScriptedPolicy(tokenizer, script))
+        batches = []
+        torch.manual_seed(0)
+        trainer, losses = one_grpo_step(
+            lambda prompts, trainer: batches.append(rollout(prompts, trainer)) or batches[-1],
+            tokenizer, tiny_lm_dir, directory, answer_advantage_floor=floor,
+            answer_reward_funcs=answer_reward_funcs(RewardWeights(metric="em")))
+        masks = batches[0]["answer_mask"]  # the words after <answer>, as the rollout marked them
+        width = torch.cat(losses).size(1)
+        logged = trainer.state.log_history[0].get("answer/floored")
+        return torch.cat(losses), torch.tensor([m + [0] * (width - len(m)) for m in masks]).bool(), logged
+
+    plain, mask, not_logged = run(None, tmp_path / "plain")
+    floored, same_mask, logged = run(0.0, tmp_path / "floored")
+    assert torch.equal(mask, same_mask) and mask.any()
+    answered, raised = mask.any(dim=1), ((plain < 0) & mask).any(dim=1)
+    assert not_logged is None and logged == pytest.approx((raised.sum() / answered.sum()).item())
+    assert (plain[mask] < 0).any() and (plain[mask] > 0).any()  # the script made answers worse and better
+    assert torch.equal(floored[mask], plain[mask].clamp(min=0))
+    assert torch.equal(floored[~mask], plain[~mask]) and (plain[~mask] < 0).any()  # the search still pushed down
+
+
+def test_an_answer_advantage_floor_needs_the_answers_own_advantage():
+    import torch
+
+    from searchrl.training.credit import floored_answer_advantages
+
+    assert load_agent_config(None, ["grpo.answer_credit=answer_terms", "grpo.answer_advantage_floor=0"]) \
+        .grpo.answer_advantage_floor == 0
+    with pytest.raises(Exception, match="answer_credit"):
+        load_agent_config(None, ["grpo.answer_advantage_floor=0"])
+    with pytest.raises(ValueError, match="per-token"):
+        floored_answer_advantages(torch.tensor([1.0, -1.0]), torch.tensor([[0, 1], [0, 1]]), 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        floored_answer_advantages(torch.zeros(2, 3), torch.ones(2, 2), 0.0)
+
+
 def test_answer_credit_with_every_term_is_grpo_and_rejects_what_it_cannot_split():
     import torch
 

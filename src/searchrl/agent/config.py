@@ -107,6 +107,12 @@ class GRPOSettings(SharedGRPOSettings):
     answer_samples: int = Field(
         4, ge=1, description="with answer_credit: context_baseline, the answers resampled per episode for its baseline"
     )
+    answer_advantage_floor: float | None = Field(
+        None,
+        description="with answer_credit: answer_terms or context_baseline, the least advantage the answer's words "
+        "get (0: an answer better than its baseline is reinforced, a worse one is left alone rather than pushed "
+        "down; None: no floor)",
+    )
     answer_temperature: float | None = Field(
         None,
         ge=0,
@@ -134,6 +140,9 @@ class GRPOSettings(SharedGRPOSettings):
         if self.answer_credit != "all_terms" and not self.train_answer_text:
             raise ValueError(f"grpo.answer_credit: {self.answer_credit} trains the answer's words, which "
                              "grpo.train_answer_text: false leaves out of the loss; keep one of the two")
+        if self.answer_advantage_floor is not None and self.answer_credit == "all_terms":
+            raise ValueError("grpo.answer_advantage_floor applies to the answer's own advantage: it needs "
+                             "grpo.answer_credit: answer_terms or context_baseline")
         if self.answer_temperature is not None and self.train_answer_text:
             raise ValueError("grpo.answer_temperature samples the answer's words away from the policy the loss "
                              "trains; it needs grpo.train_answer_text: false (which leaves them out of the loss)")

@@ -364,6 +364,7 @@ def build_trainer(
             callbacks=[RunLoggingCallback(run), dev_callback, ReleaseMemoryCallback()],
             rollout_func=rollout,
             answer_reward_funcs=answer_funcs,
+            answer_advantage_floor=grpo.answer_advantage_floor,
             **grpo.trainer_options(),
         )
     return quiet_trainer(trainer, "GRPO")  # the same logs go to metrics.jsonl and TensorBoard

@@ -36,6 +36,12 @@ longer moves the answer's words; every other token keeps GRPO's advantage. Measu
 with SmolLM2-135M (docs/EXPERIMENTS.md, "Comparing each answer only with answers to the same passages"), it
 raised the reading of shown answers on the dev questions but not on held-out ones (held-out F1
 -0.006 and +0.020 against the warm-start for seeds 0 and 1); the recipes leave it off.
+
+Under all three an answer worse than its baseline has its words pushed down, and pushing a
+135M model away from one wrong answer moves probability to other words, not to the right one.
+:func:`floored_answer_advantages` (``grpo.answer_advantage_floor``) raises the answer's words'
+advantages to a floor: at 0, answers that scored above their baseline are reinforced and the
+rest are left alone, reward-filtered imitation for the answer and GRPO for the search.
 """
 
 from __future__ import annotations
@@ -146,4 +152,29 @@ def with_answer_advantages(advantages: Any, answer_mask: Any, answer_advantages:
     return torch.where(answer_mask, per_row.unsqueeze(1), advantages.unsqueeze(1))
 
 
-__all__ = ["SCALINGS", "answer_credited_advantages", "context_baseline_advantage", "with_answer_advantages"]
+def floored_answer_advantages(advantages: Any, answer_mask: Any, floor: float) -> Any:
+    """Per-token ``advantages`` (rows x tokens) with those on the answer's words raised to at least
+    ``floor``; every other token's unchanged.
+
+    With ``floor=0`` an answer is reinforced when it scored above its group and otherwise left
+    alone, never pushed down: reward-filtered imitation for the answer's words, GRPO for the rest.
+
+    >>> import torch
+    >>> floored_answer_advantages(torch.tensor([[-1.0, -2.0], [0.5, 1.5]]), torch.tensor([[0, 1], [0, 1]]), 0.0)
+    tensor([[-1.0000,  0.0000],
+            [ 0.5000,  1.5000]])
+    """
+    import torch
+
+    if advantages.dim() != 2:
+        raise ValueError("an answer advantage floor needs per-token advantages (answer credit), "
+                         f"got a tensor of shape {tuple(advantages.shape)}")
+    answer_mask = torch.as_tensor(answer_mask, device=advantages.device).bool()
+    if tuple(answer_mask.shape) != tuple(advantages.shape):
+        raise ValueError(f"answer mask of shape {tuple(answer_mask.shape)} for advantages of shape "
+                         f"{tuple(advantages.shape)}")
+    return torch.where(answer_mask, advantages.clamp(min=floor), advantages)
+
+
+__all__ = ["SCALINGS", "answer_credited_advantages", "context_baseline_advantage", "floored_answer_advantages",
+           "with_answer_advantages"]

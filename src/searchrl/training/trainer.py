@@ -33,11 +33,12 @@ mixture-of-experts auxiliary loss; for the shared prompt also gradient checkpoin
 layer would write the kept keys and values twice); for merged sampling vLLM or no adapter — TRL's
 own code runs. ``benchmarks/rl_step.py`` measures what they buy.
 
-Two options do change the update, and are off unless asked for (:mod:`searchrl.training.credit`):
+Three options do change the update, and are off unless asked for (:mod:`searchrl.training.credit`):
 ``answer_reward_funcs`` (answer credit) gives the tokens a rollout marks as the answer's words
 (``answer_mask``) the advantage of those reward functions alone, every other token TRL's; a
 rollout that also returns ``answer_advantage`` (one number per row: the context baseline) gives
-the answer's words that advantage instead.
+the answer's words that advantage instead; ``answer_advantage_floor`` then raises the answer's
+words' advantages to at least that value (0: answers are reinforced, never pushed down).
 """
 
 from __future__ import annotations
@@ -253,12 +254,14 @@ def grpo_trainer_class() -> type:
 
         ``share_prompt``, ``merge_lora_for_generation`` and ``score_loss_tokens_only`` (all on by
         default) switch the three savings; each falls back to TRL's own code where it cannot apply.
-        ``answer_reward_funcs`` (names of reward functions; default none) turns on answer credit.
+        ``answer_reward_funcs`` (names of reward functions; default none) turns on answer credit;
+        ``answer_advantage_floor`` (default none) raises the answer's words' advantages to at least
+        that value (it needs a rollout that marks the answer's words and per-token advantages).
         """
 
         def __init__(self, *args: Any, share_prompt: bool = True, merge_lora_for_generation: bool = True,
                      score_loss_tokens_only: bool = True, answer_reward_funcs: Sequence[str] = (),
-                     **kwargs: Any) -> None:
+                     answer_advantage_floor: float | None = None, **kwargs: Any) -> None:
             # set first: TRL's constructor may already call the methods below
             self.share_prompt = share_prompt
             self.merge_lora_for_generation = merge_lora_for_generation
@@ -268,6 +271,7 @@ def grpo_trainer_class() -> type:
             self._answer_mask: Any = None  # the step's rollout answer masks (answer credit)
             self._answer_advantages: Any = None  # and the advantages the rollout gave them (context baseline)
             self._rewards_per_func: Any = None
+            self.answer_advantage_floor = answer_advantage_floor
             super().__init__(*args, **kwargs)
             self.answer_funcs = self._answer_columns(answer_reward_funcs)
 
@@ -361,6 +365,8 @@ def grpo_trainer_class() -> type:
                     output["advantages"] = self._rollout_answer_advantages(output)
                 elif self.answer_funcs and self.model.training:
                     output["advantages"] = self._answer_credited(output)
+                if self.answer_advantage_floor is not None and self.model.training:
+                    output["advantages"] = self._floored(output)
                 return output
             finally:
                 self._loss_positions = self._answer_mask = self._answer_advantages = self._rewards_per_func = None
@@ -375,6 +381,19 @@ def grpo_trainer_class() -> type:
                                  "the answer's words can get one of the two")
             return with_answer_advantages(output["advantages"], self._answer_mask_rows(output),
                                           self._answer_advantages)
+
+        def _floored(self, output: dict) -> Any:
+            """Per-token advantages with the answer's words' raised to ``answer_advantage_floor``; logs
+            ``answer/floored``, the fraction of answered rows whose answer's advantage was raised."""
+            from searchrl.training.credit import floored_answer_advantages
+
+            advantages, mask = output["advantages"], self._answer_mask_rows(output)
+            floored = floored_answer_advantages(advantages, mask, self.answer_advantage_floor)
+            answered = mask.bool().any(dim=1)
+            raised = ((advantages < self.answer_advantage_floor) & mask.bool()).any(dim=1)
+            if answered.any():
+                self._metrics["train"]["answer/floored"].append((raised.sum() / answered.sum()).item())
+            return floored
 
         def _answer_mask_rows(self, output: dict) -> Any:
             """The rollout's answer mask as this step's rows x completion tokens."""
