@@ -43,8 +43,8 @@ Under all three an answer worse than its baseline has its words pushed down, and
 advantages to a floor: at 0, answers that scored above their baseline are reinforced and the
 rest are left alone, reward-filtered imitation for the answer and GRPO for the search. With
 answer credit and a floor of 0 (``agent-cpu``; docs/EXPERIMENTS.md, "Floored answer
-advantages"), held-out F1 against the warm-start was +0.010, +0.038, -0.012 and +0.024 for seeds
-0-3, every interval including 0.
+advantages"), held-out F1 against the warm-start was +0.010, +0.038, -0.012, +0.024 and +0.017 for
+seeds 0-4, every interval including 0.
 """
 
 from __future__ import annotations
