@@ -389,8 +389,7 @@ def grpo_trainer_class() -> type:
 
             advantages, mask = output["advantages"], self._answer_mask_rows(output)
             floored = floored_answer_advantages(advantages, mask, self.answer_advantage_floor)
-            answered = mask.bool().any(dim=1)
-            raised = ((advantages < self.answer_advantage_floor) & mask.bool()).any(dim=1)
+            answered, raised = mask.bool().any(dim=1), (floored != advantages).any(dim=1)
             if answered.any():
                 self._metrics["train"]["answer/floored"].append((raised.sum() / answered.sum()).item())
             return floored
