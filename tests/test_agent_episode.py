@@ -302,6 +302,22 @@ def test_evaluation_splits_f1_into_what_the_search_showed_and_what_the_model_rea
     assert (m["answer_shown_rate"], m["f1_when_shown"], m["f1_when_not_shown"]) == (0.5, 0.0, 1.0)
 
 
+def test_evaluation_says_whether_the_agent_retried_after_a_missed_or_a_found_gold_document(tokenizer):
+    scripts = {Q_CMD.question: ["<search>oxygen tank</search>", "<search>commanded Apollo</search>", "<answer>Jim Lovell</answer>"],
+               Q_TANK.question: SCRIPTS[Q_TANK.question],  # "tank" found c1 and it searched again anyway
+               Q_BOAT.question: ["<search>lunar module lifeboat</search>", "<answer>lunar module</answer>"]}
+    tool = SearchTool(WordRetriever().index(CORPUS.values()), CORPUS, k=1)
+    report = evaluate_agent(ScriptedPolicy(tokenizer, scripts), tool, [Q_CMD, Q_TANK, Q_BOAT], show_progress=False)
+    assert [r["scores"]["first_search_hit"] for r in report.records] == [0.0, 1.0, 1.0]
+    m = report.metrics
+    assert (m["retry_rate_after_miss"], m["retry_rate_after_hit"]) == (1.0, 0.5)
+    # Without a gold document a first search is neither: it counts in neither rate.
+    unknown = QAExample("q4", "Who commanded Apollo 13?", ("Jim Lovell",))
+    report = evaluate_agent(ScriptedPolicy(tokenizer, scripts), tool, [unknown], show_progress=False)
+    assert report.records[0]["scores"]["first_search_hit"] is None
+    assert (report.metrics["retry_rate_after_miss"], report.metrics["retry_rate_after_hit"]) == (None, None)
+
+
 def test_evaluate_agent_metrics_transcripts_and_resume(tokenizer, tmp_path):
     out = tmp_path / "t.jsonl"
     policy = ScriptedPolicy(tokenizer, SCRIPTS)

@@ -112,17 +112,48 @@ def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_pa
     best_step = json.loads((out / "best.json").read_text())["step"]
     assert summary["checkpoints"]["trained"]["is_warm_start"] == (best_step == 0)
 
-    # Rerunning skips every finished part: no training, no evaluation.
+    # --samples 2 on the finished run: each policy also plays two sampled episodes per question, at the rollouts'
+    # temperature; the greedy figures are the cached ones, unchanged.
+    names = ("warm_start", "trained", "trained_no_retry")
+    with pytest.warns(UserWarning, match="left out"):
+        main([*argv, "--samples", "2"])
+    with_samples = json.loads(capsys.readouterr().out)
+    assert {k: with_samples[k] for k in names} == {k: summary[k] for k in names}
+    sampled = with_samples["sampled"]
+    assert (sampled["samples_per_question"], sampled["num_questions"]) == (2, 2)
+    assert sampled["temperature"] == main_config["grpo"]["temperature"]
+    for name in names:
+        played = name == "warm_start" or not summary["checkpoints"][name]["is_warm_start"]
+        path = out / "eval" / f"{name}.sampled-2.jsonl"
+        assert path.exists() == played
+        if not played:
+            assert sampled[name] == sampled["warm_start"]
+            continue
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        assert sorted(r["question_id"] for r in records) == ["h8~0", "h8~1", "h9~0", "h9~1"]
+        retries = [max(len(r["searches"]) - 1, 0) for r in records]
+        assert sampled[name]["retries_per_episode"] == pytest.approx(sum(retries) / 4)
+        assert sampled[name]["f1"] == pytest.approx(sum(r["scores"]["f1"] for r in records) / 4)
+        cached = json.loads((out / "eval" / f"{name}.sampled-2.json").read_text())["identity"]
+        assert cached["samples"] == 2 and cached["episode"]["temperature"] == main_config["grpo"]["temperature"]
+    assert set(sampled["differences"]) == set(summary["differences"])
+    for key, by_metric in sampled["differences"].items():
+        name, baseline = key.split("_vs_")
+        assert set(by_metric) == {"retries_per_episode", "f1"}
+        for metric, difference in by_metric.items():
+            assert difference["num_queries"] == 2
+            assert difference["mean"] == pytest.approx(sampled[name][metric] - sampled[baseline][metric])
+
+    # Rerunning skips every finished part: no training, no evaluation, greedy or sampled.
     def fail(*args, **kwargs):
         raise AssertionError("a finished part ran again")
 
     monkeypatch.setattr("searchrl.agent.train.train_agent", fail)
     monkeypatch.setattr("searchrl.agent.train._play_dev", fail)
     with pytest.warns(UserWarning, match="left out"):
-        main(argv)
+        main([*argv, "--samples", "2"])
     again = json.loads(capsys.readouterr().out)
-    assert {k: again[k] for k in ("warm_start", "trained", "trained_no_retry")} == {
-        k: summary[k] for k in ("warm_start", "trained", "trained_no_retry")}
+    assert {k: again[k] for k in (*names, "sampled")} == {k: with_samples[k] for k in (*names, "sampled")}
 
     # Without --json: the table, then one line per comparison.
     with pytest.warns(UserWarning, match="left out"):
@@ -132,6 +163,13 @@ def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_pa
     assert (f"trained vs warm_start: f1 {compared['mean']:+.4f} (95% interval {compared['low']:+.4f} to "
             f"{compared['high']:+.4f}; better on {compared['better']}, worse on {compared['worse']} of 2)") in lines
     assert any(line.startswith("trained vs trained_no_retry: f1 ") for line in lines)
+    with pytest.warns(UserWarning, match="left out"):
+        main([*argv[:-1], "--samples", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    compared = sampled["differences"]["trained_vs_trained_no_retry"]["retries_per_episode"]
+    assert (f"sampled trained vs trained_no_retry: retries_per_episode {compared['mean']:+.4f} (95% interval "
+            f"{compared['low']:+.4f} to {compared['high']:+.4f}; more on {compared['better']}, fewer on "
+            f"{compared['worse']} of 2)") in lines
 
 
 def test_recipe_refuses_evaluation_questions_that_all_overlap_training(tiny_lm_dir, tmp_path, capsys):
@@ -195,3 +233,35 @@ def test_comparison_leaves_out_questions_a_failed_search_left_unscored(tmp_path)
     difference = compared["trained_vs_warm_start"]
     assert difference["left_out"] == 1 and difference["num_queries"] == 2
     assert difference["mean"] == pytest.approx(0.5) and (difference["better"], difference["ties"]) == (1, 1)
+
+
+def test_sampled_comparison_averages_each_questions_episodes(tmp_path):
+    from searchrl.agent.evaluate import example_key
+    from searchrl.data.types import QAExample
+
+    examples = [QAExample(id=f"q{i}", question=f"question {i}?", answers=("x",), gold_ids=(f"c{i}",)) for i in range(2)]
+
+    def transcripts(name, episodes):
+        """``episodes``: per question, (searches, f1) of each sampled copy; f1 None marks a failed search tool."""
+        rows = []
+        for example, copies in zip(examples, episodes):
+            for j, (searches, f1) in enumerate(copies):
+                rows.append({"question_id": f"{example.id}~{j}", "example_key": example_key(example),
+                             "searches": [{}] * searches, "finish_reason": "tool_error" if f1 is None else "answered",
+                             "scores": {"f1": f1}})
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    warm = transcripts("warm", [[(1, 0.0), (1, 1.0), (1, 0.5)], [(1, 0.0), (1, 0.0), (1, 0.0)]])
+    # q0: retried twice in three episodes (2 searches, then 3 searches: 1 and 2 retries), q1: once in two scored ones.
+    trained = transcripts("trained", [[(2, 1.0), (3, 1.0), (1, 0.0)], [(2, 1.0), (1, 0.0), (4, None)]])
+    compared = recipe_module.compare_sampled({"warm_start": warm, "trained": trained}, examples, 3)
+    retries, f1 = compared["trained_vs_warm_start"]["retries_per_episode"], compared["trained_vs_warm_start"]["f1"]
+    assert retries["mean"] == pytest.approx(((1 + 2 + 0) / 3 + (1 + 0) / 2) / 2)  # the failed episode is left out
+    assert (retries["better"], retries["worse"], retries["num_queries"]) == (2, 0, 2)
+    assert f1["mean"] == pytest.approx(((2 / 3 - 0.5) + (0.5 - 0.0)) / 2)
+    # A transcript missing an episode is an error that says to rerun, not a mean over fewer.
+    short = transcripts("short", [[(1, 0.0)] * 3, [(1, 0.0)] * 2])
+    with pytest.raises(DataError, match="hold 5 of the 6 episodes"):
+        recipe_module.compare_sampled({"warm_start": short, "trained": trained}, examples, 3)

@@ -7,6 +7,7 @@ import pytest
 from searchrl.agent.judge import LLMJudge
 from searchrl.agent.rewards import (
     RewardWeights,
+    answer_reward_funcs,
     build_reward_functions,
     correctness_reward,
     episode_rewards,
@@ -191,6 +192,28 @@ def test_recovery_retry_pays_a_retry_that_found_what_the_first_search_missed():
     assert scores["retry_reward"] == [1.0, None] and scores["retrieval_reward"] == [1.0, None]
     assert scores["correctness_reward"] == [0.0, 0.0] and scores["format_reward"][1] is not None
     assert episode_rewards(recovered, ANSWERS, ["c2"], RewardWeights(retry_mode="recovery"))["retry"] == 1.0
+
+
+def test_miss_retry_pays_searching_again_after_a_first_search_that_missed():
+    turns = ["<search>crew</search>", "<search>commander Apollo 13</search>", "<answer>Haise</answer>"]
+    assert retry_reward(record(turns, [["c9"], ["c8"]]), mode="miss", gold_ids=["c2"]) == 1.0  # the retry found nothing
+    assert retry_reward(record(turns, [["c9"], ["c2"]]), mode="miss", gold_ids=["c2"]) == 1.0
+    assert retry_reward(record(turns, [["c2"], ["c8"]]), mode="miss", gold_ids=["c2"]) == 0.0  # first search had it
+    unanswered = record(turns[:2], [["c9"], ["c8"]], finish="turn_limit")
+    assert retry_reward(unanswered, mode="miss", gold_ids=["c2"]) == 0.0
+    missed_once = record(["<search>crew</search>", "<answer>Haise</answer>"], [["c9"]])
+    assert retry_reward(missed_once, mode="miss", gold_ids=["c2"]) == 0.0  # one search is no retry
+    assert retry_reward(record(turns, [["c9"], ["c8"]]), mode="miss") is None  # no gold ids: not applicable
+    assert retry_reward(record(turns, [["c9"], ["c8"]], finish="tool_error"), mode="miss", gold_ids=["c2"]) is None
+
+    # Through TRL's functions, as for recovery: no gold ids leaves the term out, the rest counts.
+    retried = record(turns, [["c9"], ["c8"]])
+    columns = dict(episode=[retried, retried], answers=[ANSWERS] * 2, gold_ids=[["c2"], []],
+                   question=["q"] * 2, trainer_state=None, log_extra=None, log_metric=None)
+    functions, _ = build_reward_functions(RewardWeights(retry_mode="miss"))
+    scores = {f.__name__: f(prompts=["p"] * 2, completions=[None, None], **columns) for f in functions}
+    assert scores["retry_reward"] == [1.0, None] and scores["format_reward"][1] is not None
+    assert answer_reward_funcs(RewardWeights(retry_mode="miss")) == ["correctness_reward"]  # a search term
 
 
 def test_trl_judge_reward_makes_one_batched_call():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from searchrl.agent.episode import EpisodeConfig, EpisodeResult, Policy, run_episodes
-from searchrl.agent.rewards import answer_shown, correctness_reward, format_reward, retrieval_reward
+from searchrl.agent.rewards import answer_shown, correctness_reward, first_search_found, format_reward, retrieval_reward
 from searchrl.agent.tool import SearchTool
 from searchrl.data.io import atomic_write_text
 from searchrl.data.types import QAExample
@@ -54,9 +54,10 @@ def example_key(example: QAExample) -> str:
 
 
 def score_episode(episode: EpisodeResult, *, judge: Any = None) -> dict[str, float | None]:
-    """Per-episode scores: ``em``, ``f1``, ``judge`` (when a judge is given), ``format``, ``retrieval_hit``
-    and ``answer_shown`` (a reference answer occurs in the passages the searches showed the model:
-    whether the search brought the answer to the reader; ``None`` when the tool failed)."""
+    """Per-episode scores: ``em``, ``f1``, ``judge`` (when a judge is given), ``format``, ``retrieval_hit``,
+    ``first_search_hit`` (the first search returned a gold document) and ``answer_shown`` (a reference
+    answer occurs in the passages the searches showed the model: whether the search brought the
+    answer to the reader; ``None`` when the tool failed)."""
     shown = None
     if episode.finish_reason != "tool_error":
         shown = float(answer_shown(episode.answers, "\n".join(s.get("text", "") for s in episode.searches)))
@@ -65,11 +66,16 @@ def score_episode(episode: EpisodeResult, *, judge: Any = None) -> dict[str, flo
         "f1": correctness_reward(episode, episode.answers, metric="f1"),
         "format": format_reward(episode),
         "retrieval_hit": retrieval_reward(episode, episode.gold_ids),
+        "first_search_hit": _float(first_search_found(episode, episode.gold_ids)),
         "answer_shown": shown,
     }
     if judge is not None:
         scores["judge"] = correctness_reward(episode, episode.answers, metric="judge", judge=judge)
     return scores
+
+
+def _float(value: bool | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -89,6 +95,10 @@ def summarize(records: Sequence[Mapping[str, Any]], *, with_judge: bool = False)
         "answered_rate": _mean([float(r["finish_reason"] == "answered") for r in records]),
         "searches_per_episode": _mean([float(k) for k in searches]),
         "retries_per_episode": _mean([float(max(k - 1, 0)) for k in searches]),
+        # when the agent searches again: after a first search that missed every gold document, and after
+        # one that found one (a retry is worth something only in the first case)
+        "retry_rate_after_miss": _mean([float(k > 1) for k, s in zip(searches, scores) if s.get("first_search_hit") == 0.0]),
+        "retry_rate_after_hit": _mean([float(k > 1) for k, s in zip(searches, scores) if s.get("first_search_hit") == 1.0]),
         "retrieval_hit_rate": _mean([s.get("retrieval_hit") for s in scores]),
         # F1 = answer_shown_rate * f1_when_shown + (1 - answer_shown_rate) * f1_when_not_shown: what the
         # search brought to the model, and what the model made of it

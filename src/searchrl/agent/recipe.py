@@ -9,7 +9,12 @@ One resumable command from a config to the figures a reader wants:
 3. play greedy episodes on the evaluation questions with the warm-start, ``OUT/best`` (and
    ``OUT/no-retry/best``): ``em``, ``f1``, ``searches_per_episode``, ``retries_per_episode``, ...;
 4. compare them question by question (``differences``: each trained arm against the warm-start, and
-   the two arms against each other, with a bootstrap interval of the mean difference).
+   the two arms against each other, with a bootstrap interval of the mean difference);
+5. with ``samples``, also play that many episodes of every question with each policy *sampled* as GRPO
+   samples it (``grpo.temperature``), and compare their retries and F1 question by question
+   (``sampled``). Greedy decoding reads a policy only at its likeliest choice: a policy that retries in a
+   fifth of its sampled episodes but never where retrying is the likelier branch retries 0 times
+   greedily, so only sampled episodes show whether the retry reward moved the policy at all.
 
 The held-out check: a question of the evaluation file that shares its id or a gold document with
 any training or dev question of the run is left out with a warning (none left: an error). Every
@@ -23,19 +28,28 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from searchrl.agent.config import AgentTrainConfig
 from searchrl.data.types import QAExample
-from searchrl.errors import DataError
+from searchrl.errors import ConfigError, DataError
 
 #: Metrics of each evaluated policy that the recipe prints.
 RECIPE_METRICS = (
     "em", "f1", "searches_per_episode", "retries_per_episode", "answered_rate", "retrieval_hit_rate",
-    "answer_shown_rate", "f1_when_shown", "format_rate", "num_questions",
+    "answer_shown_rate", "f1_when_shown", "format_rate", "retry_rate_after_miss", "retry_rate_after_hit",
+    "num_questions",
 )
+#: Metrics of each policy's sampled episodes (``--samples``), averaged over every episode played.
+SAMPLED_METRICS = ("em", "f1", "searches_per_episode", "retries_per_episode", "retry_rate_after_miss",
+                   "retry_rate_after_hit", "answered_rate", "format_rate")
+#: What the sampled episodes are compared on, question by question (a question's mean over its episodes).
+SAMPLED_COMPARISONS = ("retries_per_episode", "f1")
 NO_RETRY_DIR = "no-retry"
+#: Joins a question's id and the number of its sampled copy: ``q7~2``.
+COPY_MARK = "~"
 
 
 def recipe_config(config: AgentTrainConfig, *, data: str | Path, out: str | Path) -> AgentTrainConfig:
@@ -75,9 +89,13 @@ def run_agent_recipe(
     *,
     eval_questions: str | Path,
     ablate_retry: bool = False,
+    samples: int = 0,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Train ``config`` (and its no-retry ablation), then evaluate warm-start and trained policies on ``eval_questions``."""
+    """Train ``config`` (and its no-retry ablation), then evaluate warm-start and trained policies on ``eval_questions``
+    (greedy; with ``samples``, also that many sampled episodes per question)."""
+    if samples < 0:
+        raise ConfigError(f"samples must be 0 or more, got {samples}")
     from searchrl.agent.train import split_questions, train_agent
 
     started = time.time()
@@ -93,22 +111,28 @@ def run_agent_recipe(
     questions = split_questions(config.model_copy(update={"data": config.data.resolved()}), out)
     examples, left_out = held_out_questions(eval_questions, [*questions.train, *questions.dev])
     warm_adapter = Path(out) / "sft" / "adapter" if config.sft.enabled else config.init_adapter
-    transcripts = {"warm_start": out / "eval" / "warm_start.jsonl"}
-    results = {"warm_start": evaluate_policy(config, warm_adapter, examples, transcripts["warm_start"])}
+    adapters: dict[str, Path | None] = {"warm_start": warm_adapter}
     for name, settings in runs.items():
         best = _best_record(Path(settings.output_dir))
-        if best is not None and best["is_warm_start"]:
-            # best/ holds the step-0 policy, i.e. the warm-start adapter saved as it was loaded: the same
-            # weights, so the same greedy episodes.
-            results[name], transcripts[name] = results["warm_start"], transcripts["warm_start"]
-        else:
-            transcripts[name] = out / "eval" / f"{name}.jsonl"
-            results[name] = evaluate_policy(config, Path(settings.output_dir) / "best", examples, transcripts[name])
+        # best/ of a run no GRPO step improved holds the step-0 policy, i.e. the warm-start adapter saved as
+        # it was loaded: the same weights, so the same episodes; it is not played again.
+        adapters[name] = None if best is not None and best["is_warm_start"] else Path(settings.output_dir) / "best"
+    results, transcripts = _evaluate_all(config, adapters, examples, out / "eval", samples=0)
 
     summary: dict[str, Any] = {name: {k: metrics.get(k) for k in RECIPE_METRICS} for name, metrics in results.items()}
     summary["eval_questions"] = {"file": str(eval_questions), "evaluated": len(examples), "left_out": left_out,
                                  "held_out_by": "question id and gold document ids"}
     summary["differences"] = compare_policies(transcripts, examples, config.eval.metric)
+    if samples:
+        sampled, sampled_transcripts = _evaluate_all(config, adapters, examples, out / "eval", samples=samples)
+        summary["sampled"] = {
+            "samples_per_question": samples,
+            "num_questions": len(examples),
+            "temperature": config.grpo.temperature,
+            "top_p": config.grpo.top_p,
+            **{name: {k: metrics.get(k) for k in SAMPLED_METRICS} for name, metrics in sampled.items()},
+            "differences": compare_sampled(sampled_transcripts, examples, samples),
+        }
     summary["checkpoints"] = {name: _best_record(Path(s.output_dir)) for name, s in runs.items()}
     summary["selection"] = (f"best/ chosen on the selection part of the run's dev split ({len(questions.select)} "
                             f"questions, {out / 'selection.json'}); step 0 is the warm-start")
@@ -150,24 +174,58 @@ def held_out_questions(path: str | Path, seen: Sequence[QAExample]) -> tuple[lis
     return kept, left_out
 
 
+def _evaluate_all(
+    config: AgentTrainConfig, adapters: dict[str, Path | None], examples: Sequence[QAExample], folder: Path,
+    *, samples: int,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Path]]:
+    """Metrics and transcript paths of every policy of ``adapters`` (``warm_start`` first; an arm whose adapter is
+    ``None`` is the warm-start itself and shares its episodes)."""
+    suffix = f".sampled-{samples}.jsonl" if samples else ".jsonl"
+    results: dict[str, dict[str, Any]] = {}
+    transcripts: dict[str, Path] = {}
+    for name, adapter in adapters.items():
+        if name != "warm_start" and adapter is None:
+            results[name], transcripts[name] = results["warm_start"], transcripts["warm_start"]
+            continue
+        transcripts[name] = folder / f"{name}{suffix}"
+        results[name] = evaluate_policy(config, adapter, examples, transcripts[name], samples=samples)
+    return results, transcripts
+
+
+def sampled_copies(examples: Sequence[QAExample], samples: int) -> list[QAExample]:
+    """``samples`` copies of each question, ids ``<id>~<j>``, a question's copies side by side (one batch plays
+    them together, each drawing its own episode).
+
+    >>> [e.id for e in sampled_copies([QAExample("q1", "?", ("a",)), QAExample("q2", "?", ("b",))], 2)]
+    ['q1~0', 'q1~1', 'q2~0', 'q2~1']
+    """
+    return [replace(e, id=f"{e.id}{COPY_MARK}{j}") for e in examples for j in range(samples)]
+
+
+
 def evaluate_policy(
-    config: AgentTrainConfig, adapter: Path | None, examples: Sequence[QAExample], out_path: Path
+    config: AgentTrainConfig, adapter: Path | None, examples: Sequence[QAExample], out_path: Path, *, samples: int = 0
 ) -> dict[str, Any]:
-    """Greedy episodes of the base model plus ``adapter`` on ``examples`` (metrics cached next to the transcripts)."""
+    """Greedy episodes of the base model plus ``adapter`` on ``examples`` (metrics cached next to the transcripts);
+    with ``samples``, that many episodes of each question sampled at the rollouts' temperature instead."""
     from searchrl.agent.evaluate import example_key
     from searchrl.agent.train import _play_dev, build_tool, load_policy_model
     from searchrl.llm.identity import folder_fingerprint
     from searchrl.training import resolve_device
 
     cache = out_path.with_suffix(".json")
+    episode = config.rollout_episode_config() if samples else config.eval_episode_config()
     identity = {
         "model": config.model,
         "precision": config.precision,
         "adapter": None if adapter is None else folder_fingerprint(adapter),
         "tool": config.tool.model_dump(mode="json"),
-        "episode": config.eval_episode_config().model_dump(mode="json"),
+        "episode": episode.model_dump(mode="json"),
         "questions": [example_key(e) for e in examples],
     }
+    if samples:
+        identity["samples"] = samples
+        examples = sampled_copies(examples, samples)
     if cache.exists():
         stored = json.loads(cache.read_text(encoding="utf-8"))
         if stored.get("identity") == identity:
@@ -175,7 +233,7 @@ def evaluate_policy(
     device = resolve_device(config.device)
     model, tokenizer = load_policy_model(config, adapter, device)
     report = _play_dev(
-        model, tokenizer, build_tool(config), examples, config.eval_episode_config(), out_path=out_path,
+        model, tokenizer, build_tool(config), examples, episode, out_path=out_path,
         batch_size=config.eval.batch_size, overwrite=False,
         run_info={k: v for k, v in identity.items() if k != "questions"},
     )
@@ -190,12 +248,9 @@ def compare_policies(transcripts: dict[str, Path], examples: Sequence[QAExample]
     question on ``metric``: mean difference, bootstrap interval, questions better / worse / tied."""
     from searchrl.metrics import paired_difference
 
-    scores = {name: _question_scores(path, examples, metric) for name, path in transcripts.items()}
-    pairs = [(name, "warm_start") for name in transcripts if name != "warm_start"]
-    if "trained_no_retry" in transcripts:
-        pairs.append(("trained", "trained_no_retry"))
+    scores = {name: _question_values(path, examples, metric) for name, path in transcripts.items()}
     compared: dict[str, Any] = {}
-    for name, baseline in pairs:
+    for name, baseline in _pairs(transcripts):
         # A question one side could not score (its search tool failed) is left out, as the averages leave it out.
         both = [q for q, score in scores[baseline].items() if score is not None and scores[name][q] is not None]
         difference = paired_difference({q: scores[baseline][q] for q in both}, {q: scores[name][q] for q in both})
@@ -203,21 +258,62 @@ def compare_policies(transcripts: dict[str, Path], examples: Sequence[QAExample]
     return compared
 
 
-def _question_scores(path: Path, examples: Sequence[QAExample], metric: str) -> dict[str, float | None]:
-    """``metric`` of each question of ``examples`` in the evaluation transcripts at ``path`` (``None``: not scored)."""
+def compare_sampled(transcripts: dict[str, Path], examples: Sequence[QAExample], samples: int) -> dict[str, Any]:
+    """The sampled episodes of each trained policy against the warm-start's (and arm against arm), question by
+    question on each of :data:`SAMPLED_COMPARISONS`: a question's value is its mean over its ``samples`` episodes
+    (those its search tool did not fail)."""
+    from searchrl.metrics import paired_difference
+
+    values = {name: {metric: _question_values(path, examples, metric, samples) for metric in SAMPLED_COMPARISONS}
+              for name, path in transcripts.items()}
+    compared: dict[str, Any] = {}
+    for name, baseline in _pairs(transcripts):
+        compared[f"{name}_vs_{baseline}"] = {}
+        for metric in SAMPLED_COMPARISONS:
+            a, b = values[baseline][metric], values[name][metric]
+            both = [q for q in a if a[q] is not None and b[q] is not None]
+            difference = paired_difference({q: a[q] for q in both}, {q: b[q] for q in both})
+            compared[f"{name}_vs_{baseline}"][metric] = {**difference, "left_out": len(a) - len(both)}
+    return compared
+
+
+def _pairs(transcripts: dict[str, Path]) -> list[tuple[str, str]]:
+    pairs = [(name, "warm_start") for name in transcripts if name != "warm_start"]
+    if "trained_no_retry" in transcripts:
+        pairs.append(("trained", "trained_no_retry"))
+    return pairs
+
+
+def _episode_value(record: dict[str, Any], metric: str) -> float | None:
+    """``metric`` of one transcript record: a score, or ``retries_per_episode`` (searches after the first)."""
+    if metric == "retries_per_episode":
+        return None if record.get("finish_reason") == "tool_error" else float(max(len(record["searches"]) - 1, 0))
+    score = record["scores"].get(metric)
+    return None if score is None else float(score)
+
+
+def _question_values(path: Path, examples: Sequence[QAExample], metric: str, samples: int = 0) -> dict[str, float | None]:
+    """``metric`` of each question of ``examples`` in the evaluation transcripts at ``path`` (``None``: not scored);
+    with ``samples``, each question's mean over the episodes of its copies (:func:`sampled_copies`)."""
     from searchrl.agent.evaluate import example_key
     from searchrl.data.io import iter_jsonl
 
-    wanted = {e.id: example_key(e) for e in examples}
+    played = sampled_copies(examples, samples) if samples else list(examples)
+    wanted = {e.id: example_key(e) for e in played}
     found: dict[str, float | None] = {}
     for _, record in iter_jsonl(path):
         if wanted.get(record.get("question_id")) == record.get("example_key"):
-            score = record["scores"].get(metric)
-            found[record["question_id"]] = None if score is None else float(score)
+            found[record["question_id"]] = _episode_value(record, metric)
     if len(found) != len(wanted):
-        raise DataError(f"the evaluation transcripts hold {len(found)} of the {len(wanted)} questions", path=path,
+        raise DataError(f"the evaluation transcripts hold {len(found)} of the {len(wanted)} episodes", path=path,
                         hint="rerun the recipe to finish the evaluation")
-    return found
+    if not samples:
+        return found
+    per_question: dict[str, list[float]] = {e.id: [] for e in examples}
+    for copy_id, value in found.items():
+        if value is not None:
+            per_question[copy_id.rsplit(COPY_MARK, 1)[0]].append(value)
+    return {q: (sum(v) / len(v) if v else None) for q, v in per_question.items()}
 
 
 def _best_record(run: Path) -> dict[str, Any] | None:
@@ -229,4 +325,4 @@ def _best_record(run: Path) -> dict[str, Any] | None:
     return record
 
 
-__all__ = ["ablation_config", "evaluate_policy", "held_out_questions", "recipe_config", "run_agent_recipe", "run_finished"]
+__all__ = ["ablation_config", "compare_sampled", "evaluate_policy", "sampled_copies", "held_out_questions", "recipe_config", "run_agent_recipe", "run_finished"]

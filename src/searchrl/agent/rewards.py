@@ -26,7 +26,7 @@ from searchrl.agent.protocol import final_answer, parse_turn
 from searchrl.errors import ConfigError
 
 Metric = Literal["em", "f1", "judge"]
-RetryMode = Literal["sound", "paper", "recovery"]
+RetryMode = Literal["sound", "paper", "recovery", "miss"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -234,6 +234,13 @@ def retry_reward(
     retry after a successful first search earns nothing. ``None`` without ``gold_ids`` or
     retrieved ids (not applicable).
 
+    ``mode="miss"``: 1.0 when the episode ends with an answer, its first search returned no gold
+    document and it searched again — whatever the later search found. It pays for *when* to
+    retry (after a search that missed), as often as the policy does it, where recovery also needs
+    the retry to succeed and the sound reward the answer to be right: for a 135M warm-start both
+    fire in 1–3% of samples. A retry after a first search that found a gold document earns
+    nothing. ``None`` without ``gold_ids`` or retrieved ids (not applicable).
+
     >>> two_searches = ["<search>a</search>", "<search>b</search>", "<answer>Lovell</answer>"]
     >>> retry_reward(two_searches, ["Lovell"])
     0.25
@@ -244,6 +251,8 @@ def retry_reward(
     >>> record = {"messages": [{"role": "assistant", "content": "<answer>Lovell</answer>"}],
     ...           "searches": [{"doc_ids": ["c7"]}, {"doc_ids": ["c2"]}], "finish_reason": "answered"}
     >>> retry_reward(record, mode="recovery", gold_ids=["c2"]), retry_reward(record, mode="recovery", gold_ids=["c7"])
+    (1.0, 0.0)
+    >>> retry_reward(record, mode="miss", gold_ids=["c9"]), retry_reward(record, mode="miss", gold_ids=["c7"])
     (1.0, 0.0)
     """
     view = episode_view(episode)
@@ -266,8 +275,14 @@ def retry_reward(
         found = [bool(gold.intersection(ids)) for ids in view.retrieved]
         answered = final_answer(view.assistant_turns) is not None
         return float(answered and len(found) > 1 and not found[0] and any(found[1:]))
+    if mode == "miss":
+        first = first_search_found(view, gold_ids)
+        if first is None:
+            return None
+        answered = final_answer(view.assistant_turns) is not None
+        return float(answered and searches > 1 and not first)
     if mode != "sound":
-        raise ConfigError(f"unknown retry mode {mode!r}", hint="use sound, paper or recovery")
+        raise ConfigError(f"unknown retry mode {mode!r}", hint="use sound, paper, recovery or miss")
     if correct is None:
         if answers is None:
             raise ConfigError("the sound retry reward needs the reference answers (or correct=...)")
@@ -282,6 +297,20 @@ def retry_reward(
 
 # ----------------------------------------------------------------------------------------
 # Retrieval
+
+
+def first_search_found(episode: Any, gold_ids: Sequence[str]) -> bool | None:
+    """Whether the episode's first search returned a gold document; ``None`` when that cannot be told (no
+    search, no gold ids, retrieved ids not recorded, or the tool failed).
+
+    >>> record = {"messages": [], "searches": [{"doc_ids": ["c7"]}, {"doc_ids": ["c2"]}], "finish_reason": "answered"}
+    >>> first_search_found(record, ["c2"]), first_search_found(record, ["c7"])
+    (False, True)
+    """
+    view = episode_view(episode)
+    if view.tool_failed or not gold_ids or not view.retrieved:
+        return None
+    return bool(set(gold_ids).intersection(view.retrieved[0]))
 
 
 def retrieval_reward(episode: Any, gold_ids: Sequence[str]) -> float | None:
@@ -430,7 +459,8 @@ class RewardWeights(BaseModel):
     metric: Metric = Field("em", description="correctness metric: em, f1 or judge")
     retry_mode: RetryMode = Field(
         "sound", description="sound: correct answer after a retry; paper: ReZero's formula; recovery: a retry found "
-        "the gold document the first search missed (see retry_reward)"
+        "the gold document the first search missed; miss: searched again after a first search that missed the gold "
+        "document (see retry_reward)"
     )
     max_searches: int = Field(5, ge=1)
 
@@ -523,9 +553,9 @@ class RewardScorer:
         if "retry" in self.terms:
             if weights.retry_mode == "paper":
                 scores["retry"] = [retry_reward(e, mode="paper", max_searches=weights.max_searches) for e in episodes]
-            elif weights.retry_mode == "recovery":
+            elif weights.retry_mode in ("recovery", "miss"):
                 scores["retry"] = [
-                    retry_reward(e, mode="recovery", gold_ids=_column(columns, "gold_ids", i) or ())
+                    retry_reward(e, mode=weights.retry_mode, gold_ids=_column(columns, "gold_ids", i) or ())
                     for i, e in enumerate(episodes)
                 ]
             else:
@@ -539,7 +569,7 @@ class RewardScorer:
 
         # Any failed term (tool error, unreadable judge verdict, or a needed correctness that
         # failed) makes the whole sample unscorable; a retrieval (or recovery) None without gold ids does not.
-        not_applicable = {"retrieval", "retry"} if weights.retry_mode == "recovery" else {"retrieval"}
+        not_applicable = {"retrieval", "retry"} if weights.retry_mode in ("recovery", "miss") else {"retrieval"}
         failed = [
             episode_view(e).tool_failed
             or (needs_answers and correct[i] is None)

@@ -67,17 +67,24 @@ def recipe_agent(
     ablate_retry: Annotated[
         bool, typer.Option("--ablate-retry", help="Also train without the retry reward (same warm-start) and report it.")
     ] = False,
+    samples: Annotated[
+        int, typer.Option("--samples", min=0, help="Also play N episodes per question with each policy sampled at "
+                          "grpo.temperature, and compare their retries and F1 (greedy episodes show only the "
+                          "likeliest choice).")
+    ] = 0,
     set_: SetOption = None,
     json_: JsonOption = False,
     force: ForceOption = False,
 ) -> None:
     """Search agent: warm-start + GRPO (best checkpoint chosen on the run's own dev split), then greedy
-    episodes of the warm-start and the trained agent on --eval-questions: EM, F1, searches and retries."""
+    episodes of the warm-start and the trained agent on --eval-questions: EM, F1, searches and retries
+    (with --samples, also sampled episodes)."""
     from searchrl.agent.config import load_agent_config
     from searchrl.agent.recipe import RECIPE_METRICS, recipe_config, run_agent_recipe
 
     settings = recipe_config(load_agent_config(config, list(set_ or [])), data=data, out=out)
-    summary = run_agent_recipe(settings, eval_questions=eval_questions, ablate_retry=ablate_retry, force=force)
+    summary = run_agent_recipe(settings, eval_questions=eval_questions, ablate_retry=ablate_retry, samples=samples,
+                               force=force)
     if json_:
         typer.echo(json.dumps(summary))
         return
@@ -91,14 +98,24 @@ def recipe_agent(
             where = "the warm-start (no GRPO step beat it)" if record["is_warm_start"] else f"GRPO step {record['step']}"
             typer.echo(f"{name}: best/ is {where}; {summary['selection']}")
     _echo_differences(summary["differences"])
+    if "sampled" in summary:
+        sampled = summary["sampled"]
+        typer.echo(f"sampled episodes ({sampled['samples_per_question']} per question, temperature "
+                   f"{sampled['temperature']}):")
+        for name in names:
+            typer.echo("  " + f"{name:<18}" + "".join(f"{sampled[name][m]:>22.4f}" for m in RECIPE_METRICS[:4]))
+        for key, by_metric in sampled["differences"].items():
+            for metric, difference in by_metric.items():
+                words = ("more", "fewer") if metric == "retries_per_episode" else ("better", "worse")
+                _echo_differences({key: {**difference, "metric": metric}}, prefix="sampled ", words=words)
 
 
-def _echo_differences(differences: dict) -> None:
+def _echo_differences(differences: dict, prefix: str = "", words: tuple[str, str] = ("better", "worse")) -> None:
     """One line per paired comparison: mean difference, its interval, and the per-query tally."""
     for key, d in differences.items():
-        typer.echo(f"{key.replace('_vs_', ' vs ')}: {d['metric']} {d['mean']:+.4f} "
+        typer.echo(f"{prefix}{key.replace('_vs_', ' vs ')}: {d['metric']} {d['mean']:+.4f} "
                    f"({d['confidence']:.0%} interval {d['low']:+.4f} to {d['high']:+.4f}; "
-                   f"better on {d['better']}, worse on {d['worse']} of {d['num_queries']}"
+                   f"{words[0]} on {d['better']}, {words[1]} on {d['worse']} of {d['num_queries']}"
                    + (f"; {d['left_out']} unscored left out)" if d.get("left_out") else ")"))
 
 
