@@ -239,7 +239,9 @@ def retry_reward(
     retry (after a search that missed), as often as the policy does it, where recovery also needs
     the retry to succeed and the sound reward the answer to be right: for a 135M warm-start both
     fire in 1–3% of samples. A retry after a first search that found a gold document earns
-    nothing. ``None`` without ``gold_ids`` or retrieved ids (not applicable).
+    nothing. ``None`` without ``gold_ids`` or retrieved ids (not applicable). It can be gamed by a
+    worse first search, and GRPO found that in 12 steps (docs/EXPERIMENTS.md): recovery could be
+    gamed the same way; the sound reward cannot.
 
     >>> two_searches = ["<search>a</search>", "<search>b</search>", "<answer>Lovell</answer>"]
     >>> retry_reward(two_searches, ["Lovell"])
@@ -460,7 +462,7 @@ class RewardWeights(BaseModel):
     retry_mode: RetryMode = Field(
         "sound", description="sound: correct answer after a retry; paper: ReZero's formula; recovery: a retry found "
         "the gold document the first search missed; miss: searched again after a first search that missed the gold "
-        "document (see retry_reward)"
+        "document (gameable by a worse first search, as measured; see retry_reward)"
     )
     max_searches: int = Field(5, ge=1)
 
