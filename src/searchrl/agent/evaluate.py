@@ -74,6 +74,11 @@ def score_episode(episode: EpisodeResult, *, judge: Any = None) -> dict[str, flo
     return scores
 
 
+def episode_retries(record: Mapping[str, Any]) -> int:
+    """Searches after the first in one transcript record (0 for an episode with one search or none)."""
+    return max(len(record["searches"]) - 1, 0)
+
+
 def _float(value: bool | None) -> float | None:
     return None if value is None else float(value)
 
@@ -88,17 +93,18 @@ def summarize(records: Sequence[Mapping[str, Any]], *, with_judge: bool = False)
     n = len(records)
     scores = [r["scores"] for r in records]
     searches = [len(r["searches"]) for r in records]
+    retries = [episode_retries(r) for r in records]
     metrics: dict[str, Any] = {
         "num_questions": n,
         "em": _mean([s.get("em") for s in scores]),
         "f1": _mean([s.get("f1") for s in scores]),
         "answered_rate": _mean([float(r["finish_reason"] == "answered") for r in records]),
         "searches_per_episode": _mean([float(k) for k in searches]),
-        "retries_per_episode": _mean([float(max(k - 1, 0)) for k in searches]),
+        "retries_per_episode": _mean([float(k) for k in retries]),
         # when the agent searches again: after a first search that missed every gold document, and after
         # one that found one (a retry is worth something only in the first case)
-        "retry_rate_after_miss": _mean([float(k > 1) for k, s in zip(searches, scores) if s.get("first_search_hit") == 0.0]),
-        "retry_rate_after_hit": _mean([float(k > 1) for k, s in zip(searches, scores) if s.get("first_search_hit") == 1.0]),
+        "retry_rate_after_miss": _mean([float(k > 0) for k, s in zip(retries, scores) if s.get("first_search_hit") == 0.0]),
+        "retry_rate_after_hit": _mean([float(k > 0) for k, s in zip(retries, scores) if s.get("first_search_hit") == 1.0]),
         "retrieval_hit_rate": _mean([s.get("retrieval_hit") for s in scores]),
         # F1 = answer_shown_rate * f1_when_shown + (1 - answer_shown_rate) * f1_when_not_shown: what the
         # search brought to the model, and what the model made of it

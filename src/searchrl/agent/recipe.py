@@ -202,7 +202,6 @@ def sampled_copies(examples: Sequence[QAExample], samples: int) -> list[QAExampl
     return [replace(e, id=f"{e.id}{COPY_MARK}{j}") for e in examples for j in range(samples)]
 
 
-
 def evaluate_policy(
     config: AgentTrainConfig, adapter: Path | None, examples: Sequence[QAExample], out_path: Path, *, samples: int = 0
 ) -> dict[str, Any]:
@@ -286,8 +285,10 @@ def _pairs(transcripts: dict[str, Path]) -> list[tuple[str, str]]:
 
 def _episode_value(record: dict[str, Any], metric: str) -> float | None:
     """``metric`` of one transcript record: a score, or ``retries_per_episode`` (searches after the first)."""
+    from searchrl.agent.evaluate import episode_retries
+
     if metric == "retries_per_episode":
-        return None if record.get("finish_reason") == "tool_error" else float(max(len(record["searches"]) - 1, 0))
+        return None if record.get("finish_reason") == "tool_error" else float(episode_retries(record))
     score = record["scores"].get(metric)
     return None if score is None else float(score)
 
@@ -325,4 +326,7 @@ def _best_record(run: Path) -> dict[str, Any] | None:
     return record
 
 
-__all__ = ["ablation_config", "compare_sampled", "evaluate_policy", "sampled_copies", "held_out_questions", "recipe_config", "run_agent_recipe", "run_finished"]
+__all__ = [
+    "ablation_config", "compare_sampled", "evaluate_policy", "held_out_questions", "recipe_config", "run_agent_recipe",
+    "run_finished", "sampled_copies",
+]
