@@ -203,6 +203,8 @@ def test_miss_retry_pays_searching_again_after_a_first_search_that_missed():
     assert retry_reward(unanswered, mode="miss", gold_ids=["c2"]) == 0.0
     missed_once = record(["<search>crew</search>", "<answer>Haise</answer>"], [["c9"]])
     assert retry_reward(missed_once, mode="miss", gold_ids=["c2"]) == 0.0  # one search is no retry
+    no_search = record(["<answer>Haise</answer>"], [])
+    assert retry_reward(no_search, mode="miss", gold_ids=["c2"]) == 0.0  # no search: no retry, scored like recovery
     assert retry_reward(record(turns, [["c9"], ["c8"]]), mode="miss") is None  # no gold ids: not applicable
     assert retry_reward(record(turns, [["c9"], ["c8"]], finish="tool_error"), mode="miss", gold_ids=["c2"]) is None
 

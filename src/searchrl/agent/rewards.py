@@ -278,11 +278,10 @@ def retry_reward(
         answered = final_answer(view.assistant_turns) is not None
         return float(answered and len(found) > 1 and not found[0] and any(found[1:]))
     if mode == "miss":
-        first = first_search_found(view, gold_ids)
-        if first is None:
+        if not gold_ids or view.retrieved is None:
             return None
         answered = final_answer(view.assistant_turns) is not None
-        return float(answered and searches > 1 and not first)
+        return float(answered and searches > 1 and not first_search_found(view, gold_ids))
     if mode != "sound":
         raise ConfigError(f"unknown retry mode {mode!r}", hint="use sound, paper, recovery or miss")
     if correct is None:
