@@ -100,6 +100,37 @@ def test_each_corruption_at_probability_one():
     assert dropped == [] and applied == ["dropped c0, c1, c2, c3, c4"]
 
 
+def test_a_failed_call_replaces_every_result_and_records_what_the_query_found():
+    pool = [f"c{i}" for i in range(40)]
+    results = ["c0", "c1", "c2", "c3", "c4"]
+    failed, applied = corrupt_results(results, pool, NoiseConfig(fail_prob=1.0, shuffle_prob=1.0), step=0, rng=call_rng(1, 0, "k"))
+    assert len(failed) == 5 and len(set(failed)) == 5 and not set(failed) & set(results)
+    assert len(applied) == 1 and applied[0].startswith("failed: every result replaced (c0 -> ")  # nothing else is done
+    # through the tool: the record keeps what the query found before the noise, and only then
+    tool = keyword_tool(noise=NoiseConfig(fail_prob=1.0))
+    result = tool.search("topic3 shared", key="q1#0:1")
+    assert "c3" in result.before_noise and "c3" not in result.doc_ids
+    assert result.to_dict()["before_noise"] == list(result.before_noise)
+    clean = keyword_tool().search("topic3 shared", key="q1#0:1")
+    assert clean.before_noise is None and "before_noise" not in clean.to_dict()  # noiseless records are unchanged
+
+
+def test_fail_probability_leaves_the_other_options_random_streams_alone():
+    pool = [f"c{i}" for i in range(40)]
+    config = NoiseConfig(replace_prob=0.5, shuffle_prob=0.5, drop_prob=0.3)
+    with_fail = config.model_copy(update={"fail_prob": ProbabilitySchedule.constant(0.3)})
+    outcomes = {"same": 0, "failed": 0}
+    for i in range(300):
+        plain = corrupt_results(pool[:5], pool, config, step=0, rng=call_rng(0, 0, f"q{i}"))
+        noisy = corrupt_results(pool[:5], pool, with_fail, step=0, rng=call_rng(0, 0, f"q{i}"))
+        if noisy[1] and noisy[1][0].startswith("failed"):
+            outcomes["failed"] += 1
+        else:
+            assert noisy == plain  # a call that did not fail is noised exactly as without the option
+            outcomes["same"] += 1
+    assert abs(outcomes["failed"] / 300 - 0.3) < 0.07
+
+
 def test_corruption_rate_follows_the_probability_and_schedule():
     pool = [f"c{i}" for i in range(40)]
     ramp = NoiseConfig(replace_prob=ProbabilitySchedule.linear(0.0, 0.4, steps=10))

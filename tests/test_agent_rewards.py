@@ -11,6 +11,7 @@ from searchrl.agent.rewards import (
     build_reward_functions,
     correctness_reward,
     episode_rewards,
+    first_search_spoiled,
     format_reward,
     retrieval_reward,
     retry_reward,
@@ -216,6 +217,43 @@ def test_miss_retry_pays_searching_again_after_a_first_search_that_missed():
     scores = {f.__name__: f(prompts=["p"] * 2, completions=[None, None], **columns) for f in functions}
     assert scores["retry_reward"] == [1.0, None] and scores["format_reward"][1] is not None
     assert answer_reward_funcs(RewardWeights(retry_mode="miss")) == ["correctness_reward"]  # a search term
+
+
+def spoiled_record(turns, searches, finish="answered"):
+    """A record whose searches are ``(doc_ids, before_noise)`` pairs (``None``: the noise changed nothing)."""
+    out = record(turns, [ids for ids, _ in searches], finish=finish)
+    for search, (_, before) in zip(out["searches"], searches):
+        if before is not None:
+            search["before_noise"] = before
+    return out
+
+
+def test_spoiled_retry_pays_only_a_retry_after_a_search_the_noise_spoiled():
+    turns = ["<search>crew</search>", "<search>commander</search>", "<answer>Lovell</answer>"]
+    spoiled = [(["c9"], ["c2", "c4"]), (["c8"], None)]  # the query found c2; the noise took it out
+    assert first_search_spoiled(spoiled_record(turns, spoiled), ["c2"]) is True
+    assert retry_reward(spoiled_record(turns, spoiled), mode="spoiled", gold_ids=["c2"]) == 1.0  # whatever the retry found
+    # a miss the query made itself earns nothing, with or without noise: a worse first search cannot earn it
+    assert retry_reward(spoiled_record(turns, [(["c9"], None), (["c2"], None)]), mode="spoiled", gold_ids=["c2"]) == 0.0
+    assert retry_reward(spoiled_record(turns, [(["c9"], ["c5"]), (["c2"], None)]), mode="spoiled", gold_ids=["c2"]) == 0.0
+    # noise that left the gold document in place did not spoil the search
+    kept = [(["c2", "c9"], ["c2", "c4"]), (["c8"], None)]
+    assert first_search_spoiled(spoiled_record(turns, kept), ["c2"]) is False
+    assert retry_reward(spoiled_record(turns, kept), mode="spoiled", gold_ids=["c2"]) == 0.0
+    answered_at_once = spoiled_record(["<search>crew</search>", "<answer>Haise</answer>"], spoiled[:1])
+    assert retry_reward(answered_at_once, mode="spoiled", gold_ids=["c2"]) == 0.0  # spoiled, but no retry
+    unanswered = spoiled_record(turns[:2], spoiled, finish="max_turns")
+    assert retry_reward(unanswered, mode="spoiled", gold_ids=["c2"]) == 0.0
+    assert retry_reward(spoiled_record(turns, spoiled), mode="spoiled") is None  # no gold ids: not applicable
+    assert retry_reward(spoiled_record(turns, spoiled, finish="tool_error"), mode="spoiled", gold_ids=["c2"]) is None
+    assert first_search_spoiled(record(["<answer>Lovell</answer>"], []), ["c2"]) is None  # no search
+    # through TRL's functions: a search term, not an answer term
+    columns = dict(episode=[spoiled_record(turns, spoiled)] * 2, answers=[ANSWERS] * 2, gold_ids=[["c2"], []],
+                   question=["q"] * 2, trainer_state=None, log_extra=None, log_metric=None)
+    functions, _ = build_reward_functions(RewardWeights(retry_mode="spoiled"))
+    scores = {f.__name__: f(prompts=["p"] * 2, completions=[None, None], **columns) for f in functions}
+    assert scores["retry_reward"] == [1.0, None] and scores["format_reward"][1] is not None
+    assert answer_reward_funcs(RewardWeights(retry_mode="spoiled")) == ["correctness_reward"]
 
 
 def test_trl_judge_reward_makes_one_batched_call():

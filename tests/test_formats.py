@@ -363,7 +363,9 @@ def test_agent_eval_transcripts_follow_the_documented_schema(tmp_path):
     from searchrl.agent.episode import FinishReason, ScriptedPolicy
     from searchrl.agent.evaluate import evaluate_agent
     from searchrl.testing import build_tiny_tokenizer
-    from test_agent_episode import Q_BOAT, Q_CMD, Q_TANK, SCRIPTS, make_tool
+    from searchrl.agent.noise import NoiseConfig
+    from searchrl.agent.tool import SearchTool
+    from test_agent_episode import CORPUS, Q_BOAT, Q_CMD, Q_TANK, SCRIPTS, WordRetriever, make_tool
 
     schema = _schema("### `agent eval --out FILE`: transcripts")
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -381,6 +383,20 @@ def test_agent_eval_transcripts_follow_the_documented_schema(tmp_path):
         assert not errors, errors
     # A field the document does not describe is caught.
     assert not validator.is_valid({**records[0], "undocumented": 1})
+
+    # Under noise every search fails: the records keep what each query found, and say which first
+    # search the noise spoiled (the query had found the gold chunk) and whether the agent searched again.
+    noisy = SearchTool(WordRetriever().index(CORPUS.values()), CORPUS, k=2, noise=NoiseConfig(fail_prob=1.0))
+    report = evaluate_agent(policy, noisy, [Q_CMD, Q_TANK, Q_BOAT], out_path=tmp_path / "noisy.jsonl",
+                            run_info={"model": "scripted"}, show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "noisy.jsonl").read_text().splitlines()]
+    for record in records:
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(record)]
+        assert not errors, errors
+    by_id = {r["question_id"]: r for r in records}
+    assert by_id["q1"]["searches"][0]["before_noise"][0] == "c2" and "c2" not in by_id["q1"]["searches"][0]["doc_ids"]
+    assert by_id["q1"]["scores"]["first_search_spoiled"] == by_id["q2"]["scores"]["first_search_spoiled"] == 1.0
+    assert report.metrics["retry_rate_after_spoiled"] == 0.5  # q2 searched again, q1 did not
 
 
 def test_hub_data_set_in_mteb_layout(beir, tmp_path, capsys, monkeypatch):

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from searchrl.agent.episode import EpisodeConfig, EpisodeResult, Policy, run_episodes
-from searchrl.agent.rewards import answer_shown, correctness_reward, first_search_found, format_reward, retrieval_reward
+from searchrl.agent.rewards import (
+    answer_shown,
+    correctness_reward,
+    first_search_found,
+    first_search_spoiled,
+    format_reward,
+    retrieval_reward,
+)
 from searchrl.agent.tool import SearchTool
 from searchrl.data.io import atomic_write_text
 from searchrl.data.types import QAExample
@@ -55,7 +62,8 @@ def example_key(example: QAExample) -> str:
 
 def score_episode(episode: EpisodeResult, *, judge: Any = None) -> dict[str, float | None]:
     """Per-episode scores: ``em``, ``f1``, ``judge`` (when a judge is given), ``format``, ``retrieval_hit``,
-    ``first_search_hit`` (the first search returned a gold document) and ``answer_shown`` (a reference
+    ``first_search_hit`` (the first search returned a gold document), ``first_search_spoiled`` (its query
+    found one and the tool's noise took it out; 0 without noise) and ``answer_shown`` (a reference
     answer occurs in the passages the searches showed the model: whether the search brought the
     answer to the reader; ``None`` when the tool failed)."""
     shown = None
@@ -67,6 +75,7 @@ def score_episode(episode: EpisodeResult, *, judge: Any = None) -> dict[str, flo
         "format": format_reward(episode),
         "retrieval_hit": retrieval_reward(episode, episode.gold_ids),
         "first_search_hit": _float(first_search_found(episode, episode.gold_ids)),
+        "first_search_spoiled": _float(first_search_spoiled(episode, episode.gold_ids)),
         "answer_shown": shown,
     }
     if judge is not None:
@@ -105,6 +114,8 @@ def summarize(records: Sequence[Mapping[str, Any]], *, with_judge: bool = False)
         # one that found one (a retry is worth something only in the first case)
         "retry_rate_after_miss": _mean([float(k > 0) for k, s in zip(retries, scores) if s.get("first_search_hit") == 0.0]),
         "retry_rate_after_hit": _mean([float(k > 0) for k, s in zip(retries, scores) if s.get("first_search_hit") == 1.0]),
+        # a miss the noise caused (the query had found a gold document): searching again is the fix
+        "retry_rate_after_spoiled": _mean([float(k > 0) for k, s in zip(retries, scores) if s.get("first_search_spoiled") == 1.0]),
         "retrieval_hit_rate": _mean([s.get("retrieval_hit") for s in scores]),
         # F1 = answer_shown_rate * f1_when_shown + (1 - answer_shown_rate) * f1_when_not_shown: what the
         # search brought to the model, and what the model made of it

@@ -5,7 +5,8 @@ ReZero's paper speaks of three kinds of noise; its code implemented only the fir
 * distractors — near-duplicate paraphrases added to the index; only the original document
   counts as a correct retrieval (:func:`load_distractors`, :func:`with_distractors`);
 * noisy results — with probability ``p`` a result is replaced by a random document, the list is
-  shuffled, or results are dropped (:func:`corrupt_results`); ``p`` may follow a schedule over
+  shuffled, or results are dropped; or the whole call fails, every result replaced
+  (:func:`corrupt_results`); ``p`` may follow a schedule over
   training steps (:class:`ProbabilitySchedule`), a curriculum as in ZeroSearch;
 * several search engines — each call picks one backend at random (:func:`choose_backend`).
 
@@ -103,6 +104,10 @@ class NoiseConfig(BaseModel):
     replace_prob: ProbabilitySchedule = Field(default_factory=ProbabilitySchedule, description="per result")
     shuffle_prob: ProbabilitySchedule = Field(default_factory=ProbabilitySchedule, description="per call")
     drop_prob: ProbabilitySchedule = Field(default_factory=ProbabilitySchedule, description="per result")
+    fail_prob: ProbabilitySchedule = Field(
+        default_factory=ProbabilitySchedule,
+        description="per call: every result replaced by a random document (a search engine that returns nothing useful)",
+    )
     backends: list[str] = Field(
         default_factory=list, description="retrievers (bm25/dense/hybrid) to pick from at random per call"
     )
@@ -111,7 +116,7 @@ class NoiseConfig(BaseModel):
     @property
     def active(self) -> bool:
         return bool(self.backends) or any(
-            s.kind != "constant" or s.value > 0 for s in (self.replace_prob, self.shuffle_prob, self.drop_prob)
+            s.kind != "constant" or s.value > 0 for s in (self.replace_prob, self.shuffle_prob, self.drop_prob, self.fail_prob)
         )
 
 
@@ -139,7 +144,9 @@ def corrupt_results(
 
     Order of operations: replace each result with probability ``replace_prob`` by a document
     drawn from ``pool`` that is not already in the list, then shuffle the whole list with
-    probability ``shuffle_prob``, then drop each result with probability ``drop_prob``.
+    probability ``shuffle_prob``, then drop each result with probability ``drop_prob``. With
+    probability ``fail_prob`` the call fails instead: every result is replaced by a document from
+    ``pool`` not in the retriever's list, and nothing else is done.
 
     >>> rng = np.random.default_rng(0)
     >>> ids, done = corrupt_results(["a", "b"], ["a", "b", "z"], NoiseConfig(replace_prob=1.0), step=0, rng=rng)
@@ -156,14 +163,21 @@ def corrupt_results(
     shuffle_draw = rng.random()
     permutation = rng.permutation(len(results))
     drop_draws = rng.random(len(results))
+    # drawn last, so that the streams of the options above are those of configurations without it
+    fail_draw = rng.random()
+    fail_picks = rng.integers(0, max(len(pool), 1), size=len(results))
 
+    original = set(results)
+    p_fail = config.fail_prob.at(step)
+    if p_fail > 0 and fail_draw < p_fail and len(pool) and results:
+        taken, picks = set(original), []
+        for start in fail_picks:
+            picks.append(_not_in(pool, int(start), taken))
+            taken.add(picks[-1])
+        return picks, ["failed: every result replaced (" + ", ".join(f"{a} -> {b}" for a, b in zip(results, picks)) + ")"]
     if p_replace > 0 and len(pool):
-        original = set(results)
         for position in np.flatnonzero(replace_draws < p_replace):
-            pick = pool[int(replacement_picks[position])]
-            if pick in original:  # rare on a real corpus: walk to the next id not in the list
-                start = int(replacement_picks[position])
-                pick = next((pool[(start + j) % len(pool)] for j in range(len(pool)) if pool[(start + j) % len(pool)] not in original), pick)
+            pick = _not_in(pool, int(replacement_picks[position]), original)
             applied.append(f"replaced [{position + 1}] {results[position]} -> {pick}")
             results[position] = pick
     if p_shuffle > 0 and shuffle_draw < p_shuffle and len(results) > 1:
@@ -175,6 +189,14 @@ def corrupt_results(
             applied.append("dropped " + ", ".join(results[i] for i in np.flatnonzero(dropped)))
             results = [r for r, gone in zip(results, dropped) if not gone]
     return results, applied
+
+
+def _not_in(pool: Sequence[str], start: int, taken: set[str]) -> str:
+    """``pool[start]``, or when the list already holds it (rare on a real corpus) the next id that it does not."""
+    pick = pool[start]
+    if pick in taken:
+        pick = next((pool[(start + j) % len(pool)] for j in range(len(pool)) if pool[(start + j) % len(pool)] not in taken), pick)
+    return pick
 
 
 @dataclass(frozen=True)

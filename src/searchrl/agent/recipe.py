@@ -40,11 +40,11 @@ from searchrl.errors import ConfigError, DataError
 RECIPE_METRICS = (
     "em", "f1", "searches_per_episode", "retries_per_episode", "answered_rate", "retrieval_hit_rate",
     "answer_shown_rate", "f1_when_shown", "format_rate", "retry_rate_after_miss", "retry_rate_after_hit",
-    "num_questions",
+    "retry_rate_after_spoiled", "num_questions",
 )
 #: Metrics of each policy's sampled episodes (``--samples``), averaged over every episode played.
 SAMPLED_METRICS = ("em", "f1", "searches_per_episode", "retries_per_episode", "retry_rate_after_miss",
-                   "retry_rate_after_hit", "answered_rate", "format_rate")
+                   "retry_rate_after_hit", "retry_rate_after_spoiled", "answered_rate", "format_rate")
 #: What the sampled episodes are compared on, question by question (a question's mean over its episodes).
 SAMPLED_COMPARISONS = ("retries_per_episode", "f1")
 NO_RETRY_DIR = "no-retry"

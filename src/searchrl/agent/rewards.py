@@ -26,7 +26,7 @@ from searchrl.agent.protocol import final_answer, parse_turn
 from searchrl.errors import ConfigError
 
 Metric = Literal["em", "f1", "judge"]
-RetryMode = Literal["sound", "paper", "recovery", "miss"]
+RetryMode = Literal["sound", "paper", "recovery", "miss", "spoiled"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -42,6 +42,8 @@ class EpisodeView:
     """Doc ids returned by each executed search; ``None`` when the form does not say."""
     finish_reason: str | None
     question: str | None
+    before_noise: list[list[str] | None] | None = None
+    """Per executed search, the retriever's ids when the tool's noise changed them (else ``None``)."""
 
     @property
     def tool_failed(self) -> bool:
@@ -69,8 +71,9 @@ def episode_view(episode: Any) -> EpisodeView:
         messages = episode["messages"]
         searches = episode.get("searches")
         retrieved = [list(s.get("doc_ids", [])) for s in searches] if searches is not None else None
+        before = [s.get("before_noise") for s in searches] if searches is not None else None
         turns = [m["content"] for m in messages if m.get("role") == "assistant"]
-        return EpisodeView(turns, retrieved, episode.get("finish_reason"), episode.get("question"))
+        return EpisodeView(turns, retrieved, episode.get("finish_reason"), episode.get("question"), before)
     if isinstance(episode, Sequence) and all(isinstance(m, Mapping) and "role" in m for m in episode):
         turns = [m["content"] for m in episode if m["role"] == "assistant"]
         return EpisodeView(turns, None, None, None)
@@ -243,6 +246,14 @@ def retry_reward(
     worse first search, and GRPO found that in 12 steps (docs/EXPERIMENTS.md): recovery could be
     gamed the same way; the sound reward cannot.
 
+    ``mode="spoiled"``: 1.0 when the episode ends with an answer and searched again after a first
+    search that the tool's noise *spoiled* — the query found a gold document and the noise
+    (``tool.noise``, e.g. ``fail_prob``) took it out of the results (:func:`first_search_spoiled`).
+    Whether a search is spoiled is drawn by the environment, not chosen by the policy, and only a
+    query that finds a gold document can be spoiled: unlike ``miss`` and ``recovery`` it cannot be
+    earned by a worse first search. ``None`` without ``gold_ids`` or retrieved ids; 0 whenever the
+    tool adds no noise.
+
     >>> two_searches = ["<search>a</search>", "<search>b</search>", "<answer>Lovell</answer>"]
     >>> retry_reward(two_searches, ["Lovell"])
     0.25
@@ -255,6 +266,9 @@ def retry_reward(
     >>> retry_reward(record, mode="recovery", gold_ids=["c2"]), retry_reward(record, mode="recovery", gold_ids=["c7"])
     (1.0, 0.0)
     >>> retry_reward(record, mode="miss", gold_ids=["c9"]), retry_reward(record, mode="miss", gold_ids=["c7"])
+    (1.0, 0.0)
+    >>> spoiled = dict(record, searches=[{"doc_ids": ["c5"], "before_noise": ["c7"]}, {"doc_ids": ["c7"]}])
+    >>> retry_reward(spoiled, mode="spoiled", gold_ids=["c7"]), retry_reward(spoiled, mode="spoiled", gold_ids=["c9"])
     (1.0, 0.0)
     """
     view = episode_view(episode)
@@ -282,8 +296,13 @@ def retry_reward(
             return None
         answered = final_answer(view.assistant_turns) is not None
         return float(answered and searches > 1 and not first_search_found(view, gold_ids))
+    if mode == "spoiled":
+        if not gold_ids or view.retrieved is None:
+            return None
+        answered = final_answer(view.assistant_turns) is not None
+        return float(answered and searches > 1 and bool(first_search_spoiled(view, gold_ids)))
     if mode != "sound":
-        raise ConfigError(f"unknown retry mode {mode!r}", hint="use sound, paper, recovery or miss")
+        raise ConfigError(f"unknown retry mode {mode!r}", hint="use sound, paper, recovery, miss or spoiled")
     if correct is None:
         if answers is None:
             raise ConfigError("the sound retry reward needs the reference answers (or correct=...)")
@@ -312,6 +331,23 @@ def first_search_found(episode: Any, gold_ids: Sequence[str]) -> bool | None:
     if view.tool_failed or not gold_ids or not view.retrieved:
         return None
     return bool(set(gold_ids).intersection(view.retrieved[0]))
+
+
+def first_search_spoiled(episode: Any, gold_ids: Sequence[str]) -> bool | None:
+    """Whether the tool's noise spoiled the episode's first search: its query found a gold document
+    and the noise left none in the results. ``None`` when that cannot be told (as
+    :func:`first_search_found`).
+
+    >>> record = {"messages": [], "searches": [{"doc_ids": ["c5"], "before_noise": ["c7", "c8"]}], "finish_reason": "answered"}
+    >>> first_search_spoiled(record, ["c7"]), first_search_spoiled(record, ["c9"])
+    (True, False)
+    """
+    found = first_search_found(episode, gold_ids)
+    if found is None:
+        return None
+    view = episode_view(episode)
+    before = view.before_noise[0] if view.before_noise else None
+    return not found and before is not None and bool(set(gold_ids).intersection(before))
 
 
 def retrieval_reward(episode: Any, gold_ids: Sequence[str]) -> float | None:
@@ -461,7 +497,8 @@ class RewardWeights(BaseModel):
     retry_mode: RetryMode = Field(
         "sound", description="sound: correct answer after a retry; paper: ReZero's formula; recovery: a retry found "
         "the gold document the first search missed; miss: searched again after a first search that missed the gold "
-        "document (gameable by a worse first search, as measured; see retry_reward)"
+        "document (gameable by a worse first search, as measured); spoiled: searched again after a first search "
+        "whose gold document the tool's noise removed (see retry_reward)"
     )
     max_searches: int = Field(5, ge=1)
 
@@ -554,7 +591,7 @@ class RewardScorer:
         if "retry" in self.terms:
             if weights.retry_mode == "paper":
                 scores["retry"] = [retry_reward(e, mode="paper", max_searches=weights.max_searches) for e in episodes]
-            elif weights.retry_mode in ("recovery", "miss"):
+            elif weights.retry_mode in ("recovery", "miss", "spoiled"):
                 scores["retry"] = [
                     retry_reward(e, mode=weights.retry_mode, gold_ids=_column(columns, "gold_ids", i) or ())
                     for i, e in enumerate(episodes)
@@ -570,7 +607,7 @@ class RewardScorer:
 
         # Any failed term (tool error, unreadable judge verdict, or a needed correctness that
         # failed) makes the whole sample unscorable; a retrieval (or recovery) None without gold ids does not.
-        not_applicable = {"retrieval", "retry"} if weights.retry_mode in ("recovery", "miss") else {"retrieval"}
+        not_applicable = {"retrieval", "retry"} if weights.retry_mode in ("recovery", "miss", "spoiled") else {"retrieval"}
         failed = [
             episode_view(e).tool_failed
             or (needs_answers and correct[i] is None)

@@ -32,10 +32,16 @@ class SearchResult:
     text: str
     """The numbered passages the model reads (without the information wrapper)."""
     noise: tuple[str, ...] = field(default=())
+    before_noise: tuple[str, ...] | None = None
+    """The retriever's ids when noise changed the list (``None`` when it did not): what the query found."""
 
     def to_dict(self) -> dict:
         record = asdict(self)
         record["doc_ids"], record["noise"] = list(self.doc_ids), list(self.noise)
+        if self.before_noise is None:
+            del record["before_noise"]
+        else:
+            record["before_noise"] = list(self.before_noise)
         return record
 
 
@@ -140,6 +146,7 @@ class SearchTool:
         results = []
         for query, doc_ids, backend, rng in zip(queries, hits, backends, rngs):
             applied: list[str] = []
+            found_ids = tuple(doc_ids)
             if not query.strip():
                 results.append(SearchResult(query=query, doc_ids=(), backend=backend, text=EMPTY_QUERY))
                 continue
@@ -159,6 +166,7 @@ class SearchTool:
                     backend=backend,
                     text=format_results(documents, max_chars=self.max_chars),
                     noise=tuple(applied),
+                    before_noise=found_ids if applied else None,
                 )
             )
         return results

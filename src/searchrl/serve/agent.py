@@ -72,7 +72,7 @@ def episode_details(episode: EpisodeResult, tool: SearchTool) -> dict[str, Any]:
         for doc_id in seen
         if doc_id in tool.corpus
     ]
-    searches = [{key: search[key] for key in ("turn", "query", "doc_ids", "backend", "noise") if key in search}
+    searches = [{key: search[key] for key in ("turn", "query", "doc_ids", "backend", "noise", "before_noise") if key in search}
                 for search in episode.searches]
     return {
         "answer": episode.answer,
