@@ -117,6 +117,16 @@ def test_config_rejects_unknown_keys_and_drops_retry_for_the_ablation(tmp_path):
         load_agent_config(path, ["grpo.stepz=4"])
 
 
+def test_spoiled_retry_reward_needs_noise_that_can_spoil_a_search():
+    # Without noise that removes results the term would be a silent 0 in every episode.
+    with pytest.raises(ConfigError, match="tool.noise.fail_prob"):
+        load_agent_config(None, ["rewards.retry_mode=spoiled"])
+    with pytest.raises(ConfigError, match="tool.noise.fail_prob"):
+        load_agent_config(None, ["rewards.retry_mode=spoiled", "tool.noise.shuffle_prob=0.5"])
+    assert load_agent_config(None, ["rewards.retry_mode=spoiled", "tool.noise.fail_prob=0.3"]).rewards.retry_mode == "spoiled"
+    assert load_agent_config(None, ["rewards.retry_mode=spoiled", "retry_reward=false"]).retry_reward is False  # the ablation arm
+
+
 def test_answer_temperature_reaches_rollouts_only_and_only_with_the_answer_words_untrained():
     config = load_agent_config(None, ["grpo.train_answer_text=false", "grpo.answer_temperature=0", "grpo.temperature=1.0"])
     rollout = config.rollout_episode_config()

@@ -214,6 +214,11 @@ class AgentTrainConfig(BaseModel):
         if self.grpo.answer_credit == "context_baseline" and (not self.rewards.correctness or self.rewards.metric == "judge"):
             raise ValueError("grpo.answer_credit: context_baseline scores the resampled answers with the correctness "
                              "term: it needs rewards.correctness above 0 and rewards.metric em or f1")
+        if (self.retry_reward and self.rewards.retry and self.rewards.retry_mode == "spoiled"
+                and not self.tool.noise.can_remove_results):
+            raise ValueError("rewards.retry_mode 'spoiled' pays for a retry after a search the tool's noise spoiled, and "
+                             "this tool.noise never removes a result, so the term would be 0 in every episode: set "
+                             "tool.noise.fail_prob (e.g. 0.3), or another retry_mode")
         if self.episode.answer_temperature is not None:
             raise ValueError("episode.answer_temperature is set by the stage: use grpo.answer_temperature for "
                              "rollouts (evaluation is greedy throughout)")

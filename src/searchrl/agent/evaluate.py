@@ -103,6 +103,11 @@ def summarize(records: Sequence[Mapping[str, Any]], *, with_judge: bool = False)
     scores = [r["scores"] for r in records]
     searches = [len(r["searches"]) for r in records]
     retries = [episode_retries(r) for r in records]
+
+    def retry_rate(score: str, value: float) -> float | None:
+        """The share of episodes that searched again among those whose ``score`` is ``value``."""
+        return _mean([float(k > 0) for k, s in zip(retries, scores) if s.get(score) == value])
+
     metrics: dict[str, Any] = {
         "num_questions": n,
         "em": _mean([s.get("em") for s in scores]),
@@ -112,10 +117,10 @@ def summarize(records: Sequence[Mapping[str, Any]], *, with_judge: bool = False)
         "retries_per_episode": _mean([float(k) for k in retries]),
         # when the agent searches again: after a first search that missed every gold document, and after
         # one that found one (a retry is worth something only in the first case)
-        "retry_rate_after_miss": _mean([float(k > 0) for k, s in zip(retries, scores) if s.get("first_search_hit") == 0.0]),
-        "retry_rate_after_hit": _mean([float(k > 0) for k, s in zip(retries, scores) if s.get("first_search_hit") == 1.0]),
+        "retry_rate_after_miss": retry_rate("first_search_hit", 0.0),
+        "retry_rate_after_hit": retry_rate("first_search_hit", 1.0),
         # a miss the noise caused (the query had found a gold document): searching again is the fix
-        "retry_rate_after_spoiled": _mean([float(k > 0) for k, s in zip(retries, scores) if s.get("first_search_spoiled") == 1.0]),
+        "retry_rate_after_spoiled": retry_rate("first_search_spoiled", 1.0),
         "retrieval_hit_rate": _mean([s.get("retrieval_hit") for s in scores]),
         # F1 = answer_shown_rate * f1_when_shown + (1 - answer_shown_rate) * f1_when_not_shown: what the
         # search brought to the model, and what the model made of it

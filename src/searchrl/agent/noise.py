@@ -86,6 +86,11 @@ class ProbabilitySchedule(BaseModel):
     def stepwise(cls, milestones: Sequence[int], values: Sequence[float]) -> "ProbabilitySchedule":
         return cls(kind="step", milestones=list(milestones), values=list(values))
 
+    @property
+    def can_fire(self) -> bool:
+        """False only for a constant 0: a schedule may be above 0 at some step."""
+        return self.kind != "constant" or self.value > 0
+
     def at(self, step: int) -> float:
         """The probability at training step ``step`` (0 for evaluation)."""
         if self.kind == "constant":
@@ -114,9 +119,14 @@ class NoiseConfig(BaseModel):
     distractors: Path | None = Field(None, description="JSONL of distractor documents added to the index")
 
     @property
+    def can_remove_results(self) -> bool:
+        """Whether this noise can take a result out of a list (replace, drop or fail; not shuffle or backends)."""
+        return any(s.can_fire for s in (self.replace_prob, self.drop_prob, self.fail_prob))
+
+    @property
     def active(self) -> bool:
         return bool(self.backends) or any(
-            s.kind != "constant" or s.value > 0 for s in (self.replace_prob, self.shuffle_prob, self.drop_prob, self.fail_prob)
+            s.can_fire for s in (self.replace_prob, self.shuffle_prob, self.drop_prob, self.fail_prob)
         )
 
 

@@ -27,6 +27,8 @@ from searchrl.errors import ConfigError
 
 Metric = Literal["em", "f1", "judge"]
 RetryMode = Literal["sound", "paper", "recovery", "miss", "spoiled"]
+#: Retry modes judged by what the searches retrieved: they need gold ids, and are not applicable without them.
+RETRIEVAL_RETRY_MODES = ("recovery", "miss", "spoiled")
 
 
 # ----------------------------------------------------------------------------------------
@@ -591,7 +593,7 @@ class RewardScorer:
         if "retry" in self.terms:
             if weights.retry_mode == "paper":
                 scores["retry"] = [retry_reward(e, mode="paper", max_searches=weights.max_searches) for e in episodes]
-            elif weights.retry_mode in ("recovery", "miss", "spoiled"):
+            elif weights.retry_mode in RETRIEVAL_RETRY_MODES:
                 scores["retry"] = [
                     retry_reward(e, mode=weights.retry_mode, gold_ids=_column(columns, "gold_ids", i) or ())
                     for i, e in enumerate(episodes)
@@ -607,7 +609,7 @@ class RewardScorer:
 
         # Any failed term (tool error, unreadable judge verdict, or a needed correctness that
         # failed) makes the whole sample unscorable; a retrieval (or recovery) None without gold ids does not.
-        not_applicable = {"retrieval", "retry"} if weights.retry_mode in ("recovery", "miss", "spoiled") else {"retrieval"}
+        not_applicable = {"retrieval", "retry"} if weights.retry_mode in RETRIEVAL_RETRY_MODES else {"retrieval"}
         failed = [
             episode_view(e).tool_failed
             or (needs_answers and correct[i] is None)
