@@ -23,8 +23,9 @@ DATA="${DATA:-../shared/data}"
 OUT="${OUT:-benchmarks/results/gpu_check}"
 RESULT="${RESULT:-benchmarks/results/gpu_check.json}"
 PYTHON="${PYTHON:-python3}"
-# JAX, where installed beside torch, takes 75% of the GPU's memory the first time it is used; an H200
-# run of the agent recipe ran out of memory with ~105 GiB held outside PyTorch. Keep it from doing so.
+# JAX, where installed beside torch, takes 75% of the GPU's memory the first time it is used. An H200
+# run of the agent recipe ran out of memory with ~105 GiB held outside PyTorch, about that share, in an
+# image with JAX installed (the cause is not confirmed). Keep JAX from preallocating.
 export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 mkdir -p "$OUT"
 STAGES="$OUT/stages.jsonl"
