@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from searchrl.agent.episode import ChatFormat
+from searchrl.agent.episode import ChatFormat, sample_key, search_key
 from searchrl.agent.protocol import format_information
 from searchrl.agent.noise import NoiseConfig
 from searchrl.agent.rewards import answer_shown
@@ -171,3 +171,39 @@ def test_sft_stage_writes_adapter_transcripts_and_done_marker(tmp_path, tool, to
 def test_no_gold_ids_is_an_error(tool):
     with pytest.raises(DataError, match="gold_ids"):
         build_transcripts([QAExample("x", "Who?", ("a",))], tool)
+
+
+def test_read_results_thoughts_name_the_key_terms_only_where_true(tool):
+    from searchrl.agent.sft import ResultReader
+
+    reader = ResultReader(tool.corpus, terms=2)
+    # "batteries" is in one document, "lifeboat" in two: the rarest first, ties to the longer word.
+    assert reader.key_terms("What served as a lifeboat with batteries?") == ["batteries", "served"]
+    # A thought never says what the passages contradict: then it stays generic (None here).
+    assert reader.missed_thought(["batteries", "served"], "[1] It served as a lifeboat.") is None
+    assert reader.found_prefix(["batteries", "served"], "[1] Splashdown near Samoa.") is None
+    assert reader.found_prefix(["batteries", "served"], "[1] It served as a lifeboat.") == "The passages mention served. "
+    # Failed calls (random passages) make first searches miss: those transcripts retry.
+    corpus = tool.corpus
+    noisy = SearchTool(build_retriever("bm25").index(list(corpus.values()), show_progress=False), corpus, k=1,
+                       noise=NoiseConfig(fail_prob=0.5), seed=3)
+    questions = [QAExample(f"{q.id}-{n}", q.question.replace("?", f" ({'abcdef'[n]})?"), q.answers, q.gold_ids)
+                 for n in range(6) for q in QUESTIONS[:4]]
+    plain, _ = build_transcripts(questions, noisy, retry_fraction=0.5, retry_after_miss=True, seed=0)
+    read, counts = build_transcripts(questions, noisy, retry_fraction=0.5, retry_after_miss=True, read_results=True, seed=0)
+    assert [t.queries for t in read] == [t.queries for t in plain]  # the reading changes thoughts, never queries
+    assert counts["read_found"] + counts["read_missed"] + counts["read_generic"] == sum(len(t.turns) - 1 for t in read)
+    assert counts["read_found"] > 0 and counts["read_missed"] > 0
+    reader = ResultReader(corpus)
+    for transcript in read:
+        terms = reader.key_terms(transcript.example.question)
+        keys = [search_key(sample_key(transcript.example.id), turn) for turn in range(1, len(transcript.queries) + 1)]
+        shown = [r.text for r in noisy.search_batch(list(transcript.queries), keys=keys)]
+        for passages, turn in zip(shown, transcript.turns[1:]):
+            if turn.startswith("<think>No passage mentions"):
+                assert "<search>" in turn and not any(reader.mentions(t, passages) for t in terms)
+            elif turn.startswith("<think>The passages mention"):
+                named = turn.removeprefix("<think>The passages mention ").split(".")[0]
+                assert "<answer>" in turn and named in terms and reader.mentions(named, passages)
+            else:
+                assert "mention" not in turn
