@@ -11,7 +11,10 @@ training questions:
 * retry after a real miss (``retry_after_miss``): when the full keyword query does not show the
   answer, a second query made of other keywords of the question (one half of them, or all but
   one) that does → the answer. These teach searching again exactly where it helps: after
-  passages that do not answer the question.
+  passages that do not answer the question;
+* reading the results (``read_results``): the thought after each search says whether the passages
+  mention one of the question's rarest keywords, so that answering and searching again follow a
+  check written in the transcript (:class:`ResultReader`).
 
 The transcripts are *played* through :func:`~searchrl.agent.episode.run_episodes` by a
 :class:`~searchrl.agent.episode.ScriptedPolicy` with the real search tool, so their token ids and
