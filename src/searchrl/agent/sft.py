@@ -32,6 +32,7 @@ import json
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,15 +198,11 @@ class ResultReader:
         if terms < 1:
             raise ConfigError(f"terms must be at least 1, got {terms}")
         self.terms = terms
-        self._documents = [_words(f"{d.title} {d.text}") for d in corpus.values()]
-        self._frequency: dict[str, int] = {}
+        self._frequency = Counter(w for d in corpus.values() for w in _words(f"{d.title} {d.text}"))
 
     def frequency(self, word: str) -> int:
         """How many corpus documents contain ``word`` (case-insensitive)."""
-        key = word.lower()
-        if key not in self._frequency:
-            self._frequency[key] = sum(key in words for words in self._documents)
-        return self._frequency[key]
+        return self._frequency[word.lower()]
 
     def key_terms(self, question: str) -> list[str]:
         keywords = list(dict.fromkeys(question_keywords(question)))
@@ -216,14 +213,19 @@ class ResultReader:
     def mentions(term: str, passages: str) -> bool:
         return term.lower() in _words(passages)
 
+    @staticmethod
+    def _shown(terms: Sequence[str], passages: str) -> list[str]:
+        words = _words(passages)
+        return [t for t in terms if t.lower() in words]
+
     def found_prefix(self, terms: Sequence[str], passages: str) -> str | None:
         """The thought's opening before an answer, or ``None`` if the passages show no key term."""
-        shown = [t for t in terms if self.mentions(t, passages)]
+        shown = self._shown(terms, passages)
         return f"The passages mention {shown[0]}. " if shown else None
 
     def missed_thought(self, terms: Sequence[str], passages: str) -> str | None:
         """The thought before a retry, or ``None`` if the passages show a key term (or there is none)."""
-        if not terms or any(self.mentions(t, passages) for t in terms):
+        if not terms or self._shown(terms, passages):
             return None
         named = terms[0] if len(terms) == 1 else f"{', '.join(terms[:-1])} or {terms[-1]}"
         return f"No passage mentions {named}. I will search again with different words."
@@ -292,31 +294,31 @@ def build_transcripts(
     if reader is not None:
         counts.update(read_found=0, read_missed=0, read_generic=0)
 
-    def retry_thought(i: int, term: list[str], missed: Any) -> str:
+    def retry_thought(i: int, terms: list[str], missed: Any) -> str:
         generic = _RETRY_THOUGHTS[thought_picks[i, 1] % len(_RETRY_THOUGHTS)]
         if reader is None:
             return generic
-        thought = reader.missed_thought(term, missed.text)
+        thought = reader.missed_thought(terms, missed.text)
         counts["read_generic" if thought is None else "read_missed"] += 1
         return thought or generic
 
-    def answer_turn(answer: str, rank: int, term: list[str], shown: Any) -> str:
+    def answer_turn(answer: str, rank: int, terms: list[str], shown: Any) -> str:
         if reader is None:
             return _answer_turn(answer, rank)
-        prefix = reader.found_prefix(term, shown.text)
+        prefix = reader.found_prefix(terms, shown.text)
         counts["read_generic" if prefix is None else "read_found"] += 1
         return _answer_turn(answer, rank, prefix or "")
 
     for i, example in enumerate(examples):
         gold = set(example.gold_ids)
         first_thought = _SEARCH_THOUGHTS[thought_picks[i, 0] % len(_SEARCH_THOUGHTS)]
-        term = reader.key_terms(example.question) if reader is not None else []
+        terms = reader.key_terms(example.question) if reader is not None else []
         if i in second_chances:
             second, rank = second_chances[i]
             turns = (
                 _search_turn(full_queries[i], first_thought),
-                _search_turn(second.query, retry_thought(i, term, full_results[i])),
-                answer_turn(example.answers[0], rank, term, second),
+                _search_turn(second.query, retry_thought(i, terms, full_results[i])),
+                answer_turn(example.answers[0], rank, terms, second),
             )
             transcripts.append(Transcript(example, turns, "retry", (full_queries[i], second.query)))
             counts["retry"] += 1
@@ -334,13 +336,13 @@ def build_transcripts(
         if wants_retry[i] and partial is not None and not gold.intersection(partial.doc_ids) and retry_rank is not None:
             turns = (
                 _search_turn(partial.query, first_thought),
-                _search_turn(full_queries[i], retry_thought(i, term, partial)),
-                answer_turn(example.answers[0], retry_rank, term, retried),
+                _search_turn(full_queries[i], retry_thought(i, terms, partial)),
+                answer_turn(example.answers[0], retry_rank, terms, retried),
             )
             transcripts.append(Transcript(example, turns, "retry", (partial.query, full_queries[i])))
             counts["retry"] += 1
         else:
-            turns = (_search_turn(full_queries[i], first_thought), answer_turn(example.answers[0], hit_ranks[0], term, full_results[i]))
+            turns = (_search_turn(full_queries[i], first_thought), answer_turn(example.answers[0], hit_ranks[0], terms, full_results[i]))
             transcripts.append(Transcript(example, turns, "direct", (full_queries[i],)))
             counts["direct"] += 1
     return transcripts, counts
