@@ -265,3 +265,25 @@ def test_sampled_comparison_averages_each_questions_episodes(tmp_path):
     short = transcripts("short", [[(1, 0.0)] * 3, [(1, 0.0)] * 2])
     with pytest.raises(DataError, match="hold 5 of the 6 episodes"):
         recipe_module.compare_sampled({"warm_start": short, "trained": trained}, examples, 3)
+
+
+def test_a_finished_evaluation_of_other_settings_is_played_again(tiny_lm_dir, tmp_path):
+    from searchrl.agent.config import load_agent_config
+    from searchrl.data.types import QAExample
+
+    data = write_data(tmp_path / "data")
+    config = recipe_module.recipe_config(
+        load_agent_config(str(tiny_recipe(tiny_lm_dir, tmp_path / "agent.yaml"))), data=data, out=tmp_path / "run")
+    examples = [QAExample(id="h8", question="How was power saved?", answers=("shutting down",), gold_ids=("c8",))]
+    out_path = tmp_path / "run" / "eval" / "warm_start.jsonl"
+    first = recipe_module.evaluate_policy(config, None, examples, out_path)
+    first_key = json.loads(out_path.read_text().splitlines()[0])["eval_key"]
+
+    # The same transcripts file, now for other limits: played again under them, not refused.
+    other = config.model_copy(update={"episode": config.episode.model_copy(update={"max_turns": 1})})
+    second = recipe_module.evaluate_policy(other, None, examples, out_path)
+    records = [json.loads(line) for line in out_path.read_text().splitlines()]
+    assert len(records) == 1 and records[0]["eval_key"] != first_key
+    assert second["turns_per_episode"] <= 1 and first["num_questions"] == second["num_questions"] == 1
+    cached = json.loads(out_path.with_suffix(".json").read_text())
+    assert cached["identity"]["episode"]["max_turns"] == 1 and cached["metrics"] == second

@@ -229,6 +229,12 @@ def evaluate_policy(
         stored = json.loads(cache.read_text(encoding="utf-8"))
         if stored.get("identity") == identity:
             return stored["metrics"]
+        # A finished evaluation of another policy or other settings (a retrained best/, or a run evaluated
+        # by an earlier version whose tool settings lacked a field added since): the recipe owns RUN/eval,
+        # so it plays them again instead of asking for an --overwrite it does not have. An evaluation cut
+        # short writes no cache and is resumed below.
+        out_path.unlink(missing_ok=True)
+        cache.unlink()
     device = resolve_device(config.device)
     model, tokenizer = load_policy_model(config, adapter, device)
     report = _play_dev(
