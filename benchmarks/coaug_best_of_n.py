@@ -41,16 +41,6 @@ def log(message: str) -> None:
     print(time.strftime("%H:%M:%S"), message, flush=True)
 
 
-def paired(before: dict[str, float], after: dict[str, float], seed: int = 0) -> dict[str, float]:
-    """Mean of after − before over the queries, its 95% bootstrap interval, queries better / worse."""
-    diff = np.array([after[q] - before[q] for q in before])
-    rng = np.random.default_rng(seed)
-    means = rng.choice(diff, size=(10_000, len(diff))).mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(diff.mean()), "low": float(low), "high": float(high),
-            "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
@@ -68,12 +58,13 @@ def main() -> None:
     from peft import PeftModel, get_peft_model
 
     from searchrl.agent.sft import SFTConfig, train_on_episodes
+    from searchrl.augment import augment_items
     from searchrl.coaug.config import CoAugConfig
     from searchrl.coaug.dataset import DevSelection, load_coaug_data
     from searchrl.config import load_config
     from searchrl.data.types import query_text
     from searchrl.llm.transformers_engine import TransformersEngine
-    from searchrl.metrics import evaluate_run
+    from searchrl.metrics import evaluate_run, paired_difference
     from searchrl.recipes import find_config
     from searchrl.retrieval.bm25 import BM25Retriever
     from searchrl.training import build_lora_config, load_policy
@@ -125,15 +116,10 @@ def main() -> None:
     engine = TransformersEngine.from_model(model, tokenizer, batch_size=32)
 
     def greedy(queries: dict[str, str]) -> dict[str, str]:
-        ids = list(queries)
-        found: dict[str, str] = {}
         with merged_lora(model):
             model.eval()
-            for start in range(0, len(ids), 32):
-                batch = ids[start : start + 32]
-                for q, parsed in zip(batch, policy.expand(engine, "query", [queries[i] for i in batch])):
-                    found[q] = parsed.text
-        return found
+            parsed = augment_items(engine, policy, "query", queries, batch_size=32, show_progress=False)
+        return {q: p.text for q, p in parsed.items()}
 
     def evaluate() -> dict[str, dict[str, float]]:
         return {name: {q: s[0] for q, s in scores(queries, qrels, greedy(queries)).items()}
@@ -162,13 +148,14 @@ def main() -> None:
                     prompts, sampling.model_copy(update={"seed": args.seed * 1_000_003 + round_ * 100_000 + start}),
                     logprobs=False,
                 )
-            expansions = {f"{q}#{j}": policy.parse(c.text).text for q, group in zip(batch, groups) for j, c in enumerate(group)}
-            sampled = scores({k: train[k.split("#")[0]] for k in expansions},
-                             {k: data.train_qrels[k.split("#")[0]] for k in expansions}, expansions)
+            parsed = {f"{q}#{j}": policy.parse(c.text) for q, group in zip(batch, groups) for j, c in enumerate(group)}
+            query_of = {k: k.rsplit("#", 1)[0] for k in parsed}
+            sampled = scores({k: train[q] for k, q in query_of.items()}, {k: data.train_qrels[q] for k, q in query_of.items()},
+                             {k: p.text for k, p in parsed.items()})
             for q, group in zip(batch, groups):
                 best = max(range(len(group)), key=lambda j: (key(sampled[f"{q}#{j}"]), -j))
                 gain = key(sampled[f"{q}#{best}"]) - key(own[q])
-                if gain > 1e-9 and policy.parse(group[best].text).ok:
+                if gain > 1e-9 and parsed[f"{q}#{best}"].ok:
                     completion = group[best]
                     ids_ = list(completion.prompt_ids) + list(completion.token_ids)
                     kept.append(Example(ids_, [0] * len(completion.prompt_ids) + [1] * len(completion.token_ids)))
@@ -186,7 +173,7 @@ def main() -> None:
             "kept": len(kept), "of": len(ids), "mean_gain_of_kept": float(np.mean(gains)) if gains else 0.0,
             "sft_steps": len(losses), "loss_first": losses[0], "loss_last10": float(np.mean(losses[-10:])),
             **{name: float(np.mean(list(v.values()))) for name, v in per_query.items()},
-            "vs_untrained": {name: paired(before[name], per_query[name]) for name in per_query},
+            "vs_untrained": {name: paired_difference(before[name], per_query[name]) for name in per_query},
             "seconds": {"sampling": round(sampled_at - started, 1), "training": round(trained_at - sampled_at, 1),
                         "evaluation": round(time.time() - trained_at, 1)},
         }

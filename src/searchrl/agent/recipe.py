@@ -225,21 +225,20 @@ def evaluate_policy(
     if samples:
         identity["samples"] = samples
         examples = sampled_copies(examples, samples)
+    # A finished evaluation (its cache written) of another policy or other settings — a retrained best/, or a
+    # run evaluated by an earlier version whose tool settings lacked a field added since — is played again:
+    # the recipe owns RUN/eval and has no --overwrite to ask for. One cut short writes no cache and resumes.
+    stale = False
     if cache.exists():
         stored = json.loads(cache.read_text(encoding="utf-8"))
         if stored.get("identity") == identity:
             return stored["metrics"]
-        # A finished evaluation of another policy or other settings (a retrained best/, or a run evaluated
-        # by an earlier version whose tool settings lacked a field added since): the recipe owns RUN/eval,
-        # so it plays them again instead of asking for an --overwrite it does not have. An evaluation cut
-        # short writes no cache and is resumed below.
-        out_path.unlink(missing_ok=True)
-        cache.unlink()
+        stale = True
     device = resolve_device(config.device)
     model, tokenizer = load_policy_model(config, adapter, device)
     report = _play_dev(
         model, tokenizer, build_tool(config), examples, episode, out_path=out_path,
-        batch_size=config.eval.batch_size, overwrite=False,
+        batch_size=config.eval.batch_size, overwrite=stale,
         run_info={k: v for k, v in identity.items() if k != "questions"},
     )
     metrics = {k: v for k, v in report.metrics.items() if not isinstance(v, dict)}
