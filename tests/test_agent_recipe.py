@@ -287,3 +287,37 @@ def test_a_finished_evaluation_of_other_settings_is_played_again(tiny_lm_dir, tm
     assert second["turns_per_episode"] <= 1 and first["num_questions"] == second["num_questions"] == 1
     cached = json.loads(out_path.with_suffix(".json").read_text())
     assert cached["identity"]["episode"]["max_turns"] == 1 and cached["metrics"] == second
+
+
+def test_an_evaluation_cut_short_resumes_under_its_settings_and_is_played_again_under_others(tiny_lm_dir, tmp_path):
+    from searchrl.agent.config import load_agent_config
+    from searchrl.data.types import QAExample
+
+    data = write_data(tmp_path / "data")
+    config = recipe_module.recipe_config(
+        load_agent_config(str(tiny_recipe(tiny_lm_dir, tmp_path / "agent.yaml"))), data=data, out=tmp_path / "run")
+    examples = [QAExample(id="h8", question="How was power saved?", answers=("shutting down",), gold_ids=("c8",)),
+                QAExample(id="h9", question="How much water per day?", answers=("six ounces",), gold_ids=("c9",))]
+    out_path = tmp_path / "run" / "eval" / "warm_start.jsonl"
+    cache = out_path.with_suffix(".json")
+    recipe_module.evaluate_policy(config, None, examples, out_path)
+    finished = out_path.read_text().splitlines()
+
+    def cut_short():
+        # What an interruption after the first question leaves: one transcript, the identity without metrics.
+        out_path.write_text(finished[0] + "\n")
+        stored = json.loads(cache.read_text())
+        cache.write_text(json.dumps({**stored, "metrics": None}))
+
+    cut_short()
+    resumed = recipe_module.evaluate_policy(config, None, examples, out_path)
+    assert out_path.read_text().splitlines()[0] == finished[0] and resumed["num_questions"] == 2
+    assert json.loads(cache.read_text())["metrics"] == resumed
+
+    # Cut short again, then rerun under other limits: played again from the start, not refused.
+    cut_short()
+    other = config.model_copy(update={"episode": config.episode.model_copy(update={"max_turns": 1})})
+    played = recipe_module.evaluate_policy(other, None, examples, out_path)
+    records = [json.loads(line) for line in out_path.read_text().splitlines()]
+    assert len(records) == 2 and {r["eval_key"] for r in records} != {json.loads(finished[0])["eval_key"]}
+    assert played["num_questions"] == 2 and json.loads(cache.read_text())["identity"]["episode"]["max_turns"] == 1

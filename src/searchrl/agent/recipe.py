@@ -209,6 +209,7 @@ def evaluate_policy(
     with ``samples``, that many episodes of each question sampled at the rollouts' temperature instead."""
     from searchrl.agent.evaluate import example_key
     from searchrl.agent.train import _play_dev, build_tool, load_policy_model
+    from searchrl.data.io import atomic_write_text
     from searchrl.llm.identity import folder_fingerprint
     from searchrl.training import resolve_device
 
@@ -225,25 +226,29 @@ def evaluate_policy(
     if samples:
         identity["samples"] = samples
         examples = sampled_copies(examples, samples)
-    # A finished evaluation (its cache written) of another policy or other settings — a retrained best/, or a
-    # run evaluated by an earlier version whose tool settings lacked a field added since — is played again:
-    # the recipe owns RUN/eval and has no --overwrite to ask for. One cut short writes no cache and resumes.
-    stale = False
+    # The cache names the policy and settings before the first episode is played, and holds the metrics once
+    # the last one is. An evaluation of another policy or other settings — a retrained best/, a run evaluated
+    # by an earlier version whose tool settings lacked a field added since, finished or cut short — is played
+    # again: the recipe owns RUN/eval and has no --overwrite to ask for. One cut short under these settings resumes.
+    # The old transcripts go before the new identity is written, so an interruption in between cannot leave
+    # them to be resumed as these settings' episodes.
     if cache.exists():
         stored = json.loads(cache.read_text(encoding="utf-8"))
-        if stored.get("identity") == identity:
+        if stored.get("identity") != identity:
+            out_path.unlink(missing_ok=True)
+        elif stored.get("metrics") is not None:
             return stored["metrics"]
-        stale = True
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, json.dumps({"identity": identity, "metrics": None}, indent=2) + "\n")
     device = resolve_device(config.device)
     model, tokenizer = load_policy_model(config, adapter, device)
     report = _play_dev(
         model, tokenizer, build_tool(config), examples, episode, out_path=out_path,
-        batch_size=config.eval.batch_size, overwrite=stale,
+        batch_size=config.eval.batch_size, overwrite=False,
         run_info={k: v for k, v in identity.items() if k != "questions"},
     )
     metrics = {k: v for k, v in report.metrics.items() if not isinstance(v, dict)}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"identity": identity, "metrics": metrics}, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(cache, json.dumps({"identity": identity, "metrics": metrics}, indent=2) + "\n")
     return metrics
 
 
