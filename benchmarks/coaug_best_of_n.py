@@ -12,6 +12,13 @@ which chose nothing.
 
     python3 benchmarks/coaug_best_of_n.py --data ../shared/data/scifact --out RUN            # 1 round, N=8
     python3 benchmarks/coaug_best_of_n.py --data ../shared/data/scifact --out RUN --rounds 2 --temperature 0.7
+    python3 benchmarks/coaug_best_of_n.py --data ../shared/data/scifact --out RUN --context 3   # corpus-steered
+
+With ``--context K`` the policy is shown, after the query, the first ``--context-words`` words of
+the K documents BM25 ranks first for the query alone (pseudo-relevance feedback, as in
+corpus-steered query expansion): it can then take its terms from the corpus instead of inventing
+them. The expanded query that is scored is still the query (held ``query_repeat`` times) and the
+expansion; the passages only steer what the policy writes.
 
 A finished round is kept (``RUN/round-R/`` adapter, ``RUN/results.json``); rerunning the command
 continues after it. Writes ``RUN/results.json`` (with each query's nDCG@10) and
@@ -52,6 +59,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context", type=int, default=0, help="show the policy the top K BM25 documents of the query")
+    parser.add_argument("--context-words", type=int, default=30, help="words of each shown document (title first)")
     args = parser.parse_args()
 
     import torch
@@ -59,6 +68,7 @@ def main() -> None:
 
     from searchrl.agent.sft import SFTConfig, train_on_episodes
     from searchrl.augment import augment_items
+    from searchrl.augment.prompts import truncate_words
     from searchrl.coaug.config import CoAugConfig
     from searchrl.coaug.dataset import DevSelection, load_coaug_data
     from searchrl.config import load_config
@@ -98,12 +108,30 @@ def main() -> None:
     def key(score: tuple[float, float]) -> float:
         return score[0] + 0.1 * score[1]
 
-    policy = config.expansion_policy()
+    policy = plain_policy = config.expansion_policy()
+    prompt_texts: dict[str, str] = {}
+    if args.context:
+        # The query's own text stays in front; the whole text is shown (no max_input_words cut).
+        policy = policy.model_copy(update={"max_input_words": None})
+        every = {**data.train_queries, **data.dev_queries}
+        top = retriever.run(every, k=args.context)
+        for q, text in every.items():
+            ranked = sorted(top.get(q, {}), key=lambda d: -top[q][d])
+            passages = [f"[{rank}] {truncate_words(f'{data.corpus[d].title}. {data.corpus[d].text}', args.context_words)}"
+                        for rank, d in enumerate(ranked, start=1)]
+            prompt_texts[q] = f"{text} Search results: {' '.join(passages)}"
+
+    def shown(q: str, text: str) -> str:
+        """What the policy is shown for query ``q``: the query, with its search results under --context."""
+        return prompt_texts.get(q, text)
+
     model, tokenizer = load_policy(config.model, device="cpu", precision=config.precision)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     settings = {"config": args.config, "samples": args.samples, "temperature": args.temperature,
                 "learning_rate": args.learning_rate, "epochs": args.epochs, "seed": args.seed}
+    if args.context:
+        settings.update(context=args.context, context_words=args.context_words)
     if results and results.get("settings", settings) != settings:
         raise SystemExit(f"{results_path} was written with {results['settings']}: use another --out for {settings}")
     results.setdefault("settings", settings)
@@ -115,22 +143,31 @@ def main() -> None:
         model = get_peft_model(model, build_lora_config(config.lora))
     engine = TransformersEngine.from_model(model, tokenizer, batch_size=32)
 
-    def greedy(queries: dict[str, str]) -> dict[str, str]:
+    def greedy(queries: dict[str, str], context: bool = True) -> dict[str, str]:
+        texts = {q: shown(q, t) for q, t in queries.items()} if context else queries
         with merged_lora(model):
             model.eval()
-            parsed = augment_items(engine, policy, "query", queries, batch_size=32, show_progress=False)
+            parsed = augment_items(engine, policy if context else plain_policy, "query", texts,
+                                   batch_size=32, show_progress=False)
         return {q: p.text for q, p in parsed.items()}
 
-    def evaluate() -> dict[str, dict[str, float]]:
-        return {name: {q: s[0] for q, s in scores(queries, qrels, greedy(queries)).items()}
+    def evaluate(context: bool = True) -> dict[str, dict[str, float]]:
+        return {name: {q: s[0] for q, s in scores(queries, qrels, greedy(queries, context)).items()}
                 for name, (queries, qrels) in sets.items()}
 
     if "bm25" not in results:
         results["bm25"] = {name: float(np.mean([s[0] for s in scores(q, r, {}).values()])) for name, (q, r) in sets.items()}
         results["per_query"] = {"untrained": evaluate()}
         results["untrained"] = {name: float(np.mean(list(v.values()))) for name, v in results["per_query"]["untrained"].items()}
+        if args.context:
+            # The same untrained policy shown the query alone, for comparison within this run.
+            results["per_query"]["untrained_without_context"] = evaluate(context=False)
+            results["untrained_without_context"] = {
+                name: float(np.mean(list(v.values()))) for name, v in results["per_query"]["untrained_without_context"].items()
+            }
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-        log(f"BM25 {results['bm25']}, untrained {results['untrained']}")
+        log(f"BM25 {results['bm25']}, untrained {results['untrained']}, "
+            f"untrained without context {results.get('untrained_without_context')}")
 
     sampling = policy.sampling.model_copy(update={"n": args.samples, "temperature": args.temperature, "top_p": 1.0})
     for round_ in range(done + 1, args.rounds + 1):
@@ -141,7 +178,7 @@ def main() -> None:
         gains: list[float] = []
         for start in range(0, len(ids), 16):
             batch = ids[start : start + 16]
-            prompts = [engine.encode_chat(policy.prompt("query", train[q])) for q in batch]
+            prompts = [engine.encode_chat(policy.prompt("query", shown(q, train[q]))) for q in batch]
             with merged_lora(model):
                 model.eval()
                 groups = engine.generate_tokens(
@@ -180,7 +217,7 @@ def main() -> None:
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         log(f"round {round_}: {json.dumps(results[f'round-{round_}'])}")
     summary = {k: v for k, v in results.items() if k != "per_query"}
-    (Path(__file__).resolve().parent / "results" / "coaug_best_of_n.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (Path(__file__).resolve().parent / "results" / f"coaug_best_of_n{'_context' if args.context else ''}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 
