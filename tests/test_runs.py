@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from types import SimpleNamespace
 
@@ -43,6 +44,17 @@ def test_create_writes_layout(tmp_path):
     versions = json.loads((run.path / "environment.json").read_text())["versions"]
     assert versions["searchrl"] and versions["python"] and "trl" in versions
     assert run.checkpoints_dir.is_dir() and run.tb_dir.is_dir()
+
+
+def test_environment_names_the_machine_that_decides_precision_auto(tmp_path):
+    from searchrl.llm.precision import cpu_has_native_bf16
+
+    run = RunDirectory.create_or_resume(tmp_path / "run", Cfg())
+    machine = json.loads((run.path / "environment.json").read_text())["machine"]
+    assert machine["cpu"] and machine["cpu_count"] == os.cpu_count()
+    assert machine["cpu_native_bf16"] is cpu_has_native_bf16() and isinstance(machine["gpus"], list)
+    report = run.write_report("run").read_text()
+    assert "## Machine" in report and f"| cpu_native_bf16 | {machine['cpu_native_bf16']} |" in report
 
 
 def test_resume_same_config(tmp_path):

@@ -5,7 +5,7 @@ A run is a directory::
     RUN/
       config.yaml        the resolved configuration (after YAML + ``--set`` overrides)
       inputs.json        sha256 of every input file (data files, streamed)
-      environment.json   searchrl / Python / key library versions
+      environment.json   searchrl / Python / key library versions, and the machine (CPU, bf16, GPUs)
       metrics.jsonl      one JSON object per logged step: {"step", "time", ...metrics}
       tb/                TensorBoard event files (the same metrics)
       checkpoints/       trainer checkpoints (``checkpoint-<step>/``), used to resume
@@ -92,6 +92,29 @@ def hash_inputs(files: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
         for member in members:
             out[str(member)] = {"sha256": sha256_file(member), "bytes": member.stat().st_size}
     return out
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a run ran on: the CPU's model and cores, whether it multiplies bf16 natively, the GPUs.
+
+    ``precision: auto`` runs in bf16 only where the CPU (or GPU) has bf16 instructions, and greedy
+    generation in bf16 and in fp32 — or in bf16 on two kinds of CPU — can pick different tokens,
+    so two runs of one config on two machines are compared knowing this.
+    """
+    from searchrl.llm.precision import cpu_has_native_bf16
+
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the model in /proc/cpuinfo; platform.processor() often says only "x86_64"
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "cpu_native_bf16": cpu_has_native_bf16(), "gpus": gpus}
 
 
 def library_versions(names: Sequence[str] = TRACKED_LIBRARIES) -> dict[str, str | None]:
@@ -309,7 +332,8 @@ class RunDirectory:
             atomic_write_text(run.config_path, text)
         run._settle_best()
         _write_json(path / cls.INPUTS, inputs)
-        _write_json(path / cls.ENVIRONMENT, {"time": _now(), "argv": sys.argv, "versions": library_versions()})
+        _write_json(path / cls.ENVIRONMENT,
+                    {"time": _now(), "argv": sys.argv, "versions": library_versions(), "machine": machine_info()})
         return run
 
     def config(self) -> dict[str, Any]:
@@ -510,10 +534,15 @@ class RunDirectory:
                 lines.append("")
         env_path = self.path / self.ENVIRONMENT
         if env_path.exists():
-            versions = json.loads(env_path.read_text())["versions"]
+            environment = json.loads(env_path.read_text())
             lines += ["## Versions", ""]
-            lines += _table({k: v for k, v in versions.items() if v is not None})
+            lines += _table({k: v for k, v in environment["versions"].items() if v is not None})
             lines.append("")
+            if environment.get("machine"):  # runs started before the machine was recorded have none
+                machine = environment["machine"]
+                lines += ["## Machine", ""]
+                lines += _table({**machine, "gpus": ", ".join(machine.get("gpus") or []) or "none"})
+                lines.append("")
         self.report_path.write_text("\n".join(lines), encoding="utf-8")
         try:  # report.html + plots/: the training curves (`searchrl report RUN` rebuilds them)
             from searchrl.report import build_report
@@ -629,6 +658,7 @@ __all__ = [
     "hash_inputs",
     "last_checkpoint",
     "library_versions",
+    "machine_info",
     "sha256_file",
     "stored_config",
 ]
