@@ -56,6 +56,16 @@ def test_environment_names_the_machine_that_decides_precision_auto(tmp_path):
     report = run.write_report("run").read_text()
     assert "## Machine" in report and f"| cpu_native_bf16 | {machine['cpu_native_bf16']} |" in report
 
+    # Resumed on another machine: the one it ran on before is kept beside the current one.
+    other = {**machine, "cpu": "Another CPU", "cpu_native_bf16": not machine["cpu_native_bf16"]}
+    (run.path / "environment.json").write_text(json.dumps({"versions": {}, "machine": other}))
+    RunDirectory.create_or_resume(tmp_path / "run", Cfg())
+    environment = json.loads((run.path / "environment.json").read_text())
+    assert environment["machine"] == machine and environment["earlier_machines"] == [other]
+    assert "Resumed from a run on another machine: Another CPU" in run.write_report("run").read_text()
+    RunDirectory.create_or_resume(tmp_path / "run", Cfg())  # resumed again on the same machine: nothing added
+    assert json.loads((run.path / "environment.json").read_text())["earlier_machines"] == [other]
+
 
 def test_resume_same_config(tmp_path):
     RunDirectory.create_or_resume(tmp_path / "run", Cfg())

@@ -332,8 +332,15 @@ class RunDirectory:
             atomic_write_text(run.config_path, text)
         run._settle_best()
         _write_json(path / cls.INPUTS, inputs)
-        _write_json(path / cls.ENVIRONMENT,
-                    {"time": _now(), "argv": sys.argv, "versions": library_versions(), "machine": machine_info()})
+        environment = {"time": _now(), "argv": sys.argv, "versions": library_versions(), "machine": machine_info()}
+        if run.resumed and (path / cls.ENVIRONMENT).exists():
+            # A run resumed on another machine keeps the machines it ran on before: its steps come from all of them.
+            before = json.loads((path / cls.ENVIRONMENT).read_text(encoding="utf-8"))
+            earlier = before.get("earlier_machines", []) + [before["machine"]] if before.get("machine") else []
+            earlier = [m for m in earlier if m != environment["machine"]]
+            if earlier:
+                environment["earlier_machines"] = list({json.dumps(m, sort_keys=True): m for m in earlier}.values())
+        _write_json(path / cls.ENVIRONMENT, environment)
         return run
 
     def config(self) -> dict[str, Any]:
@@ -542,6 +549,9 @@ class RunDirectory:
                 machine = environment["machine"]
                 lines += ["## Machine", ""]
                 lines += _table({**machine, "gpus": ", ".join(machine.get("gpus") or []) or "none"})
+                for earlier in environment.get("earlier_machines", []):
+                    lines.append(f"\nResumed from a run on another machine: {earlier['cpu']} "
+                                 f"(native bf16: {earlier.get('cpu_native_bf16')}; GPUs: {', '.join(earlier.get('gpus') or []) or 'none'}).")
                 lines.append("")
         self.report_path.write_text("\n".join(lines), encoding="utf-8")
         try:  # report.html + plots/: the training curves (`searchrl report RUN` rebuilds them)
