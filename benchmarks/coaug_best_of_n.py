@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=0, help="show the policy the top K BM25 documents of the query")
     parser.add_argument("--context-words", type=int, default=30, help="words of each shown document (title first)")
     args = parser.parse_args()
+    for name, least in (("samples", 1), ("rounds", 1), ("context", 0), ("context_words", 1)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
 
     import torch
     from peft import PeftModel, get_peft_model
@@ -107,6 +110,10 @@ def main() -> None:
 
     def key(score: tuple[float, float]) -> float:
         return score[0] + 0.1 * score[1]
+
+    def means(per_query: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Each set's mean nDCG@10."""
+        return {name: float(np.mean(list(values.values()))) for name, values in per_query.items()}
 
     policy = plain_policy = config.expansion_policy()
     prompt_texts: dict[str, str] = {}
@@ -158,13 +165,11 @@ def main() -> None:
     if "bm25" not in results:
         results["bm25"] = {name: float(np.mean([s[0] for s in scores(q, r, {}).values()])) for name, (q, r) in sets.items()}
         results["per_query"] = {"untrained": evaluate()}
-        results["untrained"] = {name: float(np.mean(list(v.values()))) for name, v in results["per_query"]["untrained"].items()}
+        results["untrained"] = means(results["per_query"]["untrained"])
         if args.context:
             # The same untrained policy shown the query alone, for comparison within this run.
             results["per_query"]["untrained_without_context"] = evaluate(context=False)
-            results["untrained_without_context"] = {
-                name: float(np.mean(list(v.values()))) for name, v in results["per_query"]["untrained_without_context"].items()
-            }
+            results["untrained_without_context"] = means(results["per_query"]["untrained_without_context"])
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         log(f"BM25 {results['bm25']}, untrained {results['untrained']}, "
             f"untrained without context {results.get('untrained_without_context')}")
@@ -199,6 +204,9 @@ def main() -> None:
                     gains.append(gain)
             log(f"round {round_}: {start + len(batch)}/{len(ids)} queries sampled, {len(kept)} kept")
         sampled_at = time.time()
+        if not kept:
+            raise SystemExit(f"round {round_}: no sample beat the greedy expansion of its query; nothing to fine-tune on "
+                             "(try more --samples or a higher --temperature)")
         sft = SFTConfig(epochs=args.epochs, batch_size=8, learning_rate=args.learning_rate, seed=args.seed + round_)
         losses = train_on_episodes(model, kept, sft, pad_token_id=tokenizer.pad_token_id)
         model.save_pretrained(str(out / f"round-{round_}"))
@@ -209,7 +217,7 @@ def main() -> None:
         results[f"round-{round_}"] = {
             "kept": len(kept), "of": len(ids), "mean_gain_of_kept": float(np.mean(gains)) if gains else 0.0,
             "sft_steps": len(losses), "loss_first": losses[0], "loss_last10": float(np.mean(losses[-10:])),
-            **{name: float(np.mean(list(v.values()))) for name, v in per_query.items()},
+            **means(per_query),
             "vs_untrained": {name: paired_difference(before[name], per_query[name]) for name in per_query},
             "seconds": {"sampling": round(sampled_at - started, 1), "training": round(trained_at - sampled_at, 1),
                         "evaluation": round(time.time() - trained_at, 1)},
@@ -222,4 +230,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from searchrl.errors import SearchRLError
+
+    try:
+        main()
+    except SearchRLError as error:  # a bad --data or --config: the message names the file and the fix
+        raise SystemExit(f"error: {error}") from None

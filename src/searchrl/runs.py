@@ -336,10 +336,11 @@ class RunDirectory:
         if run.resumed and (path / cls.ENVIRONMENT).exists():
             # A run resumed on another machine keeps the machines it ran on before: its steps come from all of them.
             before = json.loads((path / cls.ENVIRONMENT).read_text(encoding="utf-8"))
-            earlier = before.get("earlier_machines", []) + [before["machine"]] if before.get("machine") else []
-            earlier = [m for m in earlier if m != environment["machine"]]
+            earlier = [m for m in before.get("earlier_machines", []) if m != environment["machine"]]
+            if before.get("machine") and before["machine"] != environment["machine"] and before["machine"] not in earlier:
+                earlier.append(before["machine"])
             if earlier:
-                environment["earlier_machines"] = list({json.dumps(m, sort_keys=True): m for m in earlier}.values())
+                environment["earlier_machines"] = earlier
         _write_json(path / cls.ENVIRONMENT, environment)
         return run
 

@@ -226,12 +226,10 @@ def evaluate_policy(
     if samples:
         identity["samples"] = samples
         examples = sampled_copies(examples, samples)
-    # The cache names the policy and settings before the first episode is played, and holds the metrics once
-    # the last one is. An evaluation of another policy or other settings — a retrained best/, a run evaluated
-    # by an earlier version whose tool settings lacked a field added since, finished or cut short — is played
-    # again: the recipe owns RUN/eval and has no --overwrite to ask for. One cut short under these settings resumes.
-    # The old transcripts go before the new identity is written, so an interruption in between cannot leave
-    # them to be resumed as these settings' episodes.
+    # The cache names policy and settings before the first episode and holds the metrics after the last. One cut
+    # short under these settings resumes; one of another policy or other settings, finished or not, is played again
+    # (the recipe owns RUN/eval and has no --overwrite). Its transcripts go before the new identity is written, so
+    # an interruption in between cannot leave them to be resumed as these settings' episodes.
     if cache.exists():
         stored = json.loads(cache.read_text(encoding="utf-8"))
         if stored.get("identity") != identity:
