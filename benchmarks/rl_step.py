@@ -262,15 +262,19 @@ VARIANTS = {  # name: (weights, the trainer's savings)
     "bf16": ("bf16", frozenset()),
     "bf16_merge_share": ("bf16", frozenset({"merge", "share"})),
     "bf16_fast": ("bf16", frozenset({"merge", "share", "group", "score"})),
+    # fp32 with every saving: what the recipes run where the CPU has no native bf16 (precision: auto)
+    "fp32_fast": ("fp32", frozenset({"merge", "share", "group", "score"})),
 }
+DEFAULT_VARIANTS = ("fp32", "bf16", "bf16_merge_share", "bf16_fast")
 
 
 def measure(models, optimizers, tokenizer, shape: dict, samples: int, max_new_tokens: int, repeats: int, *,
-            micro_batch: int, reference_pass: bool) -> dict:
+            micro_batch: int, reference_pass: bool, variants: tuple[str, ...] = DEFAULT_VARIANTS) -> dict:
     """Median seconds of each part of a step for each variant, interleaved, and what they buy."""
-    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
     for repeat in range(repeats):
-        for name, (weights, savings) in VARIANTS.items():
+        for name in variants:
+            weights, savings = VARIANTS[name]
             torch.manual_seed(repeat)
             runs[name].append(one_step(models[weights], tokenizer, shape, samples, max_new_tokens, optimizers[weights],
                                        micro_batch=micro_batch, savings=savings, reference_pass=reference_pass,
@@ -293,7 +297,7 @@ def measure(models, optimizers, tokenizer, shape: dict, samples: int, max_new_to
             "completions_per_cpu_hour": round(3600 * median["completions"] / total, 1),
             "forward_backward_gflops_equivalent": round(flops / median["forward_backward_s"] / 1e9, 1),
         }
-    for name in VARIANTS:
+    for name in variants:
         if name != "fp32":
             result[f"{name}_over_fp32_completions_per_hour"] = round(
                 result[name]["completions_per_cpu_hour"] / result["fp32"]["completions_per_cpu_hour"], 2
@@ -328,7 +332,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated, fp32 first (the baseline of every ratio): {', '.join(VARIANTS)}")
+    parser.add_argument("--out", type=Path, default=RESULTS / "rl_step.json", help="where the JSON goes")
     args = parser.parse_args()
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants or variants[0] != "fp32" or len(set(variants)) != len(variants):
+        parser.error(f"--variants {args.variants!r}: list fp32 first, then any of {', '.join(v for v in VARIANTS if v != 'fp32')}"
+                     f" once each{' (unknown: ' + ', '.join(unknown) + ')' if unknown else ''}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -338,6 +350,7 @@ def main() -> None:
     from trl.trainer.utils import add_fused_lm_head
 
     from searchrl.resolver import resolve_model
+    from searchrl.runs import machine_info
 
     folder = resolve_model(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -356,7 +369,7 @@ def main() -> None:
     gap = logprob_gap(models, tokenizer, chats)
     result: dict = {
         "model": MODEL,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": {**machine_info(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "platform": platform.platform(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "load_average_1min_at_start": os.getloadavg()[0]},
         "matmul_gflops": {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)},
@@ -368,22 +381,26 @@ def main() -> None:
                                          "once",
                      "bf16_fast": "bf16_merge_share with micro-batches of whole groups, only the positions the "
                                   "loss reads projected onto the vocabulary and each micro-batch cut after its "
-                                  "longest row (searchrl.training.trainer, the recipes' default)"},
+                                  "longest row (searchrl.training.trainer, the recipes' default)",
+                     "fp32_fast": "float32 weights with every saving of bf16_fast: what the recipes run where the "
+                                  "CPU has no native bf16 (precision: auto)"},
     }
+    result["variants"] = {name: result["variants"][name] for name in variants}
     trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
     if "coaug" in trainers:
         # coaug-cpu: 4 query prompts x 6 samples, 12 sequences per forward/backward, no KL
         result["coaug"] = measure(models, optimizers, tokenizer, token_shape(tokenizer, chats), args.samples,
-                                  args.max_new_tokens, args.repeats, micro_batch=12, reference_pass=False)
+                                  args.max_new_tokens, args.repeats, micro_batch=12, reference_pass=False,
+                                  variants=variants)
         result["coaug"]["step"]["roles"] = {r: roles.count(r) for r in set(roles)}
     if "agent" in trainers:
         # agent-cpu: 4 questions x 4 episodes, 4 sequences per forward/backward, KL to the warm-start
         agent_chats, agent_prompt_chats = agent_prompts(4)
         result["agent"] = measure(models, optimizers, tokenizer, token_shape(tokenizer, agent_chats, agent_prompt_chats),
-                                  4, 64, args.repeats, micro_batch=4, reference_pass=True)
+                                  4, 64, args.repeats, micro_batch=4, reference_pass=True, variants=variants)
     result["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rl_step.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
