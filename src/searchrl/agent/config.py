@@ -120,6 +120,12 @@ class GRPOSettings(SharedGRPOSettings):
         "the GRPO temperature). 0 reads them greedily, as evaluation does: those words are not trained, so the "
         "reward scores each sampled search by the answer the evaluated policy would give",
     )
+    greedy_member: bool = Field(
+        False,
+        description="play one episode of each group greedily (temperature 0, as evaluation plays it) and sample "
+        "the rest: GRPO then compares the evaluated policy's episode with its samples, pushing the greedy choice "
+        "down where a sample beat it and up where it beat them",
+    )
     shuffle: bool = True
     save_steps: int = Field(5, ge=1)
     generation_batch_size: int = Field(16, ge=1, description="sequences per transformers generate call")
@@ -146,6 +152,9 @@ class GRPOSettings(SharedGRPOSettings):
         if self.answer_temperature is not None and self.train_answer_text:
             raise ValueError("grpo.answer_temperature samples the answer's words away from the policy the loss "
                              "trains; it needs grpo.train_answer_text: false (which leaves them out of the loss)")
+        if self.greedy_member and self.answer_temperature is not None:
+            raise ValueError("grpo.greedy_member plays one episode of each group greedily, answer included; it "
+                             "cannot be combined with grpo.answer_temperature")
         if self.answer_credit == "answer_terms" and self.scale_rewards not in SCALINGS:
             raise ValueError(f"grpo.answer_credit: answer_terms cannot split advantages scaled with "
                              f"scale_rewards={self.scale_rewards!r}; use one of {', '.join(SCALINGS)}")

@@ -348,11 +348,14 @@ def run_episodes(
     step: int = 0,
     chat_format: ChatFormat | None = None,
     on_message: Callable[[int, Message], None] | None = None,
+    greedy: Sequence[bool] | None = None,
 ) -> list[EpisodeResult]:
     """Play one episode per example (repeat an example to sample it several times), all batched.
 
     ``step`` is the training step (it drives noise schedules); ``on_message(i, message)`` is
     called as each message of episode ``i`` appears (the CLI prints the transcript live).
+    ``greedy[i]`` plays episode ``i`` at temperature 0 whatever ``config.temperature`` (GRPO's
+    greedy group member, ``grpo.greedy_member``).
     """
     config = config or EpisodeConfig()
     fmt = chat_format or ChatFormat(policy.tokenizer, system_prompt=config.system_prompt)
@@ -360,6 +363,12 @@ def run_episodes(
     stops = config.stop_strings()
     # With its own answer temperature, a turn first stops at <answer>; _continue_answers writes the rest.
     split_answers = config.answer_temperature is not None and config.answer_temperature != config.temperature
+    greedy = [bool(g) for g in greedy] if greedy is not None else [False] * len(examples)
+    if len(greedy) != len(examples):
+        raise ConfigError(f"greedy has {len(greedy)} flags for {len(examples)} episodes", hint="one flag per example")
+    if split_answers and any(greedy):
+        raise ConfigError("greedy episodes cannot be combined with an answer temperature of their own",
+                          hint="leave answer_temperature unset, or play no episode greedily")
     turn_stops = [*stops, ANSWER_OPEN] if split_answers else stops
     max_context = config.max_context_tokens or getattr(policy, "context_length", None)
 
@@ -397,7 +406,8 @@ def run_episodes(
 
         params = SamplingParams(n=1, temperature=config.temperature, top_p=config.top_p, max_new_tokens=1,
                                 stop=turn_stops, seed=config.seed + round_index)
-        outputs = _generate_by_limit(policy, [(states[i].token_ids, limit) for i, limit in ready], params)
+        outputs = _generate_mixed(policy, [(states[i].token_ids, limit) for i, limit in ready], params,
+                                  [greedy[i] for i, _ in ready])
         if split_answers:
             # a seed no turn of the episode uses: the answer's draws do not replay the turn's
             outputs = _continue_answers(policy, states, ready, outputs, config, stops,
@@ -469,6 +479,22 @@ def _generate_by_limit(
             raise EngineError(f"policy returned {len(got)} turns for {len(group)} sequences")
         for n, output in zip(group, got):
             outputs[n] = output
+    return outputs  # type: ignore[return-value]
+
+
+def _generate_mixed(
+    policy: Policy, requests: Sequence[tuple[Sequence[int], int]], params: SamplingParams, greedy: Sequence[bool]
+) -> list[TurnOutput]:
+    """:func:`_generate_by_limit`, with the rows flagged in ``greedy`` continued at temperature 0."""
+    if not any(greedy):
+        return _generate_by_limit(policy, requests, params)
+    outputs: list[TurnOutput | None] = [None] * len(requests)
+    greedy_params = params.model_copy(update={"temperature": 0.0, "top_p": 1.0})
+    for flag, row_params in ((False, params), (True, greedy_params)):
+        rows = [n for n, g in enumerate(greedy) if g == flag]
+        if rows:
+            for n, output in zip(rows, _generate_by_limit(policy, [requests[n] for n in rows], row_params)):
+                outputs[n] = output
     return outputs  # type: ignore[return-value]
 
 

@@ -205,6 +205,10 @@ class AgentRollout:
     (:mod:`searchrl.training.credit`). ``answer_samples=K`` (K >= 1) also returns that advantage
     (``answer_advantage``): each answer is compared with K answers resampled from the point where
     it began (the context baseline), all scored by ``correctness_reward`` with ``answer_metric``.
+    ``greedy_member=True`` plays the first episode of each question greedily (temperature 0, as
+    evaluation plays it) and samples the others, so the group's advantage compares what the
+    evaluated policy does with its samples (under several training processes, the first copy in each
+    process's share of the step).
     """
 
     def __init__(
@@ -220,6 +224,7 @@ class AgentRollout:
         answer_credit: bool = False,
         answer_samples: int = 0,
         answer_metric: str = "em",
+        greedy_member: bool = False,
     ) -> None:
         if (answer_credit or answer_samples) and not train_answer_text:
             raise ConfigError("answer credit trains the answer's words, which train_answer_text=False leaves out",
@@ -237,6 +242,7 @@ class AgentRollout:
         self.answer_credit = answer_credit
         self.answer_samples = answer_samples
         self.answer_metric = answer_metric
+        self.greedy_member = greedy_member
         self.by_prompt = {user_prompt(e.question): e for e in examples}
         if len(self.by_prompt) != len(examples):
             raise DataError("two training questions have the same text", hint="remove duplicate questions")
@@ -266,7 +272,8 @@ class AgentRollout:
         try:
             with torch.no_grad(), sampling():
                 policy = self.policy_factory(trainer)
-                episodes = run_episodes(policy, self.tool, examples, config, step=step)
+                episodes = run_episodes(policy, self.tool, examples, config, step=step,
+                                        greedy=greedy_members(examples) if self.greedy_member else None)
                 if self.answer_credit or self.answer_samples:
                     answers = [answer_mask(r, trainer.processing_class.decode) for r in episodes]
                 if self.answer_samples:
@@ -319,6 +326,21 @@ class AgentRollout:
             "answer_advantage_nonzero": sum(a != 0 for a in advantages) / max(baselined, 1),
         }
         return advantages, stats
+
+
+def greedy_members(examples: Sequence[QAExample]) -> list[bool]:
+    """``True`` for the first occurrence of each question: the group member played greedily.
+
+    >>> a, b = QAExample("q1", "Who?", ["x"]), QAExample("q2", "When?", ["y"])
+    >>> greedy_members([a, a, b, b, a])
+    [True, False, True, False, False]
+    """
+    seen: set[str] = set()
+    flags = []
+    for example in examples:
+        flags.append(example.id not in seen)
+        seen.add(example.id)
+    return flags
 
 
 def rollout_statistics(episodes: Sequence[Any], seconds: float | None = None) -> dict[str, float]:

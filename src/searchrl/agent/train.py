@@ -347,7 +347,7 @@ def build_trainer(
     rollout = AgentRollout(tool, train, config.rollout_episode_config(), run=run,
                            generation_batch_size=grpo.generation_batch_size, train_answer_text=grpo.train_answer_text,
                            answer_credit=credit, answer_samples=grpo.answer_samples if baseline else 0,
-                           answer_metric=config.rewards.metric)
+                           answer_metric=config.rewards.metric, greedy_member=grpo.greedy_member)
     dev_callback = DevEvaluationCallback(
         run, evaluation, metric=config.eval.metric, every=config.eval.every,
         patience=config.eval.patience, evaluate_at_start=config.eval.at_start,
