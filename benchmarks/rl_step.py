@@ -25,7 +25,8 @@ machine slows all alike: ``fp32`` (the recipes before bf16), ``bf16`` (bf16 weig
 scored once: the recipes until now), ``bf16_fast`` (also micro-batches of whole groups instead of
 shuffled rows, only the positions the loss reads projected onto the vocabulary and each
 micro-batch cut after its longest row: all the savings of :mod:`searchrl.training.trainer`, what
-the recipes run). Reported:
+the recipes run). ``--variants`` picks others (fp32 first), among them ``fp32_fast``: fp32 with every
+saving, what the recipes run on a CPU without bf16 instructions. Reported:
 
 * seconds and tokens/s per part, and completions trained per CPU-hour (median over repeats);
 * each variant's completions per hour over fp32's, measured side by side;
@@ -35,7 +36,7 @@ the recipes run). Reported:
   pass over the step's tokens would take per second of forward/backward (an equivalent rate: the
   shared-prompt pass does fewer FLOPs, so it can exceed what the hardware does).
 
-Writes benchmarks/results/rl_step.json and prints it.
+Writes benchmarks/results/rl_step.json (or ``--out``) and prints it.
 """
 
 from __future__ import annotations
