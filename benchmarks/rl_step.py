@@ -370,7 +370,7 @@ def main() -> None:
     gap = logprob_gap(models, tokenizer, chats)
     result: dict = {
         "model": MODEL,
-        "machine": {**machine_info(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": {**machine_info(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "platform": platform.platform(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "load_average_1min_at_start": os.getloadavg()[0]},
         "matmul_gflops": {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)},

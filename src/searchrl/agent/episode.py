@@ -319,15 +319,19 @@ def search_key(sample_key: str, turn: int) -> str:
     return f"{sample_key}:{turn}"
 
 
-def _sample_keys(examples: Sequence[QAExample]) -> list[str]:
-    """``"<id>#<n>"``: the n-th copy of a question (GRPO repeats each question once per sample)."""
+def copy_numbers(examples: Sequence[QAExample]) -> list[int]:
+    """Which copy of its question each example is, from 0 (GRPO repeats each question once per sample)."""
     seen: dict[str, int] = {}
-    keys = []
+    numbers = []
     for example in examples:
-        n = seen.get(example.id, 0)
-        seen[example.id] = n + 1
-        keys.append(sample_key(example.id, n))
-    return keys
+        numbers.append(seen.get(example.id, 0))
+        seen[example.id] = numbers[-1] + 1
+    return numbers
+
+
+def _sample_keys(examples: Sequence[QAExample]) -> list[str]:
+    """``"<id>#<n>"``: the n-th copy of a question."""
+    return [sample_key(example.id, n) for example, n in zip(examples, copy_numbers(examples))]
 
 
 def _check_turn(output: TurnOutput, index: int) -> None:

@@ -24,6 +24,7 @@ from searchrl.agent.episode import (
     TurnOutput,
     answer_mask,
     answer_text_mask,
+    copy_numbers,
     resample_answers,
     rollout_batch,
     run_episodes,
@@ -335,12 +336,7 @@ def greedy_members(examples: Sequence[QAExample]) -> list[bool]:
     >>> greedy_members([a, a, b, b, a])
     [True, False, True, False, False]
     """
-    seen: set[str] = set()
-    flags = []
-    for example in examples:
-        flags.append(example.id not in seen)
-        seen.add(example.id)
-    return flags
+    return [n == 0 for n in copy_numbers(examples)]
 
 
 def rollout_statistics(episodes: Sequence[Any], seconds: float | None = None) -> dict[str, float]:
