@@ -568,7 +568,17 @@ def _write_data(directory):
         handle.writelines(json.dumps({"id": e.id, "question": e.question, "answers": list(e.answers), "gold_ids": list(e.gold_ids)}) + "\n" for e in QUESTIONS)
 
 
-def test_train_agent_from_yaml_end_to_end_and_resume(tmp_path, tiny_lm_dir):
+def test_train_agent_from_yaml_end_to_end_and_resume(tmp_path, tiny_lm_dir, monkeypatch):
+    import searchrl.training
+
+    thresholds = []
+
+    class Recording(searchrl.training.DevEvaluationCallback):
+        def __init__(self, *args, **kwargs):
+            thresholds.append(kwargs.get("min_delta"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(searchrl.training, "DevEvaluationCallback", Recording)  # the trainer imports it from here
     _write_data(tmp_path / "data")
     config = {
         "model": str(tiny_lm_dir),
@@ -580,11 +590,12 @@ def test_train_agent_from_yaml_end_to_end_and_resume(tmp_path, tiny_lm_dir):
         "lora": {"r": 4, "alpha": 8},
         "sft": {"enabled": True, "max_steps": 2, "batch_size": 2, "max_tokens": 4096},
         "grpo": {"steps": 2, "prompts_per_step": 1, "num_generations": 2, "save_steps": 1},
-        "eval": {"every": 1},
+        "eval": {"every": 1, "min_delta": 0.05},
     }
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(config))
     run = train_agent_from_yaml(path, [])
+    assert thresholds == [0.05]  # eval.min_delta reaches the selection
 
     assert (run / "sft" / "sft.json").exists() and (run / "sft" / "adapter" / "adapter_config.json").exists()
     assert (run / "best" / "adapter_config.json").exists() and (run / "final" / "adapter_config.json").exists()

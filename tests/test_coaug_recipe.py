@@ -21,10 +21,16 @@ def tiny_beir_with_test(directory):
 
 
 def test_recipe_trains_expands_and_compares_then_resumes_without_work(tiny_lm_dir, tmp_path, monkeypatch):
+    from searchrl.runs import RunDirectory
+
     data = tiny_beir_with_test(tmp_path / "beir")
     out = tmp_path / "run"
     config = tiny_config(tiny_lm_dir, data, out, grpo__steps=1, eval__every=1)
-    summary = recipe_module.run_coaug_recipe(config, eval_split="test", out=out)
+    keep = RunDirectory.update_best
+    with monkeypatch.context() as patch:  # the tiny model's step 1 rarely beats step 0: make every evaluation win
+        patch.setattr(RunDirectory, "update_best", lambda self, *a, **k: keep(self, *a, **{**k, "min_delta": -1.0}))
+        summary = recipe_module.run_coaug_recipe(config, eval_split="test", out=out)
+    assert summary["checkpoint"]["step"] == 1 and "note" not in summary["checkpoint"]
     assert {"bm25", "untrained", "trained", "num_queries", "selection", "checkpoint"} <= set(summary)
     assert summary["num_queries"] == 1 and summary["queries"] == "all 1 judged queries of test"
     for name in ("bm25", "untrained", "trained"):
@@ -69,6 +75,19 @@ def test_recipe_on_dev_reports_only_queries_that_did_not_choose_the_checkpoint(t
     assert not (out / "expansions" / "trained" / "corpus").exists()  # query mode expands no document
     with pytest.raises(ConfigError, match="training split"):
         recipe_module.run_coaug_recipe(config, eval_split="train", out=out)
+
+
+def test_a_run_whose_checkpoints_never_clear_min_delta_reports_the_untrained_expansions_as_trained(
+        tiny_lm_dir, tmp_path):
+    data = tiny_beir_with_test(tmp_path / "beir")
+    out = tmp_path / "run"
+    config = tiny_config(tiny_lm_dir, data, out, grpo__steps=1, eval__every=1, mode="query", grpo__micro_batch_size=4,
+                         eval__min_delta=2.0)
+    summary = recipe_module.run_coaug_recipe(config, eval_split="test", out=out)
+    assert summary["checkpoint"]["step"] == 0 and "eval.min_delta (2.0)" in summary["checkpoint"]["note"]
+    assert summary["trained"] == summary["untrained"]
+    assert summary["differences"]["trained_vs_untrained"]["mean"] == 0
+    assert not (out / "expansions" / "trained").exists()  # best/ is the untrained policy: nothing is expanded twice
 
 
 def test_recipe_command_prints_one_json_object(tiny_lm_dir, tmp_path, capsys):

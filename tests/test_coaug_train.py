@@ -195,9 +195,21 @@ def test_resume_with_different_config_is_refused(tiny_lm_dir, tiny_beir, tmp_pat
     assert setup.trainer.state.global_step == 2
 
 
-def test_best_adapter_loads_in_the_generation_engine(tiny_lm_dir, tiny_beir, tmp_path):
-    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=1, eval__every=1)
+def test_best_adapter_loads_in_the_generation_engine(tiny_lm_dir, tiny_beir, tmp_path, monkeypatch):
+    import searchrl.coaug.train as coaug_train
+
+    thresholds = []
+
+    class Recording(coaug_train.DevEvaluationCallback):
+        def __init__(self, *args, **kwargs):
+            thresholds.append(kwargs.get("min_delta"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(coaug_train, "DevEvaluationCallback", Recording)
+    config = tiny_config(tiny_lm_dir, tiny_beir, tmp_path / "run", grpo__steps=1, eval__every=1, eval__min_delta=2.0)
     run_dir = train_coaug(config)
+    assert thresholds == [2.0]  # eval.min_delta reaches the selection: no step can beat step 0 by 2
+    assert json.loads((run_dir / "best.json").read_text())["step"] == 0
     from searchrl.augment import ExpansionPolicy
     from searchrl.llm.transformers_engine import TransformersEngine
 

@@ -300,6 +300,38 @@ def test_dev_evaluation_callback_keeps_best_and_stops_early(tmp_path):
     assert fresh.evaluations_without_improvement() == 2
 
 
+def test_min_delta_keeps_best_until_a_checkpoint_clears_it(tmp_path):
+    run = RunDirectory.create_or_resume(tmp_path / "run", {"x": 1})
+    assert run.update_best(0, "ndcg", 0.700, min_delta=0.01)  # the first evaluation is always kept
+    assert not run.update_best(1, "ndcg", 0.709, min_delta=0.01)  # a gain inside the noise
+    assert not run.update_best(2, "ndcg", 0.705, min_delta=0.01)
+    assert run.update_best(3, "ndcg", 0.7101, min_delta=0.01)
+    assert run.best()["step"] == 3
+    assert not run.update_best(4, "ndcg", 0.715, min_delta=0.01)  # measured from the best so far, not from step 0
+    assert run.update_best(5, "ndcg", 0.715)  # without it, any gain counts
+    lower = RunDirectory.create_or_resume(tmp_path / "loss", {"x": 1})
+    assert lower.update_best(0, "loss", 2.0, higher_is_better=False, min_delta=0.1)
+    assert not lower.update_best(1, "loss", 1.95, higher_is_better=False, min_delta=0.1)
+    assert lower.update_best(2, "loss", 1.85, higher_is_better=False, min_delta=0.1)
+
+
+def test_dev_evaluation_min_delta_holds_the_baseline_and_drives_patience(tmp_path):
+    run = RunDirectory.create_or_resume(tmp_path / "run", {"x": 1})
+    scores = {0: 0.70, 2: 0.705, 4: 0.708, 6: 0.74}
+    callback = DevEvaluationCallback(run, lambda m, t, s: {"ndcg@10": scores[s]}, metric="ndcg@10", every=2,
+                                     patience=3, min_delta=0.01)
+    model, control = _Model(), SimpleNamespace(should_training_stop=False, should_save=False)
+    callback.on_train_begin(None, _state(0), control, model=model)
+    for step in range(1, 5):
+        callback.on_step_end(None, _state(step), control, model=model)
+    assert run.best()["step"] == 0 and callback.evaluations_without_improvement() == 2
+    assert not control.should_training_stop
+    callback.on_step_end(None, _state(6), control, model=model)
+    assert run.best()["step"] == 6 and callback.evaluations_without_improvement() == 0
+    with pytest.raises(ConfigError, match="min_delta"):
+        DevEvaluationCallback(run, lambda m, t, s: {}, metric="ndcg@10", every=2, min_delta=-0.01)
+
+
 def test_dev_evaluation_must_return_metric(tmp_path):
     run = RunDirectory.create_or_resume(tmp_path / "run", {"x": 1})
     callback = DevEvaluationCallback(run, lambda m, t, s: {"other": 1.0}, metric="ndcg@10", every=1)

@@ -54,6 +54,12 @@ from pydantic import BaseModel
 from searchrl.data.io import atomic_write_text, fsync_path
 from searchrl.errors import ConfigError, DataError
 
+MIN_DELTA_HELP = (
+    "a checkpoint replaces best/ (at first the policy before RL) only when its selection score beats it by more "
+    "than this: set it to the score's own noise, so that best/ moves on evidence rather than on a lucky evaluation"
+)
+"""The ``eval.min_delta`` setting of both trainers (:meth:`RunDirectory.update_best`)."""
+
 #: Libraries whose versions are recorded in ``environment.json``.
 TRACKED_LIBRARIES = (
     "searchrl", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm",
@@ -447,8 +453,13 @@ class RunDirectory:
         save: Callable[[Path], None] | None = None,
         higher_is_better: bool = True,
         extra: Mapping[str, Any] | None = None,
+        min_delta: float = 0.0,
     ) -> bool:
-        """Keep ``best/`` if ``value`` beats the stored best; returns whether it did.
+        """Keep ``best/`` if ``value`` beats the stored best by more than ``min_delta``; returns whether it did.
+
+        ``min_delta`` (as in Keras' early stopping) is the smallest change that counts as a gain:
+        with the untrained policy evaluated first, a checkpoint replaces it only when it beats it by
+        more than the evaluation's own noise.
 
         ``save(directory)`` writes the checkpoint into a temporary sibling folder (``best.new/``),
         which also gets a copy of the record (``best/best.json``) and is fsync'ed; then it is
@@ -461,7 +472,7 @@ class RunDirectory:
         current = self.best()
         if current is not None and current.get("metric") == metric:
             old = float(current["value"])
-            if not (value > old if higher_is_better else value < old):
+            if not (value > old + min_delta if higher_is_better else value < old - min_delta):
                 return False
         record = {"metric": metric, "value": float(value), "step": int(step), "higher_is_better": higher_is_better}
         record.update({k: _jsonable(v) for k, v in (extra or {}).items()})

@@ -32,6 +32,7 @@ from searchrl.agent.tool import SearchToolConfig
 from searchrl.config import load_config
 from searchrl.llm.precision import Precision
 from searchrl.resolver import DEFAULT_LLM
+from searchrl.runs import MIN_DELTA_HELP
 from searchrl.training import GRPOSettings as SharedGRPOSettings
 from searchrl.training import LoraSettings
 from searchrl.training.credit import SCALINGS
@@ -175,6 +176,7 @@ class DevEvalSettings(BaseModel):
     every: int = Field(5, ge=1, description="evaluate every N RL steps (and before the first, and after the last)")
     metric: Literal["em", "f1"] = "f1"
     patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")
+    min_delta: float = Field(0.0, ge=0, description=MIN_DELTA_HELP)
     max_questions: int | None = Field(None, ge=1, description="evaluate on the first N dev questions only")
     report_fraction: float = Field(
         0.5, ge=0, lt=1, description="share of dev questions held out from choosing best/ (0: select and report on all)"

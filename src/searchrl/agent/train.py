@@ -350,7 +350,7 @@ def build_trainer(
                            answer_metric=config.rewards.metric, greedy_member=grpo.greedy_member)
     dev_callback = DevEvaluationCallback(
         run, evaluation, metric=config.eval.metric, every=config.eval.every,
-        patience=config.eval.patience, evaluate_at_start=config.eval.at_start,
+        patience=config.eval.patience, evaluate_at_start=config.eval.at_start, min_delta=config.eval.min_delta,
     )
     with warnings.catch_warnings():
         # rollout_func is experimental in TRL; the version is pinned for exactly that reason.

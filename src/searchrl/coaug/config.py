@@ -17,6 +17,7 @@ from searchrl.augment import ExpansionPolicy
 from searchrl.augment.prompts import prompt_style_for
 from searchrl.llm.precision import Precision
 from searchrl.resolver import DEFAULT_ENCODER, DEFAULT_LLM
+from searchrl.runs import MIN_DELTA_HELP
 from searchrl.config import refuse_renamed_keys
 from searchrl.training import GRPOSettings, LoraSettings
 
@@ -144,6 +145,7 @@ class EvalSettings(_Section):
     batch_size: int = Field(16, ge=1, description="prompts per generation call during evaluation")
     patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")
     at_start: bool = Field(True, description="evaluate the untrained policy at step 0")
+    min_delta: float = Field(0.0, ge=0, description=MIN_DELTA_HELP)
 
 
 class CoAugConfig(_Section):

@@ -53,7 +53,11 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
     queries, qrels, note = _evaluation_queries(config, selection, eval_split)
     results: dict[str, Any] = {}
     expansions: dict[str, tuple[dict[str, str], dict[str, str]]] = {"bm25": ({}, {})}
+    untouched = best is not None and best.get("step") == 0  # no checkpoint beat the policy before training
     for name, model in (("untrained", config.model), ("trained", str(out / "best"))):
+        if name == "trained" and untouched:
+            expansions[name] = expansions["untrained"]  # best/ *is* the untrained policy: the same expansions
+            continue
         expansions[name] = _expand(config, model, out / "expansions" / name, queries, eval_split)
     scored_at = time.time()
     corpus = _corpus(config)
@@ -70,7 +74,10 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
         "queries": note,
         "selection": _selection_note(config, selection, out),
         "checkpoint": {"path": str(out / "best"), "step": None if best is None else best.get("step"),
-                       "selection_value": None if best is None else best.get("value")},
+                       "selection_value": None if best is None else best.get("value"),
+                       **({"note": "no trained checkpoint beat the untrained policy on the selection queries by more "
+                                   f"than eval.min_delta ({config.eval.min_delta}): trained = untrained"}
+                          if untouched else {})},
         "mode": config.mode,
         "measures": results,
         # query by query on nDCG@10: mean difference, bootstrap interval, queries better / worse / tied

@@ -251,6 +251,7 @@ def prepare_coaug(config: CoAugConfig, *, force: bool = False, callbacks: Sequen
         every=config.eval.every * config.batch.updates_per_step,
         patience=config.eval.patience,
         evaluate_at_start=config.eval.at_start,
+        min_delta=config.eval.min_delta,
     )
     trainer = grpo_trainer_class()(
         model=model,

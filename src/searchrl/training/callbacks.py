@@ -139,6 +139,8 @@ class DevEvaluationCallback(TrainerCallback):
     that many consecutive evaluations without improvement; the count is rebuilt from
     ``metrics.jsonl`` on resume, so a kill does not reset it. ``evaluate_at_start`` also evaluates
     the untrained policy at step 0 (a baseline; never saved as best unless nothing beats it).
+    ``min_delta``: a checkpoint must beat the best so far by more than this to replace it (and to
+    count as an improvement for ``patience``).
     """
 
     def __init__(
@@ -153,9 +155,12 @@ class DevEvaluationCallback(TrainerCallback):
         evaluate_at_start: bool = True,
         evaluate_at_end: bool = True,
         prefix: str = "dev/",
+        min_delta: float = 0.0,
     ) -> None:
         if every < 1:
             raise ConfigError("eval_every must be at least 1")
+        if min_delta < 0:
+            raise ConfigError(f"min_delta must be 0 or more (got {min_delta})")
         self.run = run
         self.evaluate = evaluate
         self.metric = metric
@@ -165,6 +170,7 @@ class DevEvaluationCallback(TrainerCallback):
         self.evaluate_at_start = evaluate_at_start
         self.evaluate_at_end = evaluate_at_end
         self.prefix = prefix
+        self.min_delta = min_delta
         self.last_evaluated_step: int | None = None
 
     # -- state rebuilt from disk ---------------------------------------------------------
@@ -204,6 +210,7 @@ class DevEvaluationCallback(TrainerCallback):
             float(metrics[self.metric]),
             save=lambda directory: save_policy(model, tokenizer, directory),
             higher_is_better=self.higher_is_better,
+            min_delta=self.min_delta,
         )
         log.info("step %d: %s=%.4f%s", step, self.metric, metrics[self.metric], " (best)" if improved else "")
 
