@@ -71,6 +71,38 @@ def test_fired_rates_count_non_zero_terms_among_scored_samples():
     assert logged["rewards/fired_retrieval"] == 0.5 and logged["rewards/fired_format"] == 0.5
 
 
+def test_the_retry_gap_says_what_searching_again_earned_inside_each_group():
+    """Logged per batch: retried minus single-search episodes of one question, averaged over such groups."""
+    logged = {}
+    functions, weights = build_reward_functions(RewardWeights(metric="em", max_searches=2))
+
+    def episode(searches, answer):
+        turns = [m for _ in range(searches) for m in ({"role": "assistant", "content": "<search>q</search>"},
+                                                       {"role": "user", "content": "r"})]
+        return {"messages": [*turns, {"role": "assistant", "content": f"<answer>{answer}</answer>"}],
+                "searches": [{"doc_ids": ["c1"]}] * searches, "finish_reason": "answered"}
+
+    # q1: the retry answered right, the single search wrong; q2: the reverse; q3 never retried (no pair)
+    episodes = [episode(2, "Lovell"), episode(1, "Haise"), episode(2, "Haise"), episode(1, "Lovell"),
+                episode(1, "Lovell"), episode(1, "Haise")]
+    columns = {"episode": episodes, "answers": [["Lovell"]] * 6, "gold_ids": [["c9"]] * 6,
+               "question": ["q1", "q1", "q2", "q2", "q3", "q3"],
+               "log_metric": lambda name, value: logged.__setitem__(name, value)}
+    for f in functions:
+        f(prompts=["p"] * 6, completions=[""] * 6, **columns)
+    assert logged["rewards/retry_gap_groups"] == 2
+    assert logged["rewards/retry_gap_correctness"] == 0.0  # +1 in q1, -1 in q2
+    assert logged["rewards/retry_gap_retry"] == 0.5  # the correct retry in q1 earned the retry term
+    names = [f.__name__.removesuffix("_reward") for f in functions]
+    assert logged["rewards/retry_gap"] == pytest.approx(sum(
+        w * logged[f"rewards/retry_gap_{n}"] for n, w in zip(names, weights)))
+    logged.clear()
+    columns["question"] = ["q1", "q2", "q3", "q4", "q5", "q6"]  # no question has both kinds of episode
+    for f in functions:
+        f(prompts=["p"] * 6, completions=[""] * 6, **columns)
+    assert not any(k.startswith("rewards/retry_gap") for k in logged)
+
+
 def test_rollout_statistics_count_retries_per_episode():
     from types import SimpleNamespace
 

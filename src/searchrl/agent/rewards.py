@@ -519,7 +519,9 @@ class RewardScorer:
     record what it retrieved): that means "not applicable", and the other terms still count.
 
     Per batch, ``rewards/unscorable_rate``, ``rewards/fired_<term>`` (the share of scored samples
-    whose term is non-zero, see :func:`fired_rates`) and ``rewards/judge_failure_rate`` with the
+    whose term is non-zero, see :func:`fired_rates`), ``rewards/retry_gap`` and ``retry_gap_<term>``
+    (what searching again earned inside its question's group, see :func:`retry_gaps`) and
+    ``rewards/judge_failure_rate`` with the
     judge metric go to TRL's ``log_metric`` when it is passed; :attr:`samples`, :attr:`unscorable` and
     :attr:`judge_failures` count over the scorer's life.
     """
@@ -629,6 +631,12 @@ class RewardScorer:
             log_metric("rewards/unscorable_rate", sum(failed) / n)
             for term, fired in fired_rates(scores).items():
                 log_metric(f"rewards/fired_{term}", fired)
+            questions = [_column(columns, "question_id", i) or _column(columns, "question", i) or episode_view(e).question
+                         for i, e in enumerate(episodes)]  # a GRPO group: the samples of one question
+            searches = [episode_view(e).num_searches for e in episodes]
+            term_weights = {t: float(getattr(weights, t)) for t in scores}
+            for key, value in retry_gaps(scores, questions, searches, term_weights).items():
+                log_metric(f"rewards/{key}", value)
             if weights.metric == "judge" and needs_answers:
                 log_metric("rewards/judge_failure_rate", judge_failures / n)
         return scores
@@ -648,6 +656,50 @@ def fired_rates(scores: Mapping[str, Sequence[float | None]]) -> dict[str, float
         scored = [v for v in values if v is not None]
         rates[term] = sum(v != 0 for v in scored) / len(scored) if scored else 0.0
     return rates
+
+
+def retry_gaps(
+    scores: Mapping[str, Sequence[float | None]],
+    groups: Sequence[Any],
+    searches: Sequence[int],
+    weights: Mapping[str, float],
+) -> dict[str, float]:
+    """What searching again earned against not doing so, inside the groups GRPO compares.
+
+    Over the groups (samples of one question: equal ``groups`` keys) that hold both episodes that
+    searched more than once and episodes that did not: the mean, over those groups, of the
+    retrying episodes' mean score minus the others', per term (``retry_gap_<term>``) and for the
+    weighted sum the advantage is computed from (``retry_gap``); ``retry_gap_groups`` counts the
+    groups. Its sign is the direction GRPO moves retrying in; empty when no group holds both.
+    Unscored samples (``None``) are left out.
+
+    >>> gaps = retry_gaps({"correctness": [1.0, 0.0, 0.0, 1.0], "format": [1.0, 1.0, 0.0, 1.0]},
+    ...                   ["q1", "q1", "q2", "q2"], [2, 1, 2, 1], {"correctness": 4.0, "format": 2.0})
+    >>> gaps["retry_gap_correctness"], gaps["retry_gap_format"], gaps["retry_gap"], gaps["retry_gap_groups"]
+    (0.0, -0.5, -1.0, 2.0)
+    """
+    members: dict[Any, list[int]] = {}
+    for i, key in enumerate(groups):
+        if key is not None and all(scores[t][i] is not None for t in scores):
+            members.setdefault(key, []).append(i)
+    gaps: dict[str, list[float]] = {t: [] for t in scores}
+    totals: list[float] = []
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    for rows in members.values():
+        retried = [i for i in rows if searches[i] > 1]
+        single = [i for i in rows if searches[i] <= 1]
+        if not retried or not single:
+            continue
+        for term, values in scores.items():
+            gaps[term].append(mean([values[i] for i in retried]) - mean([values[i] for i in single]))
+        totals.append(sum(weights.get(t, 1.0) * gaps[t][-1] for t in scores))
+    if not totals:
+        return {}
+    return {"retry_gap": mean(totals), **{f"retry_gap_{t}": mean(v) for t, v in gaps.items()},
+            "retry_gap_groups": float(len(totals))}
 
 
 def build_reward_functions(
