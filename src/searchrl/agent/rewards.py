@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from statistics import fmean
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -631,11 +632,11 @@ class RewardScorer:
             log_metric("rewards/unscorable_rate", sum(failed) / n)
             for term, fired in fired_rates(scores).items():
                 log_metric(f"rewards/fired_{term}", fired)
-            questions = [_column(columns, "question_id", i) or _column(columns, "question", i) or episode_view(e).question
-                         for i, e in enumerate(episodes)]  # a GRPO group: the samples of one question
-            searches = [episode_view(e).num_searches for e in episodes]
+            views = [episode_view(e) for e in episodes]
+            questions = [_column(columns, "question_id", i) or _column(columns, "question", i) or v.question
+                         for i, v in enumerate(views)]  # a GRPO group: the samples of one question
             term_weights = {t: float(getattr(weights, t)) for t in scores}
-            for key, value in retry_gaps(scores, questions, searches, term_weights).items():
+            for key, value in retry_gaps(scores, questions, [v.num_searches for v in views], term_weights).items():
                 log_metric(f"rewards/{key}", value)
             if weights.metric == "judge" and needs_answers:
                 log_metric("rewards/judge_failure_rate", judge_failures / n)
@@ -684,21 +685,17 @@ def retry_gaps(
             members.setdefault(key, []).append(i)
     gaps: dict[str, list[float]] = {t: [] for t in scores}
     totals: list[float] = []
-
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
     for rows in members.values():
         retried = [i for i in rows if searches[i] > 1]
         single = [i for i in rows if searches[i] <= 1]
         if not retried or not single:
             continue
         for term, values in scores.items():
-            gaps[term].append(mean([values[i] for i in retried]) - mean([values[i] for i in single]))
+            gaps[term].append(fmean(values[i] for i in retried) - fmean(values[i] for i in single))
         totals.append(sum(weights.get(t, 1.0) * gaps[t][-1] for t in scores))
     if not totals:
         return {}
-    return {"retry_gap": mean(totals), **{f"retry_gap_{t}": mean(v) for t, v in gaps.items()},
+    return {"retry_gap": fmean(totals), **{f"retry_gap_{t}": fmean(v) for t, v in gaps.items()},
             "retry_gap_groups": float(len(totals))}
 
 
