@@ -219,6 +219,35 @@ def test_miss_retry_pays_searching_again_after_a_first_search_that_missed():
     assert answer_reward_funcs(RewardWeights(retry_mode="miss")) == ["correctness_reward"]  # a search term
 
 
+def test_first_search_retrieval_makes_a_deliberate_miss_lose_under_the_miss_retry_reward():
+    retried = ["<search>crew</search>", "<search>commander Apollo 13</search>", "<answer>Jim Lovell</answer>"]
+    found_late = record(retried, [["c9"], ["c2"]])
+    assert retrieval_reward(found_late, ["c2"]) == 1.0 and retrieval_reward(found_late, ["c2"], scope="first") == 0.0
+    assert retrieval_reward(record(retried, [["c2"], ["c9"]]), ["c2"], scope="first") == 1.0
+    assert retrieval_reward(record(["<answer>Jim Lovell</answer>"], []), ["c2"], scope="first") == 0.0  # no search
+    assert retrieval_reward(found_late, [], scope="first") is None  # no gold ids: not applicable, as with any
+    with pytest.raises(ConfigError, match="retrieval scope"):
+        retrieval_reward(found_late, ["c2"], scope="last")
+
+    # The incentive: both episodes answer correctly; one finds the chunk at once, the other misses first.
+    found_at_once = HONEST
+    gamed = dict(retry_mode="miss", retry=0.5)
+    total = lambda episode, **w: episode_rewards(episode, ANSWERS, ["c2"], RewardWeights(**gamed, **w))["total"]
+    assert total(found_late) > total(found_at_once)  # any search counts: missing first pays (what was measured)
+    assert total(found_late, retrieval_scope="first") < total(found_at_once, retrieval_scope="first")
+
+    # The same through TRL's functions and the weights a config gives.
+    columns = dict(episode=[found_late, found_at_once], answers=[ANSWERS] * 2, gold_ids=[["c2"]] * 2,
+                   question=["q"] * 2, trainer_state=None, log_extra=None, log_metric=None)
+    functions, _ = build_reward_functions(RewardWeights(**gamed, retrieval_scope="first"))
+    scores = {f.__name__: f(prompts=["p"] * 2, completions=[None, None], **columns) for f in functions}
+    assert scores["retrieval_reward"] == [0.0, 1.0] and scores["retry_reward"] == [1.0, 0.0]
+    first = trl_reward("retrieval", scope="first")
+    assert first(prompts=["p"] * 2, completions=[None, None], **columns) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="retrieval_scope"):
+        RewardWeights(retrieval_scope="last")
+
+
 def spoiled_record(turns, searches, finish="answered"):
     """A record whose searches are ``(doc_ids, before_noise)`` pairs (``None``: the noise changed nothing)."""
     out = record(turns, [ids for ids, _ in searches], finish=finish)

@@ -28,6 +28,7 @@ from searchrl.errors import ConfigError
 
 Metric = Literal["em", "f1", "judge"]
 RetryMode = Literal["sound", "paper", "recovery", "miss", "spoiled"]
+RetrievalScope = Literal["any", "first"]
 #: Retry modes judged by what the searches retrieved: they need gold ids, and are not applicable without them.
 RETRIEVAL_RETRY_MODES = ("recovery", "miss", "spoiled")
 
@@ -353,21 +354,33 @@ def first_search_spoiled(episode: Any, gold_ids: Sequence[str]) -> bool | None:
     return not found and before is not None and bool(set(gold_ids).intersection(before))
 
 
-def retrieval_reward(episode: Any, gold_ids: Sequence[str]) -> float | None:
-    """1.0 if any search returned a gold document, else 0.0.
+def retrieval_reward(episode: Any, gold_ids: Sequence[str], *, scope: RetrievalScope = "any") -> float | None:
+    """1.0 if any search returned a gold document (``scope="first"``: if the first one did), else 0.0.
 
     A distractor paraphrasing a gold document has its own id and does not count. ``None`` when
     no gold ids are known, the episode form does not record retrieved ids, or the tool failed.
 
-    >>> record = {"messages": [], "searches": [{"doc_ids": ["p7", "c2"]}], "finish_reason": "answered"}
-    >>> retrieval_reward(record, ["c2"]), retrieval_reward(record, ["c9"])
+    ``scope="first"`` pairs with the ``miss`` retry reward: with ``any``, a first search that
+    misses and a retry that finds earn the retrieval term *and* the retry term, more than finding
+    at once, so a worse first search pays (measured: docs/EXPERIMENTS.md, "Paying for a retry
+    after a missed search"). Read on the first search, finding at once earns the retrieval weight
+    and a miss followed by a retry the retry weight; with the retry weight below the retrieval
+    weight a deliberate miss always loses.
+
+    >>> record = {"messages": [], "searches": [{"doc_ids": ["p7", "c2"]}, {"doc_ids": ["c9"]}], "finish_reason": "answered"}
+    >>> retrieval_reward(record, ["c2"]), retrieval_reward(record, ["c5"])
+    (1.0, 0.0)
+    >>> retrieval_reward(record, ["c9"]), retrieval_reward(record, ["c9"], scope="first")
     (1.0, 0.0)
     """
+    if scope not in ("any", "first"):
+        raise ConfigError(f"unknown retrieval scope {scope!r}", hint="use any or first")
     view = episode_view(episode)
     if view.tool_failed or not gold_ids or view.retrieved is None:
         return None
     gold = set(gold_ids)
-    return float(any(gold.intersection(ids) for ids in view.retrieved))
+    searches = view.retrieved[:1] if scope == "first" else view.retrieved
+    return float(any(gold.intersection(ids) for ids in searches))
 
 
 def _squash(text: str) -> str:
@@ -436,7 +449,8 @@ def trl_reward(
         if name == "format":
             return [format_reward(e) for e in episodes]
         if name == "retrieval":
-            return [retrieval_reward(e, _column(columns, "gold_ids", i) or ()) for i, e in enumerate(episodes)]
+            return [retrieval_reward(e, _column(columns, "gold_ids", i) or (), scope=options.get("scope", "any"))
+                    for i, e in enumerate(episodes)]
         answers = [_column(columns, "answers", i) for i in range(len(episodes))]
         if any(a is None for a in answers):
             raise ConfigError(f"the {name} reward needs an 'answers' column", hint="add it to the training data set")
@@ -504,6 +518,11 @@ class RewardWeights(BaseModel):
         "whose gold document the tool's noise removed (see retry_reward)"
     )
     max_searches: int = Field(5, ge=1)
+    retrieval_scope: RetrievalScope = Field(
+        "any", description="which searches the retrieval reward reads: any (a gold document in any search) or first "
+        "(in the first search; with retry_mode miss and a retry weight below the retrieval weight, a worse first "
+        "search cannot pay)"
+    )
 
 
 class RewardScorer:
@@ -608,7 +627,8 @@ class RewardScorer:
                     for e, a, c in zip(episodes, answers, correct)
                 ]
         if "retrieval" in self.terms:
-            scores["retrieval"] = [retrieval_reward(e, _column(columns, "gold_ids", i) or ()) for i, e in enumerate(episodes)]
+            scores["retrieval"] = [retrieval_reward(e, _column(columns, "gold_ids", i) or (), scope=weights.retrieval_scope)
+                                   for i, e in enumerate(episodes)]
 
         # Any failed term (tool error, unreadable judge verdict, or a needed correctness that
         # failed) makes the whole sample unscorable; a retrieval (or recovery) None without gold ids does not.
@@ -764,7 +784,7 @@ def episode_rewards(
         )
         if correct is not None or weights.retry_mode != "sound"
         else None,
-        "retrieval": retrieval_reward(episode, gold_ids),
+        "retrieval": retrieval_reward(episode, gold_ids, scope=weights.retrieval_scope),
     }
     scored = {k: v for k, v in parts.items() if v is not None}
     parts["total"] = sum(getattr(weights, k) * v for k, v in scored.items()) if scored else None
