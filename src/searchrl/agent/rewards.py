@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -373,7 +373,7 @@ def retrieval_reward(episode: Any, gold_ids: Sequence[str], *, scope: RetrievalS
     >>> retrieval_reward(record, ["c9"]), retrieval_reward(record, ["c9"], scope="first")
     (1.0, 0.0)
     """
-    if scope not in ("any", "first"):
+    if scope not in get_args(RetrievalScope):
         raise ConfigError(f"unknown retrieval scope {scope!r}", hint="use any or first")
     view = episode_view(episode)
     if view.tool_failed or not gold_ids or view.retrieved is None:
