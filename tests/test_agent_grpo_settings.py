@@ -184,6 +184,37 @@ def test_kl_reference_is_the_warm_start_dev_is_cut_in_two_and_training_questions
     assert "train f1" in report and "training questions replayed at each evaluation (train f1) | 3" in report
 
 
+def test_sampled_dev_episodes_choose_best_and_the_greedy_play_is_still_logged(tiny_lm_dir, tmp_path):
+    from searchrl.agent.train import train_agent
+
+    data = write_data(tmp_path / "data")
+    config = AgentTrainConfig.model_validate({
+        "model": str(tiny_lm_dir), "device": "cpu", "output_dir": str(tmp_path / "run"),
+        "data": {"questions": str(data / "questions.jsonl"), "corpus": str(data / "corpus.jsonl"), "dev_size": 2},
+        "tool": {"k": 2}, "episode": {"max_turns": 2, "max_turn_tokens": 6, "max_model_tokens": 16},
+        "lora": {"r": 4, "alpha": 8},
+        "grpo": {"steps": 1, "prompts_per_step": 1, "num_generations": 2, "save_steps": 5, "temperature": 1.0},
+        "eval": {"every": 1, "report_fraction": 0, "samples": 3},
+    })
+    run = train_agent(config)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    select = json.loads((run / "selection.json").read_text())["select"]
+    chosen = {r["step"]: r for r in records if "dev/f1" in r}
+    greedy = {r["step"]: r for r in records if "dev_greedy/f1" in r}
+    assert sorted(chosen) == sorted(greedy) == [0, 1]
+    for step in (0, 1):
+        sampled = [json.loads(line) for line in (run / "dev" / f"step-{step:06d}.sampled-3.jsonl").read_text().splitlines()]
+        assert sorted(r["question_id"] for r in sampled) == sorted(f"{q}~{j}" for q in select for j in range(3))
+        assert chosen[step]["dev/f1"] == pytest.approx(sum(r["scores"]["f1"] for r in sampled) / len(sampled))
+        played = [json.loads(line) for line in (run / "dev" / f"step-{step:06d}.jsonl").read_text().splitlines()]
+        assert greedy[step]["dev_greedy/f1"] == pytest.approx(sum(r["scores"]["f1"] for r in played) / len(played))
+    best = json.loads((run / "best.json").read_text())
+    assert best["value"] == pytest.approx(max(r["dev/f1"] for r in chosen.values()))  # the sampled mean chose
+    report = (run / "report.md").read_text()
+    assert "| step | select em (3 sampled) | select f1 (3 sampled) | select greedy f1 | report em |" in report
+    assert "the mean of 3 sampled episodes per question" in report
+
+
 def test_replaying_training_questions_changes_nothing_in_training(tiny_lm_dir, tmp_path):
     """The replay is greedy and outside the update: the same seed gives the same steps with or without it."""
     import torch

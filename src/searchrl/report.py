@@ -75,6 +75,8 @@ QUANTITIES: tuple[Quantity, ...] = (
     # dev_report/...: the part of dev that chose nothing; train_eval/...: training questions (fit, not generalisation).
     Quantity("Selection metric", r"dev_report/(ndcg@\d+|recall@\d+|mrr@\d+|map|em|f1|judge)", "report part of dev: {0}"),
     Quantity("Selection metric", r"train_eval/(em|f1)", "training questions (fit): {0}"),
+    # dev_greedy/...: with eval.samples, sampled episodes choose best/ and the greedy play is only shown.
+    Quantity("Selection metric", r"dev_greedy/(em|f1)", "greedy {0} (selection part)"),
     Quantity("Expansion length / searches", r"train/coaug/expansion_words", "words per expansion (training)"),
     Quantity("Expansion length / searches", r"dev/(query|doc)_expansion_words", "words per {0} expansion (selection)"),
     Quantity("Expansion length / searches", r"rollout/searches_per_episode", "searches per episode (rollouts)"),

@@ -182,6 +182,11 @@ class DevEvalSettings(BaseModel):
         0.5, ge=0, lt=1, description="share of dev questions held out from choosing best/ (0: select and report on all)"
     )
     batch_size: int = Field(20, ge=1)
+    samples: int = Field(
+        0, ge=0, description="choose best/ on N episodes of each selection question sampled as GRPO samples "
+        "them (grpo.temperature), averaged (dev/...), instead of its one greedy episode, which is still played "
+        "and logged (dev_greedy/...); 0: the greedy episode chooses",
+    )
     at_start: bool = Field(True, description="also evaluate the policy before the first RL step")
     train_questions: int = Field(
         0, ge=0, description="also play N fixed training questions greedily at each evaluation (train_eval/...): "

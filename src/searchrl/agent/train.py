@@ -279,7 +279,9 @@ class DevEvaluation:
     keep ``best/`` — and logs the *report* part's as ``dev_report/...`` itself. With
     ``eval.train_questions``, it also plays that fixed sample of training questions
     (``RUN/train_eval/``, logged as ``train_eval/...``): a policy that gains there and not on
-    dev is learning its training questions, not the skill.
+    dev is learning its training questions, not the skill. With ``eval.samples``, the selection
+    part is also played that many times sampled as GRPO samples (``RUN/dev/step-*.sampled-N.jsonl``):
+    their mean chooses ``best/`` and the greedy figures are logged as ``dev_greedy/...``.
     """
 
     def __init__(self, config: AgentTrainConfig, run: Any, tool: SearchTool, questions: AgentSplit) -> None:
@@ -306,6 +308,18 @@ class DevEvaluation:
         if self.questions.report:
             reported = summarize([by_id[e.id] for e in self.questions.report])
             self.run.log_metrics(step, _numbers(reported), prefix="dev_report/")
+        selection = _numbers(summarize([by_id[e.id] for e in self.questions.select]))
+        if samples := self.config.eval.samples:
+            from searchrl.agent.recipe import sampled_copies
+
+            self.run.log_metrics(step, selection, prefix="dev_greedy/")
+            sampled = _play_dev(
+                model, tokenizer, self.tool, sampled_copies(self.questions.select, samples),
+                self.config.rollout_episode_config(),
+                out_path=self.run.path / "dev" / f"step-{step:06d}.sampled-{samples}.jsonl",
+                batch_size=self.config.eval.batch_size, run_info={**self.run_info, "samples": samples},
+            )
+            selection = _numbers(sampled.metrics)
         if self.questions.train_eval:
             fit = _play_dev(
                 model, tokenizer, self.tool, self.questions.train_eval, self.episode_config,
@@ -313,7 +327,7 @@ class DevEvaluation:
                 batch_size=self.config.eval.batch_size, run_info=self.run_info,
             )
             self.run.log_metrics(step, _numbers(fit.metrics), prefix="train_eval/")
-        return _numbers(summarize([by_id[e.id] for e in self.questions.select]))
+        return selection
 
 
 # ----------------------------------------------------------------------------------------
@@ -435,17 +449,25 @@ def write_agent_report(
             value = None if record is None else record.get(key)
             return "-" if value is None else f"{value:.3f}"
 
-        sections["Dev evaluations (greedy)"] = "\n".join(
-            ["| step | select em | select f1 | report em | report f1 | train f1 | searches/episode | retries/episode |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-            + [f"| {r['step']} | {cell(r, 'dev/em')} | {cell(r, 'dev/f1')} | {cell(reported.get(int(r['step'])), 'dev_report/em')} "
+        # With eval.samples the selection columns are sampled means, and the greedy f1 of the same questions sits beside them.
+        greedy = {int(r["step"]): r for r in records if "dev_greedy/f1" in r}
+        sampled = f" ({config.eval.samples} sampled)" if config.eval.samples else ""
+        extra = ["select greedy f1"] if greedy else []
+        header = [f"select em{sampled}", f"select f1{sampled}", *extra, "report em", "report f1", "train f1",
+                  "searches/episode", "retries/episode"]
+        sections["Dev evaluations" if sampled else "Dev evaluations (greedy)"] = "\n".join(
+            ["| step | " + " | ".join(header) + " |", "| --- " * (len(header) + 1) + "|"]
+            + [f"| {r['step']} | {cell(r, 'dev/em')} | {cell(r, 'dev/f1')} | "
+               + "".join(f"{cell(greedy.get(int(r['step'])), 'dev_greedy/f1')} | " for _ in extra)
+               + f"{cell(reported.get(int(r['step'])), 'dev_report/em')} "
                f"| {cell(reported.get(int(r['step'])), 'dev_report/f1')} | {cell(fit.get(int(r['step'])), 'train_eval/f1')} "
                f"| {cell(r, 'dev/searches_per_episode')} | {cell(r, 'dev/retries_per_episode')} |" for r in rows]
         )
     best = run.best()
     if best is not None:
         start = "the policy GRPO started from (the warm-start): no GRPO step beat it" if int(best["step"]) == 0 else f"GRPO step {best['step']}"
-        note = f"best/ holds {start}, chosen on the selection part ({metric} {best['value']:.3f})."
+        by = f", the mean of {config.eval.samples} sampled episodes per question" if config.eval.samples else ""
+        note = f"best/ holds {start}, chosen on the selection part ({metric} {best['value']:.3f}{by})."
         if int(best["step"]) in reported:
             note += f" On the report part, which took no part in choosing it: {metric} {reported[int(best['step'])][f'dev_report/{metric}']:.3f}."
         sections["Selection"] = note
