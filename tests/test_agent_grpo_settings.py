@@ -215,8 +215,9 @@ def test_sampled_dev_episodes_choose_best_and_the_greedy_play_is_still_logged(ti
     assert "the mean of 3 sampled episodes per question" in report
 
 
-def test_replaying_training_questions_changes_nothing_in_training(tiny_lm_dir, tmp_path):
-    """The replay is greedy and outside the update: the same seed gives the same steps with or without it."""
+def test_replaying_training_questions_or_sampling_dev_changes_nothing_in_training(tiny_lm_dir, tmp_path):
+    """The replay is greedy and outside the update, and sampled dev episodes leave the random state as they found
+    it: the same seed gives the same steps with or without either."""
     import torch
     from safetensors.torch import load_file
 
@@ -224,14 +225,14 @@ def test_replaying_training_questions_changes_nothing_in_training(tiny_lm_dir, t
 
     data = write_data(tmp_path / "data")
 
-    def steps(name, train_questions):
+    def steps(name, train_questions, samples=0):
         config = AgentTrainConfig.model_validate({
             "model": str(tiny_lm_dir), "device": "cpu", "output_dir": str(tmp_path / name),
             "data": {"questions": str(data / "questions.jsonl"), "corpus": str(data / "corpus.jsonl"), "dev_size": 2},
             "tool": {"k": 2}, "episode": {"max_turns": 2, "max_turn_tokens": 6, "max_model_tokens": 16},
             "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
             "grpo": {"steps": 2, "prompts_per_step": 1, "num_generations": 2, "save_steps": 5, "temperature": 1.0},
-            "eval": {"every": 1, "report_fraction": 0, "train_questions": train_questions},
+            "eval": {"every": 1, "report_fraction": 0, "train_questions": train_questions, "samples": samples},
         })
         run = train_agent(config)
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -240,8 +241,10 @@ def test_replaying_training_questions_changes_nothing_in_training(tiny_lm_dir, t
         return logged, load_file(str(run / "final" / "adapter_model.safetensors"))
 
     (plain_steps, plain), (replay_steps, replay) = steps("plain", 0), steps("replay", 3)
-    assert plain_steps == replay_steps and len(plain_steps) == 2
-    assert plain.keys() == replay.keys() and all(torch.equal(plain[k], replay[k]) for k in plain)  # the same weights
+    sampled_steps, sampled = steps("sampled", 0, samples=2)
+    assert plain_steps == replay_steps == sampled_steps and len(plain_steps) == 2
+    for other in (replay, sampled):
+        assert plain.keys() == other.keys() and all(torch.equal(plain[k], other[k]) for k in plain)  # the same weights
 
 
 def test_the_kl_reference_adapter_is_a_frozen_copy_of_the_starting_adapter(tiny_lm_dir, tmp_path):
