@@ -216,8 +216,8 @@ def test_sampled_dev_episodes_choose_best_and_the_greedy_play_is_still_logged(ti
 
 
 def test_replaying_training_questions_or_sampling_dev_changes_nothing_in_training(tiny_lm_dir, tmp_path):
-    """The replay is greedy and outside the update, and sampled dev episodes leave the random state as they found
-    it: the same seed gives the same steps with or without either."""
+    """The replay and the sampled dev episodes are outside the update: the same seed gives the same steps with or
+    without either."""
     import torch
     from safetensors.torch import load_file
 

@@ -194,6 +194,14 @@ class DevEvalSettings(BaseModel):
     )
 
 
+    @property
+    def chosen_by(self) -> str:
+        """Which episodes' ``metric`` chooses ``best/``, in words."""
+        if self.samples:
+            return f"the mean of {self.samples} sampled episodes per question"
+        return "one greedy episode per question"
+
+
 class AgentTrainConfig(BaseModel):
     """Everything one agent training run needs; stored as ``config.yaml`` in the run directory."""
 

@@ -134,9 +134,7 @@ def run_agent_recipe(
             "differences": compare_sampled(sampled_transcripts, examples, samples),
         }
     summary["checkpoints"] = {name: _best_record(Path(s.output_dir)) for name, s in runs.items()}
-    chosen_by = (f"the mean {config.eval.metric} of {config.eval.samples} sampled episodes per question"
-                 if config.eval.samples else f"the greedy {config.eval.metric}")
-    summary["selection"] = (f"best/ chosen by {chosen_by} on the selection part of the run's dev split "
+    summary["selection"] = (f"best/ chosen by {config.eval.metric} ({config.eval.chosen_by}) on the selection part of the run's dev split "
                             f"({len(questions.select)} questions, {out / 'selection.json'}); step 0 is the warm-start")
     summary["seconds"] = {"training": round(trained_at - started, 1), "evaluation": round(time.time() - trained_at, 1)}
     (out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

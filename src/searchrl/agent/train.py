@@ -452,22 +452,23 @@ def write_agent_report(
         # With eval.samples the selection columns are sampled means, and the greedy f1 of the same questions sits beside them.
         greedy = {int(r["step"]): r for r in records if "dev_greedy/f1" in r}
         sampled = f" ({config.eval.samples} sampled)" if config.eval.samples else ""
-        extra = ["select greedy f1"] if greedy else []
-        header = [f"select em{sampled}", f"select f1{sampled}", *extra, "report em", "report f1", "train f1",
-                  "searches/episode", "retries/episode"]
+        header = [f"select em{sampled}", f"select f1{sampled}", *(["select greedy f1"] if greedy else []),
+                  "report em", "report f1", "train f1", "searches/episode", "retries/episode"]
+
+        def greedy_cell(step: int) -> str:
+            return f"{cell(greedy.get(step), 'dev_greedy/f1')} | " if greedy else ""
+
         sections["Dev evaluations" if sampled else "Dev evaluations (greedy)"] = "\n".join(
             ["| step | " + " | ".join(header) + " |", "| --- " * (len(header) + 1) + "|"]
-            + [f"| {r['step']} | {cell(r, 'dev/em')} | {cell(r, 'dev/f1')} | "
-               + "".join(f"{cell(greedy.get(int(r['step'])), 'dev_greedy/f1')} | " for _ in extra)
-               + f"{cell(reported.get(int(r['step'])), 'dev_report/em')} "
+            + [f"| {r['step']} | {cell(r, 'dev/em')} | {cell(r, 'dev/f1')} | {greedy_cell(int(r['step']))}"
+               f"{cell(reported.get(int(r['step'])), 'dev_report/em')} "
                f"| {cell(reported.get(int(r['step'])), 'dev_report/f1')} | {cell(fit.get(int(r['step'])), 'train_eval/f1')} "
                f"| {cell(r, 'dev/searches_per_episode')} | {cell(r, 'dev/retries_per_episode')} |" for r in rows]
         )
     best = run.best()
     if best is not None:
         start = "the policy GRPO started from (the warm-start): no GRPO step beat it" if int(best["step"]) == 0 else f"GRPO step {best['step']}"
-        by = f", the mean of {config.eval.samples} sampled episodes per question" if config.eval.samples else ""
-        note = f"best/ holds {start}, chosen on the selection part ({metric} {best['value']:.3f}{by})."
+        note = f"best/ holds {start}, chosen on the selection part ({metric} {best['value']:.3f}, {config.eval.chosen_by})."
         if int(best["step"]) in reported:
             note += f" On the report part, which took no part in choosing it: {metric} {reported[int(best['step'])][f'dev_report/{metric}']:.3f}."
         sections["Selection"] = note
