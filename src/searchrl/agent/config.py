@@ -184,7 +184,7 @@ class DevEvalSettings(BaseModel):
     batch_size: int = Field(20, ge=1)
     samples: int = Field(
         0, ge=0, description="choose best/ on N episodes of each selection question sampled as GRPO samples "
-        "them (grpo.temperature), averaged (dev/...), instead of its one greedy episode, which is still played "
+        "(grpo.temperature), averaged (dev/...), instead of its one greedy episode, which is still played "
         "and logged (dev_greedy/...); 0: the greedy episode chooses",
     )
     at_start: bool = Field(True, description="also evaluate the policy before the first RL step")
@@ -192,7 +192,6 @@ class DevEvalSettings(BaseModel):
         0, ge=0, description="also play N fixed training questions greedily at each evaluation (train_eval/...): "
         "how well the policy fits what it trains on, beside how it does on dev; never chooses best/",
     )
-
 
     @property
     def chosen_by(self) -> str:
