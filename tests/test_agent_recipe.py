@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -143,6 +144,25 @@ def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_pa
         for metric, difference in by_metric.items():
             assert difference["num_queries"] == 2
             assert difference["mean"] == pytest.approx(sampled[name][metric] - sampled[baseline][metric])
+
+    # Each policy's score on each question, for pooling runs: the means are the figures printed.
+    scores = json.loads((out / "per_question.json").read_text())
+    assert scores["recipe"] == "agent" and set(scores["questions"]) == {"h8", "h9"}
+    for name in names:
+        for metric in ("f1", "em", "retries_per_episode"):
+            values = scores["scores"][metric][name]
+            assert set(values) == {"h8", "h9"} and sum(values.values()) / 2 == pytest.approx(summary[name][metric])
+        assert scores["sampled"]["samples"] == 2
+        for metric in ("f1", "retries_per_episode"):
+            values = scores["sampled"]["scores"][metric][name]
+            assert sum(values.values()) / 2 == pytest.approx(sampled[name][metric])
+    # Two copies of one run pool to that run's own comparison.
+    shutil.copytree(out, tmp_path / "copy")
+    main(["recipe", "pool", str(out), str(tmp_path / "copy"), "--json"])
+    pooled = json.loads(capsys.readouterr().out)
+    for key, difference in summary["differences"].items():
+        assert pooled["differences"][key]["f1"]["mean"] == pytest.approx(difference["mean"])
+        assert pooled["differences"][key]["f1"]["per_run"] == pytest.approx([difference["mean"]] * 2)
 
     # Rerunning skips every finished part: no training, no evaluation, greedy or sampled.
     def fail(*args, **kwargs):

@@ -48,6 +48,12 @@ def test_recipe_trains_expands_and_compares_then_resumes_without_work(tiny_lm_di
         assert difference["metric"] == "ndcg@10" and difference["num_queries"] == 1
         assert difference["mean"] == pytest.approx(summary[name] - summary[baseline])
 
+    # each query's nDCG@10 for pooling runs: the means are the figures printed
+    scores = json.loads((out / "per_question.json").read_text())
+    assert scores["recipe"] == "coaug" and len(scores["questions"]) == 1
+    for name in ("bm25", "untrained", "trained"):
+        assert list(scores["scores"]["ndcg@10"][name].values()) == pytest.approx([summary[name]])
+
     # rerun: nothing is trained or generated again, and the figures are the same
     def fail(*args, **kwargs):
         raise AssertionError("a finished part ran again")

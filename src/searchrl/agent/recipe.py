@@ -47,6 +47,8 @@ SAMPLED_METRICS = ("em", "f1", "searches_per_episode", "retries_per_episode", "r
                    "retry_rate_after_hit", "retry_rate_after_spoiled", "answered_rate", "format_rate")
 #: What the sampled episodes are compared on, question by question (a question's mean over its episodes).
 SAMPLED_COMPARISONS = ("retries_per_episode", "f1")
+#: The greedy per-question scores written to ``OUT/per_question.json`` (for ``searchrl recipe pool``).
+PER_QUESTION_METRICS = ("f1", "em", "retrieval_hit", "retries_per_episode")
 NO_RETRY_DIR = "no-retry"
 #: Joins a question's id and the number of its sampled copy: ``q7~2``.
 COPY_MARK = "~"
@@ -123,6 +125,7 @@ def run_agent_recipe(
     summary["eval_questions"] = {"file": str(eval_questions), "evaluated": len(examples), "left_out": left_out,
                                  "held_out_by": "question id and gold document ids"}
     summary["differences"] = compare_policies(transcripts, examples, config.eval.metric)
+    sampled_transcripts: dict[str, Path] = {}
     if samples:
         sampled, sampled_transcripts = _evaluate_all(config, adapters, examples, out / "eval", samples=samples)
         summary["sampled"] = {
@@ -137,8 +140,27 @@ def run_agent_recipe(
     summary["selection"] = (f"best/ chosen by {config.eval.metric} ({config.eval.chosen_by}) on the selection part of the run's dev split "
                             f"({len(questions.select)} questions, {out / 'selection.json'}); step 0 is the warm-start")
     summary["seconds"] = {"training": round(trained_at - started, 1), "evaluation": round(time.time() - trained_at, 1)}
+    write_question_scores(out, examples, transcripts, sampled_transcripts, samples, source=str(eval_questions))
     (out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def write_question_scores(
+    out: Path, examples: Sequence[QAExample], transcripts: dict[str, Path], sampled_transcripts: dict[str, Path],
+    samples: int, *, source: str,
+) -> Path:
+    """``OUT/per_question.json``: each policy's score on each question (greedy, and with ``samples`` the mean of its
+    sampled episodes), which ``searchrl recipe pool`` pools over runs."""
+    from searchrl.agent.evaluate import example_key
+    from searchrl.pool import write_per_question
+
+    def scores(paths: dict[str, Path], metrics: Sequence[str], copies: int) -> dict[str, Any]:
+        return {m: {name: _question_values(path, examples, m, copies) for name, path in paths.items()} for m in metrics}
+
+    sampled = ({"samples": samples, "scores": scores(sampled_transcripts, SAMPLED_COMPARISONS, samples)}
+               if samples else None)
+    return write_per_question(out, "agent", scores(transcripts, PER_QUESTION_METRICS, 0),
+                              questions={e.id: example_key(e) for e in examples}, sampled=sampled, source=source)
 
 
 def run_finished(config: AgentTrainConfig) -> bool:
@@ -336,5 +358,5 @@ def _best_record(run: Path) -> dict[str, Any] | None:
 
 __all__ = [
     "ablation_config", "compare_sampled", "evaluate_policy", "held_out_questions", "recipe_config", "run_agent_recipe",
-    "run_finished", "sampled_copies",
+    "run_finished", "sampled_copies", "write_question_scores",
 ]

@@ -1,8 +1,9 @@
-"""``searchrl recipe coaug|agent``: one command per published result, end to end and resumable.
+"""``searchrl recipe coaug|agent|pool``: one command per published result, end to end and resumable.
 
 Each trains with checkpoint selection on its own dev data, then evaluates the untrained and
 the trained policy the same way on the split or question file given, and prints one JSON
 object (``--json``) or a short table. Rerunning the same command resumes where it stopped.
+``recipe pool`` reads several runs of one recipe (seeds) as one result.
 """
 
 from __future__ import annotations
@@ -110,6 +111,41 @@ def recipe_agent(
                 _echo_differences({key: {**difference, "metric": metric}}, prefix="sampled ", words=words)
 
 
+@recipe_app.command("pool")
+def recipe_pool(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (--out) of one recipe, evaluated on the same "
+                                               "questions, e.g. one per seed.")],
+    json_: JsonOption = False,
+) -> None:
+    """Pool several runs of one recipe: each policy's score per run and on average, and each comparison's
+    per-question difference averaged over the runs, with intervals over questions and over runs and questions."""
+    from searchrl.pool import pool_runs
+
+    pooled = pool_runs(runs)
+    if json_:
+        typer.echo(json.dumps(pooled))
+        return
+    typer.echo(f"{len(runs)} {pooled['recipe']} runs, {pooled['num_questions']} questions ({pooled['source']}):")
+    parts = [("", pooled)] + ([(f"sampled ({pooled['sampled']['samples_per_question'][0]} per question) ",
+                                pooled["sampled"])] if "sampled" in pooled else [])
+    for prefix, part in parts:
+        for name, by_metric in part["policies"].items():
+            typer.echo(f"  {prefix}{name:<18}" + "  ".join(
+                f"{metric} {record['mean']:.4f} ({', '.join(_number(v) for v in record['per_run'])})"
+                for metric, record in by_metric.items()))
+        for key, by_metric in part["differences"].items():
+            for metric, d in by_metric.items():
+                low, high = d["interval_over_runs_and_questions"]
+                q_low, q_high = d["interval_over_questions"]
+                typer.echo(f"{prefix}{key.replace('_vs_', ' vs ')}: {metric} {d['mean']:+.4f} over {d['num_runs']} runs "
+                           f"({d['runs_above_zero']} above 0; {d['confidence']:.0%} interval over runs and questions "
+                           f"{low:+.4f} to {high:+.4f}, over questions {q_low:+.4f} to {q_high:+.4f})")
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _echo_differences(differences: dict, prefix: str = "", words: tuple[str, str] = ("better", "worse")) -> None:
     """One line per paired comparison: mean difference, its interval, and the per-query tally."""
     for key, d in differences.items():
@@ -120,5 +156,5 @@ def _echo_differences(differences: dict, prefix: str = "", words: tuple[str, str
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``recipe coaug`` and ``recipe agent`` to ``app``."""
+    """Add ``recipe coaug``, ``recipe agent`` and ``recipe pool`` to ``app``."""
     app.add_typer(recipe_app, name="recipe")

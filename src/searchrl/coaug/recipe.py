@@ -28,6 +28,7 @@ from searchrl.coaug.dataset import DevSelection
 from searchrl.data.types import judged_queries
 from searchrl.errors import ConfigError
 from searchrl.metrics import paired_difference
+from searchrl.pool import write_per_question
 from searchrl.runs import finished_run_of
 
 MEASURES = ("ndcg@10", "recall@100", "mrr@10")
@@ -88,8 +89,17 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
         "seconds": {"training": round(trained_at - started, 1), "expansion": round(scored_at - trained_at, 1),
                     "total": round(time.time() - started, 1)},
     }
+    write_per_question(out, "coaug", {"ndcg@10": per_query}, questions={q: _text_key(t) for q, t in queries.items()},
+                       source=f"{config.data} {eval_split}: {note}")
     (out / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _text_key(text: str) -> str:
+    """A short key of a query's text: pooled runs must have scored the same queries, not only the same ids."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _evaluation_queries(config: CoAugConfig, selection: DevSelection, split: str) -> tuple[dict[str, str], dict, str]:
