@@ -163,6 +163,7 @@ def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_pa
     for key, difference in summary["differences"].items():
         assert pooled["differences"][key]["f1"]["mean"] == pytest.approx(difference["mean"])
         assert pooled["differences"][key]["f1"]["per_run"] == pytest.approx([difference["mean"]] * 2)
+    assert pooled["checkpoint_steps"]["trained"] == [best_step] * 2
 
     # Rerunning skips every finished part: no training, no evaluation, greedy or sampled.
     def fail(*args, **kwargs):

@@ -66,6 +66,15 @@ def test_pool_runs_reports_each_policy_per_run_and_each_comparison(tmp_path):
     # sampled episodes are pooled on their own
     retries = pooled["sampled"]["differences"]["trained_vs_warm_start"]["retries_per_episode"]
     assert retries["mean"] == pytest.approx(-0.25) and pooled["sampled"]["samples_per_question"] == [4]
+    assert pooled["policies_left_out"] == {}
+    # an arm only some runs trained (--ablate-retry in one) is named, not pooled
+    scores = json.loads((two / "per_question.json").read_text())
+    scores["scores"]["f1"]["trained_no_retry"] = dict.fromkeys(QUESTIONS, 0.0)
+    (two / "per_question.json").write_text(json.dumps(scores))
+    pooled = pool_runs([one, two])
+    assert pooled["policies_left_out"] == {"trained_no_retry": "in 1 of 2 runs"}
+    assert "trained_no_retry" not in pooled["policies"]
+    assert set(pooled["differences"]) == {"trained_vs_warm_start"}
 
 
 def test_a_question_one_run_could_not_score_is_left_out_of_every_run(tmp_path):
@@ -74,6 +83,11 @@ def test_a_question_one_run_could_not_score_is_left_out_of_every_run(tmp_path):
     compared = pool_runs([one, two])["differences"]["trained_vs_warm_start"]["f1"]
     assert compared["left_out"] == 1 and compared["num_queries"] == 5
     assert compared["per_run"] == pytest.approx([0.0, 0.12])
+    # a question missing from one run's scores counts as unscored too
+    scores = json.loads((two / "per_question.json").read_text())
+    del scores["scores"]["f1"]["trained"]["q0"]
+    (two / "per_question.json").write_text(json.dumps(scores))
+    assert pool_runs([one, two])["differences"]["trained_vs_warm_start"]["f1"]["left_out"] == 1
 
 
 def test_pool_runs_refuses_what_cannot_be_pooled(tmp_path):
@@ -104,9 +118,11 @@ def test_pool_command_prints_one_json_object_or_a_table(tmp_path, capsys):
     main(["recipe", "pool", str(one), str(two), "--json"])
     pooled = json.loads(capsys.readouterr().out)
     assert pooled["differences"]["trained_vs_warm_start"]["f1"]["num_runs"] == 2
+    (one / "recipe.json").write_text(json.dumps({"checkpoints": {"trained": {"step": 24}}}))
     main(["recipe", "pool", str(one), str(two)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "2 agent runs, 6 questions (held-out.jsonl):"
+    assert lines[1] == "  trained best/ at step 24, n/a (step 0: the starting policy)"
     assert any(line.startswith("trained vs warm_start: f1 +0.1250 over 2 runs (2 above 0;") for line in lines)
     # a folder without scores: the usage error names it and the fix, no traceback
     (tmp_path / "bare").mkdir()

@@ -155,9 +155,14 @@ def pool_runs(runs: Sequence[str | Path], *, confidence: float = 0.95, resamples
             )
     result: dict[str, Any] = {
         "recipe": recipe, "runs": [str(run) for run in runs], "num_questions": len(records[0]["questions"]),
-        "source": records[0].get("source", ""),
+        "source": records[0].get("source", ""), "checkpoint_steps": _checkpoint_steps(runs, recipe),
     }
     result.update(_pool_scores([r["scores"] for r in records], recipe, confidence, resamples))
+    held = {name for r in records for by_policy in r["scores"].values() for name in by_policy}
+    result["policies_left_out"] = {
+        name: f"in {sum(any(name in p for p in r['scores'].values()) for r in records)} of {len(records)} runs"
+        for name in sorted(held - set(result["policies"]))
+    }
     sampled = [r.get("sampled") for r in records]
     if all(sampled):
         counts = {s["samples"] for s in sampled}
@@ -182,13 +187,27 @@ def _pool_scores(scores: Sequence[Mapping[str, Any]], recipe: str, confidence: f
             if other not in names or baseline not in names:
                 continue
             # A question one side of one run could not score (its search failed) is left out of every run.
-            unscored = {q for s in scores for name in (baseline, other) for q, v in s[metric][name].items() if v is None}
+            asked = set().union(*(s[metric][name] for s in scores for name in (baseline, other)))
+            unscored = {q for q in asked for s in scores for name in (baseline, other) if s[metric][name].get(q) is None}
             kept = [({q: v for q, v in s[metric][baseline].items() if q not in unscored},
                      {q: v for q, v in s[metric][other].items() if q not in unscored}) for s in scores]
             differences.setdefault(f"{other}_vs_{baseline}", {})[metric] = {
                 **pooled_difference(kept, confidence=confidence, resamples=resamples), "left_out": len(unscored),
             }
     return {"policies": policies, "differences": differences}
+
+
+def _checkpoint_steps(runs: Sequence[str | Path], recipe: str) -> dict[str, list[int | None]]:
+    """The step of each run's ``best/`` per trained policy (0: the starting policy), read from ``RUN/recipe.json``."""
+    steps: dict[str, list[int | None]] = {}
+    for run in runs:
+        path = Path(run) / "recipe.json"
+        summary = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        chosen = summary.get("checkpoints", {}) if recipe == "agent" else {"trained": summary.get("checkpoint")}
+        for name in ("trained", "trained_no_retry"):
+            if name in chosen or name in steps:
+                steps.setdefault(name, []).append((chosen.get(name) or {}).get("step"))
+    return steps
 
 
 def _mean(values: Mapping[Any, float | None]) -> float | None:

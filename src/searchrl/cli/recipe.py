@@ -126,6 +126,11 @@ def recipe_pool(
         typer.echo(json.dumps(pooled))
         return
     typer.echo(f"{len(runs)} {pooled['recipe']} runs, {pooled['num_questions']} questions ({pooled['source']}):")
+    for name, steps in pooled["checkpoint_steps"].items():
+        typer.echo(f"  {name} best/ at step " + ", ".join("n/a" if step is None else str(step) for step in steps)
+                   + " (step 0: the starting policy)")
+    for name, why in pooled["policies_left_out"].items():
+        typer.echo(f"  {name} left out: {why}")
     parts = [("", pooled)] + ([(f"sampled ({pooled['sampled']['samples_per_question'][0]} per question) ",
                                 pooled["sampled"])] if "sampled" in pooled else [])
     for prefix, part in parts:
