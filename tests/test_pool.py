@@ -124,6 +124,15 @@ def test_pool_command_prints_one_json_object_or_a_table(tmp_path, capsys):
     assert lines[0] == "2 agent runs, 6 questions (held-out.jsonl):"
     assert lines[1] == "  trained best/ at step 24, n/a (step 0: the starting policy)"
     assert any(line.startswith("trained vs warm_start: f1 +0.1250 over 2 runs (2 above 0;") for line in lines)
+    # sampled episodes get their own lines, labelled with how many were played per question
+    sampled = {"samples": 4, "scores": {"f1": {"warm_start": dict.fromkeys(QUESTIONS, 0.0),
+                                               "trained": dict.fromkeys(QUESTIONS, 0.5)}}}
+    three = agent_run(tmp_path / "s2", [0.0] * 6, [0.0] * 6, sampled=sampled)
+    four = agent_run(tmp_path / "s3", [0.0] * 6, [0.0] * 6, sampled={**sampled, "samples": 2})
+    main(["recipe", "pool", str(three), str(four)])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("  sampled (2/4 per question) trained ") for line in lines)
+    assert any(line.startswith("sampled (2/4 per question) trained vs warm_start: f1 +0.5000 over 2 runs") for line in lines)
     # a folder without scores: the usage error names it and the fix, no traceback
     (tmp_path / "bare").mkdir()
     with pytest.raises(SystemExit) as exit_:

@@ -131,8 +131,10 @@ def recipe_pool(
                    + " (step 0: the starting policy)")
     for name, why in pooled["policies_left_out"].items():
         typer.echo(f"  {name} left out: {why}")
-    parts = [("", pooled)] + ([(f"sampled ({pooled['sampled']['samples_per_question'][0]} per question) ",
-                                pooled["sampled"])] if "sampled" in pooled else [])
+    parts = [("", pooled)]
+    if "sampled" in pooled:
+        counts = "/".join(str(n) for n in pooled["sampled"]["samples_per_question"])
+        parts.append((f"sampled ({counts} per question) ", pooled["sampled"]))
     for prefix, part in parts:
         for name, by_metric in part["policies"].items():
             typer.echo(f"  {prefix}{name:<18}" + "  ".join(
