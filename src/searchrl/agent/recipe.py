@@ -307,10 +307,10 @@ def compare_sampled(transcripts: dict[str, Path], examples: Sequence[QAExample],
 
 
 def _pairs(transcripts: dict[str, Path]) -> list[tuple[str, str]]:
-    pairs = [(name, "warm_start") for name in transcripts if name != "warm_start"]
-    if "trained_no_retry" in transcripts:
-        pairs.append(("trained", "trained_no_retry"))
-    return pairs
+    """The recipe's comparisons (:data:`searchrl.pool.COMPARISONS`) between the policies played."""
+    from searchrl.pool import COMPARISONS
+
+    return [(name, baseline) for name, baseline in COMPARISONS["agent"] if name in transcripts and baseline in transcripts]
 
 
 def _episode_value(record: dict[str, Any], metric: str) -> float | None:

@@ -28,7 +28,7 @@ from searchrl.coaug.dataset import DevSelection
 from searchrl.data.types import judged_queries
 from searchrl.errors import ConfigError
 from searchrl.metrics import paired_difference
-from searchrl.pool import write_per_question
+from searchrl.pool import COMPARISONS, write_per_question
 from searchrl.runs import finished_run_of
 
 MEASURES = ("ndcg@10", "recall@100", "mrr@10")
@@ -84,7 +84,7 @@ def run_coaug_recipe(config: CoAugConfig, *, eval_split: str, out: str | Path, f
         # query by query on nDCG@10: mean difference, bootstrap interval, queries better / worse / tied
         "differences": {
             f"{name}_vs_{baseline}": {"metric": "ndcg@10", **paired_difference(per_query[baseline], per_query[name])}
-            for name, baseline in (("trained", "untrained"), ("trained", "bm25"), ("untrained", "bm25"))
+            for name, baseline in COMPARISONS["coaug"]
         },
         "seconds": {"training": round(trained_at - started, 1), "expansion": round(scored_at - trained_at, 1),
                     "total": round(time.time() - started, 1)},
