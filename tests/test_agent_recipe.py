@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from searchrl.agent import recipe as recipe_module
+from searchrl.agent.recipe import ABLATION_SAMPLES
 from searchrl.cli import main
 from searchrl.errors import DataError
 
@@ -76,7 +77,8 @@ def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_pa
         main(argv)
     summary = json.loads(capsys.readouterr().out)
 
-    for name in ("warm_start", "trained", "trained_no_retry"):
+    names = ("warm_start", "trained", "trained_no_retry")
+    for name in names:
         assert {"em", "f1", "searches_per_episode", "retries_per_episode"} <= set(summary[name])
         assert summary[name]["num_questions"] == 2
         assert 0.0 <= summary[name]["f1"] <= 1.0
@@ -89,6 +91,14 @@ def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_pa
             assert summary[name] == summary["warm_start"]
     assert summary["eval_questions"]["evaluated"] == 2 and summary["eval_questions"]["left_out"] == 1
     assert json.loads((out / "recipe.json").read_text()) == summary
+    # The ablation asks whether the retry reward changes retrying: by default each policy also plays
+    # ABLATION_SAMPLES sampled episodes per question; --samples 0 leaves them out (greedy figures unchanged).
+    assert summary["sampled"]["samples_per_question"] == ABLATION_SAMPLES
+    assert (out / "eval" / f"warm_start.sampled-{ABLATION_SAMPLES}.jsonl").read_text().count("\n") == 2 * ABLATION_SAMPLES
+    with pytest.warns(UserWarning, match="left out"):
+        main([*argv, "--samples", "0"])
+    greedy_only = json.loads(capsys.readouterr().out)
+    assert "sampled" not in greedy_only and {k: greedy_only[k] for k in names} == {k: summary[k] for k in names}
     # Question by question against the warm-start (and arm against arm), on the selection metric.
     assert set(summary["differences"]) == {"trained_vs_warm_start", "trained_no_retry_vs_warm_start",
                                            "trained_vs_trained_no_retry"}
@@ -115,7 +125,6 @@ def test_recipe_command_trains_ablates_evaluates_and_resumes(tiny_lm_dir, tmp_pa
 
     # --samples 2 on the finished run: each policy also plays two sampled episodes per question, at the rollouts'
     # temperature; the greedy figures are the cached ones, unchanged.
-    names = ("warm_start", "trained", "trained_no_retry")
     with pytest.warns(UserWarning, match="left out"):
         main([*argv, "--samples", "2"])
     with_samples = json.loads(capsys.readouterr().out)

@@ -10,9 +10,9 @@ One resumable command from a config to the figures a reader wants:
    ``OUT/no-retry/best``): ``em``, ``f1``, ``searches_per_episode``, ``retries_per_episode``, ...;
 4. compare them question by question (``differences``: each trained arm against the warm-start, and
    the two arms against each other, with a bootstrap interval of the mean difference);
-5. with ``samples``, also play that many episodes of every question with each policy *sampled* as GRPO
-   samples it (``grpo.temperature``), and compare their retries and F1 question by question
-   (``sampled``). Greedy decoding reads a policy only at its likeliest choice: a policy that retries in a
+5. with ``samples`` (by default :data:`ABLATION_SAMPLES` with ``ablate_retry``, else none), also play that
+   many episodes of every question with each policy *sampled* as GRPO samples it (``grpo.temperature``),
+   and compare their retries and F1 question by question (``sampled``). Greedy decoding reads a policy only at its likeliest choice: a policy that retries in a
    fifth of its sampled episodes but never where retrying is the likelier branch retries 0 times
    greedily, so only sampled episodes show whether the retry reward moved the policy at all.
 
@@ -50,6 +50,10 @@ SAMPLED_COMPARISONS = ("retries_per_episode", "f1")
 #: The greedy per-question scores written to ``OUT/per_question.json`` (for ``searchrl recipe pool``).
 PER_QUESTION_METRICS = ("f1", "em", "retrieval_hit", "retries_per_episode")
 NO_RETRY_DIR = "no-retry"
+#: Sampled episodes per question when the retry reward is ablated and ``samples`` is not given: the ablation
+#: asks whether the retry reward changes retrying, and in every run of docs/EXPERIMENTS.md that change showed
+#: only in sampled episodes (no greedy held-out episode of any trained arm searched twice).
+ABLATION_SAMPLES = 4
 #: Joins a question's id and the number of its sampled copy: ``q7~2``.
 COPY_MARK = "~"
 
@@ -91,11 +95,14 @@ def run_agent_recipe(
     *,
     eval_questions: str | Path,
     ablate_retry: bool = False,
-    samples: int = 0,
+    samples: int | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` (and its no-retry ablation), then evaluate warm-start and trained policies on ``eval_questions``
-    (greedy; with ``samples``, also that many sampled episodes per question)."""
+    (greedy; with ``samples``, also that many sampled episodes per question: by default
+    :data:`ABLATION_SAMPLES` with ``ablate_retry``, else none)."""
+    if samples is None:
+        samples = ABLATION_SAMPLES if ablate_retry else 0
     if samples < 0:
         raise ConfigError(f"samples must be 0 or more, got {samples}")
     from searchrl.agent.train import split_questions, train_agent

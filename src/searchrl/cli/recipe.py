@@ -69,10 +69,11 @@ def recipe_agent(
         bool, typer.Option("--ablate-retry", help="Also train without the retry reward (same warm-start) and report it.")
     ] = False,
     samples: Annotated[
-        int, typer.Option("--samples", min=0, help="Also play N episodes per question with each policy sampled at "
-                          "grpo.temperature, and compare their retries and F1 (greedy episodes show only the "
-                          "likeliest choice).")
-    ] = 0,
+        Optional[int], typer.Option("--samples", min=0, help="Also play N episodes per question with each policy "
+                                    "sampled at grpo.temperature, and compare their retries and F1 (greedy episodes "
+                                    "show only the likeliest choice). Default: 4 with --ablate-retry, whose retry "
+                                    "difference has shown only in sampled episodes; 0 otherwise (--samples 0: greedy only).")
+    ] = None,
     set_: SetOption = None,
     json_: JsonOption = False,
     force: ForceOption = False,
