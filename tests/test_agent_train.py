@@ -378,9 +378,10 @@ def test_searchrl_trainer_scores_only_model_tokens_and_trains_as_trl_does(tool, 
     assert min(env_tokens) > 0 and any((mask == 0).sum() >= min(env_tokens) for mask in scored_masks)
 
 
-def one_grpo_step(rollout, tokenizer, tiny_lm_dir, tmp_path, **trainer_options):
+def one_grpo_step(rollout, tokenizer, tiny_lm_dir, tmp_path, weights=None, **trainer_options):
     """One GRPO step of a LoRA'd tiny model on ``rollout`` (4 questions x 2 episodes, std-scaled
-    advantages, EM rewards); returns the trainer and the advantages each micro-batch's loss read."""
+    advantages, EM rewards unless ``weights`` says otherwise); returns the trainer and the advantages
+    each micro-batch's loss read."""
     import warnings
 
     from datasets import Dataset
@@ -393,7 +394,7 @@ def one_grpo_step(rollout, tokenizer, tiny_lm_dir, tmp_path, **trainer_options):
 
     losses = []
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), build_lora_config(LoraSettings(r=4)))
-    functions, reward_weights = build_reward_functions(RewardWeights(metric="em"))
+    functions, reward_weights = build_reward_functions(weights or RewardWeights(metric="em"))
     args = build_grpo_config(
         output_dir=tmp_path, max_steps=1, num_generations=2, prompts_per_step=4, micro_batch_size=4, device="cpu",
         save_steps=100, scale_rewards="group", extra={"reward_weights": reward_weights},
@@ -510,6 +511,123 @@ def test_an_answer_advantage_floor_stops_answers_being_pushed_down_and_leaves_th
     assert (plain[mask] < 0).any() and (plain[mask] > 0).any()  # the script made answers worse and better
     assert torch.equal(floored[mask], plain[mask].clamp(min=0))
     assert torch.equal(floored[~mask], plain[~mask]) and (plain[~mask] < 0).any()  # the search still pushed down
+
+
+def test_later_turn_credit_compares_what_follows_a_first_search_only_with_episodes_whose_first_search_ended_alike(
+        tool, tokenizer, tiny_lm_dir, tmp_path, monkeypatch):
+    """One GRPO step with later-turn credit: the first turn keeps TRL's advantage; what the model wrote
+    after the first result gets the later terms' part, centred within the group's episodes whose first
+    search found (or missed) the gold chunk alike, and 0 where the other episode's first search ended
+    otherwise -- so a retry after a miss is no longer pushed down for the miss before it."""
+    import collections
+
+    import torch
+
+    from searchrl.agent.rewards import RewardWeights, later_turn_reward_funcs
+    from searchrl.training import credit
+
+    calls = []
+    split = credit.later_turn_advantages
+
+    def recording(rewards, weights, funcs, outcome, mask, **kwargs):
+        out = split(rewards, weights, funcs, outcome, mask, **kwargs)
+        calls.append({"rewards": rewards.clone(), "weights": weights.clone(), "funcs": list(funcs), "outcome": outcome,
+                      "mask": torch.as_tensor(mask).bool(), "advantages": kwargs["advantages"].clone(), "out": out.clone()})
+        return out
+
+    monkeypatch.setattr(credit, "later_turn_advantages", recording)
+    member = collections.Counter()
+
+    def script(prompt_text: str, turn: int) -> str:
+        # q1, q2: one episode finds the gold chunk at once, the other misses, searches again and finds it;
+        # q3, q4: both miss, one searches again, the other answers wrongly; q5-q8: both find, one answers wrongly.
+        example = next(e for e in QUESTIONS if user_prompt(e.question) in prompt_text)
+        number = int(example.id[1:])
+        other = next(text for key, text in DOCS.items() if key not in example.gold_ids and key != "c5")
+        if turn == 0:
+            member[example.id] += 1
+            second = member[example.id] == 2
+            if number <= 2:
+                return f"<search>{other if second else example.question}</search>"
+            if number <= 4:
+                return f"<search>{other}{' zzz' if second else ''}</search>"
+            return f"<search>{example.question}{' please' if second else ''}</search>"
+        missed_first = f"<search>{other}</search>" in prompt_text
+        if turn == 1 and missed_first:
+            return f"<search>{example.question}</search>"
+        wrong = "zzz" in prompt_text or "please" in prompt_text
+        return f"<answer>{'no idea' if wrong else example.answers[0]}</answer>"
+
+    weights = RewardWeights(metric="em", retry=0.5, retry_mode="miss", retrieval_scope="first")
+    later, outcome = later_turn_reward_funcs(weights)
+    rollout = AgentRollout(tool, QUESTIONS, EpisodeConfig(max_turns=3),
+                           policy_factory=lambda trainer: ScriptedPolicy(tokenizer, script))
+    trainer, losses = one_grpo_step(rollout, tokenizer, tiny_lm_dir, tmp_path, weights=weights,
+                                    later_turn_funcs=later, first_outcome_func=outcome)
+
+    assert len(calls) == 1
+    call = calls[0]
+    names = trainer.reward_func_names
+    assert call["funcs"] == [names.index(n) for n in later] and call["outcome"] == names.index("retrieval_reward")
+    mask, out, advantages, rewards = call["mask"], call["out"], call["advantages"], call["rewards"]
+    episodes = rollout.last_episodes
+    for row, episode in enumerate(episodes):  # the mask holds the model's tokens after the first result, only
+        # the tokens the model sampled (an end-of-turn token appended after a stop string is not)
+        model_tokens = torch.tensor(episode.completion_mask).bool() & torch.tensor(episode.completion_sampled).bool()
+        first_gap = next(i for i, m in enumerate(model_tokens.tolist()) if not m)
+        expected = model_tokens.clone()
+        expected[:first_gap] = False
+        assert torch.equal(mask[row, : len(episode.completion_mask)], expected)
+        assert not mask[row, len(episode.completion_mask):].any()
+    assert torch.equal(out[~mask], advantages.unsqueeze(1).expand_as(out)[~mask])  # the first turn: TRL's
+    weights_tensor = call["weights"]
+    total = (rewards * weights_tensor).sum(dim=1).view(-1, 2)
+    part = (rewards[:, call["funcs"]] * weights_tensor[call["funcs"]]).sum(dim=1).view(-1, 2)
+    found = rewards[:, call["outcome"]].view(-1, 2)
+    std = total.std(dim=1, keepdim=True) + 1e-4
+    mixed = alike = 0
+    for group in range(4):
+        for member_index in range(2):
+            row = 2 * group + member_index
+            values = out[row][mask[row]]
+            if found[group, 0] != found[group, 1]:  # no episode of the group whose first search ended alike
+                assert values.abs().max() == 0
+                mixed += bool(advantages[row] != 0)
+            else:
+                centred = (part[group, member_index] - part[group].mean()) / std[group, 0]
+                assert torch.allclose(values, centred.expand_as(values))
+                alike += bool(centred != 0)
+    assert mixed and alike  # the script made both kinds of group, with something to credit in each
+    retried = [row for row, e in enumerate(episodes) if len(e.searches) > 1 and found.view(-1)[row] == 0]
+    assert retried and any(advantages[row] < 0 for row in retried)  # GRPO would push those retries down
+    assert trainer.state.log_history[0]["later/rows"] == pytest.approx(1.0)
+    assert len(losses) == 2 and torch.equal(torch.cat(losses), out)
+
+
+def test_later_turn_credit_needs_the_first_searchs_retrieval_term():
+    import torch
+
+    from searchrl.agent.rewards import RewardWeights, later_turn_reward_funcs
+    from searchrl.training.credit import later_turn_advantages
+
+    config = load_agent_config(None, ["grpo.later_turn_credit=true", "rewards.retrieval_scope=first"])
+    assert config.grpo.later_turn_credit
+    for overrides in (["rewards.retrieval_scope=any"], ["rewards.retrieval_scope=first", "rewards.retrieval=0"]):
+        with pytest.raises(Exception, match="retrieval_scope: first"):
+            load_agent_config(None, ["grpo.later_turn_credit=true", *overrides])
+    with pytest.raises(ConfigError, match="retrieval"):
+        later_turn_reward_funcs(RewardWeights())
+    # an unscorable sample (NaN) is nobody's peer; a sample alone in its first-search outcome gets 0
+    rewards = torch.tensor([[1.0, 1.0], [1.0, 0.0], [float("nan")] * 2, [0.0, 1.0]])
+    out = later_turn_advantages(rewards, torch.ones(2), [1], 0, torch.ones(4, 1), num_generations=2,
+                                scale_rewards="none", advantages=torch.zeros(4))
+    assert out[:, 0].tolist() == [0.5, -0.5, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="scale_rewards"):
+        later_turn_advantages(rewards, torch.ones(2), [1], 0, torch.ones(4, 1), num_generations=2,
+                              scale_rewards="max", advantages=torch.zeros(4))
+    with pytest.raises(ValueError, match="shape"):
+        later_turn_advantages(rewards, torch.ones(2), [1], 0, torch.ones(3, 1), num_generations=2,
+                              scale_rewards="none", advantages=torch.zeros(4))
 
 
 def test_an_answer_advantage_floor_needs_the_answers_own_advantage():

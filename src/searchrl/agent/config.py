@@ -127,6 +127,13 @@ class GRPOSettings(SharedGRPOSettings):
         "the rest: GRPO then compares the evaluated policy's episode with its samples, pushing the greedy choice "
         "down where a sample beat it and up where it beat them",
     )
+    later_turn_credit: bool = Field(
+        False,
+        description="what the model writes after its first search's results (searching again, or answering; the "
+        "answer's words keep answer_credit) is credited with the terms the first search does not settle, against "
+        "the episodes of its group whose first search ended alike, not with the whole episode's advantage, which "
+        "charges a retry with the miss before it (needs rewards.retrieval_scope: first; searchrl.training.credit)",
+    )
     shuffle: bool = True
     save_steps: int = Field(5, ge=1)
     generation_batch_size: int = Field(16, ge=1, description="sequences per transformers generate call")
@@ -156,9 +163,11 @@ class GRPOSettings(SharedGRPOSettings):
         if self.greedy_member and self.answer_temperature is not None:
             raise ValueError("grpo.greedy_member plays one episode of each group greedily, answer included; it "
                              "cannot be combined with grpo.answer_temperature")
-        if self.answer_credit == "answer_terms" and self.scale_rewards not in SCALINGS:
-            raise ValueError(f"grpo.answer_credit: answer_terms cannot split advantages scaled with "
-                             f"scale_rewards={self.scale_rewards!r}; use one of {', '.join(SCALINGS)}")
+        for used, name in ((self.answer_credit == "answer_terms", "grpo.answer_credit: answer_terms"),
+                           (self.later_turn_credit, "grpo.later_turn_credit")):
+            if used and self.scale_rewards not in SCALINGS:
+                raise ValueError(f"{name} cannot split advantages scaled with "
+                                 f"scale_rewards={self.scale_rewards!r}; use one of {', '.join(SCALINGS)}")
         return self
 
 
@@ -242,6 +251,10 @@ class AgentTrainConfig(BaseModel):
             raise ValueError("rewards.retry_mode 'spoiled' pays for a retry after a search the tool's noise spoiled, and "
                              "this tool.noise never removes a result, so the term would be 0 in every episode: set "
                              "tool.noise.fail_prob (e.g. 0.3), or another retry_mode")
+        if self.grpo.later_turn_credit and (not self.rewards.retrieval or self.rewards.retrieval_scope != "first"):
+            raise ValueError("grpo.later_turn_credit compares later turns among episodes whose first search ended "
+                             "alike, read from the retrieval term on the first search: it needs rewards.retrieval "
+                             "above 0 and rewards.retrieval_scope: first")
         if self.episode.answer_temperature is not None:
             raise ValueError("episode.answer_temperature is set by the stage: use grpo.answer_temperature for "
                              "rollouts (evaluation is greedy throughout)")

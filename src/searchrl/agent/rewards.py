@@ -759,6 +759,21 @@ def answer_reward_funcs(weights: RewardWeights) -> list[str]:
     return [f"{name}_reward" for name, used in terms if used]
 
 
+def later_turn_reward_funcs(weights: RewardWeights) -> tuple[list[str], str]:
+    """``(later terms, first-search outcome)``: the TRL reward functions whose part of the reward the tokens
+    after the first search's results get under ``grpo.later_turn_credit``, and the one that says how the
+    first search ended (the retrieval term read on the first search), for :mod:`searchrl.training.credit`.
+
+    >>> later_turn_reward_funcs(RewardWeights(retrieval_scope="first"))
+    (['correctness_reward', 'format_reward', 'retry_reward'], 'retrieval_reward')
+    """
+    if not weights.retrieval or weights.retrieval_scope != "first":
+        raise ConfigError("later-turn credit reads how the first search ended from the retrieval term on the first "
+                          "search", hint="set rewards.retrieval above 0 and rewards.retrieval_scope: first")
+    terms = [("correctness", weights.correctness), ("format", weights.format), ("retry", weights.retry)]
+    return [f"{name}_reward" for name, weight in terms if weight != 0], "retrieval_reward"
+
+
 def episode_rewards(
     episode: Any, answers: Sequence[str], gold_ids: Sequence[str] = (), weights: RewardWeights | None = None, *, judge: Any = None
 ) -> dict[str, float | None]:

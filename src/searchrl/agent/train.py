@@ -46,7 +46,7 @@ from searchrl.agent.config import (
     load_agent_config,
 )
 from searchrl.agent.episode import EnginePolicy, EpisodeConfig
-from searchrl.agent.rewards import answer_reward_funcs, build_reward_functions
+from searchrl.agent.rewards import answer_reward_funcs, build_reward_functions, later_turn_reward_funcs
 from searchrl.agent.rollout import AgentRollout, TrainerVLLMPolicy, agent_dataset_rows, rollout_statistics, trainer_policy
 from searchrl.agent.sft import run_sft_stage, sft_adapter_dir, sft_finished
 from searchrl.agent.splits import make_split, split_by_source
@@ -358,6 +358,7 @@ def build_trainer(
         raise ConfigError("grpo.answer_credit: answer_terms needs a reward term that scores the answer",
                           hint="give rewards.correctness a weight, or use answer_credit: all_terms")
     baseline = grpo.answer_credit == "context_baseline"
+    later_funcs, outcome_func = later_turn_reward_funcs(config.reward_weights()) if grpo.later_turn_credit else ([], None)
     rollout = AgentRollout(tool, train, config.rollout_episode_config(), run=run,
                            generation_batch_size=grpo.generation_batch_size, train_answer_text=grpo.train_answer_text,
                            answer_credit=credit, answer_samples=grpo.answer_samples if baseline else 0,
@@ -379,6 +380,8 @@ def build_trainer(
             rollout_func=rollout,
             answer_reward_funcs=answer_funcs,
             answer_advantage_floor=grpo.answer_advantage_floor,
+            later_turn_funcs=later_funcs,
+            first_outcome_func=outcome_func,
             **grpo.trainer_options(),
         )
     return quiet_trainer(trainer, "GRPO")  # the same logs go to metrics.jsonl and TensorBoard

@@ -45,6 +45,14 @@ rest are left alone, reward-filtered imitation for the answer and GRPO for the s
 answer credit and a floor of 0 (``agent-cpu``; docs/EXPERIMENTS.md, "Floored answer
 advantages"), held-out F1 against the warm-start was +0.010, +0.038, -0.012, +0.024 and +0.017 for
 seeds 0-4, every interval including 0.
+
+*Later-turn credit* (:func:`later_turn_advantages`, ``grpo.later_turn_credit``) applies the same
+reasoning to the decision to search again. GRPO's one advantage per episode charges everything the
+model wrote after its first search with that search's outcome: an episode that missed, searched again
+and answered scores below the episodes whose first search found the passage, so its search-again is
+pushed down with the miss, although after a miss searching again beats answering. With it, the tokens
+after the first result get only the terms the first search does not settle, compared with the episodes
+of the group whose first search ended alike (:func:`after_first_result` marks those tokens).
 """
 
 from __future__ import annotations
@@ -155,6 +163,99 @@ def with_answer_advantages(advantages: Any, answer_mask: Any, answer_advantages:
     return torch.where(answer_mask, per_row.unsqueeze(1), advantages.unsqueeze(1))
 
 
+def after_first_result(tool_mask: Any) -> Any:
+    """1 on the model's tokens written after the first tool result (its second and later turns), 0 elsewhere.
+
+    ``tool_mask`` (rows x completion tokens) is 1 on tokens the model wrote and 0 on what the tool
+    and the chat template added; a row's first run of 0s after a model token is the end of its first
+    turn (a token the template appended after a stop string, then the search results).
+
+    >>> import torch
+    >>> after_first_result(torch.tensor([[1, 1, 0, 0, 1, 1, 0, 1], [1, 1, 1, 0, 0, 0, 0, 0]]))
+    tensor([[0, 0, 0, 0, 1, 1, 0, 1],
+            [0, 0, 0, 0, 0, 0, 0, 0]])
+    """
+    import torch
+
+    model = torch.as_tensor(tool_mask).bool()
+    written = torch.cummax(model.int(), dim=1).values.bool()  # a model token at or before this position
+    gap = written & ~model  # a tool or template token after the model has written
+    return (model & (torch.cumsum(gap.int(), dim=1) > 0)).long()
+
+
+def later_turn_advantages(
+    rewards_per_func: Any,
+    weights: Any,
+    later_funcs: Sequence[int],
+    outcome_func: int,
+    later_mask: Any,
+    *,
+    num_generations: int,
+    scale_rewards: str,
+    advantages: Any,
+    rows: slice | None = None,
+) -> Any:
+    """Per-token advantages (rows x tokens): ``advantages`` except on the tokens ``later_mask`` marks
+    (what the model wrote after its first search's results), which are compared only with the episodes
+    of their group whose first search ended alike.
+
+    GRPO compares whole episodes, so the tokens of a second search are credited with the first one's
+    outcome: an episode that searched again after a first search that missed scores below the
+    episodes whose first search found the passage, and its decision to search again is pushed down
+    with the miss, although after a miss searching again is the better move. Here the tokens after the
+    first result get the part of the reward from ``later_funcs`` (the terms the first search does not
+    settle), centred on the mean of the group's episodes with the same value of ``outcome_func`` (a
+    term the first search alone decides: the retrieval term read on the first search), and scaled as
+    TRL scales the advantage (``scale_rewards``). An episode with no such peer in its group gets 0 there.
+    ``rewards_per_func``, ``weights``, ``advantages`` (one per row, or rows x tokens) and ``rows`` are as
+    in :func:`answer_credited_advantages`.
+
+    >>> import torch
+    >>> rewards = torch.tensor([[0.0, 0.5], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # retrieval (first search), retry
+    >>> later = torch.tensor([[1, 1], [1, 1], [0, 0], [0, 0]])  # only the first two wrote after a result
+    >>> total = rewards.sum(dim=1)
+    >>> advantages = total - total.mean()  # one group of four, unscaled
+    >>> later_turn_advantages(rewards, torch.ones(2), [1], 0, later, num_generations=4, scale_rewards="none",
+    ...                       advantages=advantages)
+    tensor([[ 0.2500,  0.2500],
+            [-0.2500, -0.2500],
+            [ 0.3750,  0.3750],
+            [ 0.3750,  0.3750]])
+    """
+    import torch
+    from trl.trainer.utils import nanstd  # TRL's own, so the scaling is exactly the advantage's
+
+    if scale_rewards not in SCALINGS:
+        raise ConfigError(
+            f"later-turn credit cannot split advantages scaled with scale_rewards={scale_rewards!r}",
+            hint=f"use one of {', '.join(SCALINGS)}",
+        )
+    rewards_per_func = rewards_per_func.float()
+    weights = weights.to(rewards_per_func.device, torch.float32)
+    unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    total = (rewards_per_func * weights).nansum(dim=1)
+    part = (rewards_per_func[:, list(later_funcs)] * weights[list(later_funcs)]).nansum(dim=1)
+    total[unscorable] = torch.nan
+    outcome = rewards_per_func[:, outcome_func]
+    valid = ~(unscorable | torch.isnan(outcome))
+    groups, cells, ok = part.view(-1, num_generations), outcome.view(-1, num_generations), valid.view(-1, num_generations)
+    peers = (cells.unsqueeze(2) == cells.unsqueeze(1)) & ok.unsqueeze(2) & ok.unsqueeze(1)  # [group, sample, peer]
+    counts = peers.sum(dim=2)
+    means = (peers * torch.nan_to_num(groups).unsqueeze(1)).sum(dim=2) / counts.clamp(min=1)
+    centred = torch.where(counts >= 2, groups - means, torch.zeros_like(groups)).view(-1)
+    if scale_rewards == "group":
+        centred = centred / (nanstd(total.view(-1, num_generations), dim=1).repeat_interleave(num_generations) + 1e-4)
+    elif scale_rewards == "batch":
+        centred = centred / (nanstd(total) + 1e-4)
+    later_values = torch.nan_to_num(centred, nan=0.0)[rows if rows is not None else slice(None)]
+    later_mask = torch.as_tensor(later_mask, device=advantages.device).bool()
+    per_token = advantages if advantages.dim() == 2 else advantages.unsqueeze(1).expand(-1, later_mask.size(1))
+    if later_mask.dim() != 2 or tuple(later_mask.shape) != tuple(per_token.shape) or later_values.numel() != per_token.size(0):
+        raise ValueError(f"later-turn mask of shape {tuple(later_mask.shape)} and {later_values.numel()} values for "
+                         f"advantages of shape {tuple(advantages.shape)}")
+    return torch.where(later_mask, later_values.to(per_token.dtype).unsqueeze(1), per_token)
+
+
 def floored_answer_advantages(advantages: Any, answer_mask: Any, floor: float) -> Any:
     """Per-token ``advantages`` (rows x tokens) with those on the answer's words raised to at least
     ``floor``; every other token's unchanged.
@@ -179,5 +280,6 @@ def floored_answer_advantages(advantages: Any, answer_mask: Any, floor: float) -
     return torch.where(answer_mask, advantages.clamp(min=floor), advantages)
 
 
-__all__ = ["SCALINGS", "answer_credited_advantages", "context_baseline_advantage", "floored_answer_advantages",
+__all__ = ["SCALINGS", "after_first_result", "answer_credited_advantages", "context_baseline_advantage",
+           "floored_answer_advantages", "later_turn_advantages",
            "with_answer_advantages"]

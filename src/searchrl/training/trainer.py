@@ -257,11 +257,17 @@ def grpo_trainer_class() -> type:
         ``answer_reward_funcs`` (names of reward functions; default none) turns on answer credit;
         ``answer_advantage_floor`` (default none) raises the answer's words' advantages to at least
         that value (it needs a rollout that marks the answer's words and per-token advantages).
+        ``later_turn_funcs`` with ``first_outcome_func`` (names of reward functions; default none) turns
+        on later-turn credit: the tokens written after the first tool result (the answer's words
+        excepted when answer credit is on) get the later terms' part of the reward, compared only with
+        the episodes of their group whose first search ended alike
+        (:func:`searchrl.training.credit.later_turn_advantages`).
         """
 
         def __init__(self, *args: Any, share_prompt: bool = True, merge_lora_for_generation: bool = True,
                      score_loss_tokens_only: bool = True, answer_reward_funcs: Sequence[str] = (),
-                     answer_advantage_floor: float | None = None, **kwargs: Any) -> None:
+                     answer_advantage_floor: float | None = None, later_turn_funcs: Sequence[str] = (),
+                     first_outcome_func: str | None = None, **kwargs: Any) -> None:
             # set first: TRL's constructor may already call the methods below
             self.share_prompt = share_prompt
             self.merge_lora_for_generation = merge_lora_for_generation
@@ -274,9 +280,16 @@ def grpo_trainer_class() -> type:
             self.answer_advantage_floor = answer_advantage_floor
             super().__init__(*args, **kwargs)
             self.answer_funcs = self._answer_columns(answer_reward_funcs)
+            if bool(later_turn_funcs) != (first_outcome_func is not None):
+                from searchrl.errors import ConfigError
 
-        def _answer_columns(self, names: Sequence[str]) -> list[int]:
-            """Columns of the reward functions whose advantage the answer's words get (answer credit)."""
+                raise ConfigError("later-turn credit needs both later_turn_funcs and first_outcome_func")
+            self.later_funcs = self._answer_columns(later_turn_funcs, what="later-turn credit")
+            self.outcome_func = (self._answer_columns([first_outcome_func], what="later-turn credit")[0]
+                                 if first_outcome_func is not None else None)
+
+        def _answer_columns(self, names: Sequence[str], what: str = "answer credit") -> list[int]:
+            """Columns of the reward functions named (answer credit: those whose advantage the answer's words get)."""
             if not names:
                 return []
             from searchrl.errors import ConfigError
@@ -284,14 +297,14 @@ def grpo_trainer_class() -> type:
 
             unknown = sorted(set(names) - set(self.reward_func_names))
             if unknown:
-                raise ConfigError(f"answer credit names reward functions the trainer lacks: {', '.join(unknown)}",
+                raise ConfigError(f"{what} names reward functions the trainer lacks: {', '.join(unknown)}",
                                   hint=f"the trainer's are {', '.join(self.reward_func_names)}")
             if self.multi_objective_aggregation != "sum_then_normalize" or self.scale_rewards not in SCALINGS:
                 raise ConfigError(
-                    "answer credit splits the advantage TRL computes with multi_objective_aggregation="
+                    f"{what} splits the advantage TRL computes with multi_objective_aggregation="
                     f"'sum_then_normalize' and scale_rewards in {SCALINGS}; this run has "
                     f"{self.multi_objective_aggregation!r} and {self.scale_rewards!r}",
-                    hint="leave multi_objective_aggregation at its default, or train without answer credit",
+                    hint=f"leave multi_objective_aggregation at its default, or train without {what}",
                 )
             return [self.reward_func_names.index(name) for name in names]
 
@@ -365,6 +378,8 @@ def grpo_trainer_class() -> type:
                     output["advantages"] = self._rollout_answer_advantages(output)
                 elif self.answer_funcs and self.model.training:
                     output["advantages"] = self._answer_credited(output)
+                if self.later_funcs and self.model.training:
+                    output["advantages"] = self._later_turn_credited(output)
                 if self.answer_advantage_floor is not None and self.model.training:
                     output["advantages"] = self._floored(output)
                 return output
@@ -413,6 +428,38 @@ def grpo_trainer_class() -> type:
                 num_generations=self.num_generations, scale_rewards=self.scale_rewards,
                 advantages=advantages, rows=slice(start, start + rows),
             )
+
+        def _later_turn_credited(self, output: dict) -> Any:
+            """Per-token advantages with later-turn credit on what the model wrote after its first search's
+            results; logs ``later/rows`` (the share of rows with such tokens) and ``later/flipped`` (the
+            share of those whose credit there has the other sign than the episode's advantage)."""
+            import torch
+
+            from searchrl.training.credit import after_first_result, later_turn_advantages
+
+            advantages = output["advantages"]
+            tool_mask = output.get("tool_mask")
+            if tool_mask is None:
+                raise ValueError("later-turn credit needs the rollout's tool mask (a rollout_func with env_mask)")
+            later = after_first_result(tool_mask * output["completion_mask"])  # TRL pads tool_mask with 1s
+            if self._answer_mask is not None:  # the answer's words keep answer credit
+                later = later * (1 - self._answer_mask_rows(output).to(later.device).long())
+            rows = advantages.size(0)
+            start = self.accelerator.process_index * rows
+            credited = later_turn_advantages(
+                self._rewards_per_func, self.reward_weights, self.later_funcs, self.outcome_func, later,
+                num_generations=self.num_generations, scale_rewards=self.scale_rewards,
+                advantages=advantages, rows=slice(start, start + rows),
+            )
+            has_later = later.bool().any(dim=1)
+            if has_later.any():
+                episode = advantages if advantages.dim() == 1 else advantages[:, 0]
+                first_later = later.float().argmax(dim=1)
+                value = credited[torch.arange(rows, device=credited.device), first_later]
+                flipped = has_later & (torch.sign(value) * torch.sign(episode) < 0)
+                self._metrics["train"]["later/rows"].append(has_later.float().mean().item())
+                self._metrics["train"]["later/flipped"].append((flipped.sum() / has_later.sum()).item())
+            return credited
 
         def _compute_loss(self, model, inputs):
             self._loss_positions = inputs.get("tool_mask")
