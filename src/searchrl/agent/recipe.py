@@ -51,8 +51,8 @@ SAMPLED_COMPARISONS = ("retries_per_episode", "f1")
 PER_QUESTION_METRICS = ("f1", "em", "retrieval_hit", "retries_per_episode")
 NO_RETRY_DIR = "no-retry"
 #: Sampled episodes per question when the retry reward is ablated and ``samples`` is not given: the ablation
-#: asks whether the retry reward changes retrying, and in every run of docs/EXPERIMENTS.md that change showed
-#: only in sampled episodes (no greedy held-out episode of any trained arm searched twice).
+#: asks whether the retry reward changes retrying, and in every ablation of docs/EXPERIMENTS.md that change
+#: showed only in sampled episodes (no greedy held-out episode of either arm searched twice).
 ABLATION_SAMPLES = 4
 #: Joins a question's id and the number of its sampled copy: ``q7~2``.
 COPY_MARK = "~"
