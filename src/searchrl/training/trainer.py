@@ -279,17 +279,17 @@ def grpo_trainer_class() -> type:
             self._rewards_per_func: Any = None
             self.answer_advantage_floor = answer_advantage_floor
             super().__init__(*args, **kwargs)
-            self.answer_funcs = self._answer_columns(answer_reward_funcs)
+            self.answer_funcs = self._reward_columns(answer_reward_funcs)
             if bool(later_turn_funcs) != (first_outcome_func is not None):
                 from searchrl.errors import ConfigError
 
                 raise ConfigError("later-turn credit needs both later_turn_funcs and first_outcome_func")
-            self.later_funcs = self._answer_columns(later_turn_funcs, what="later-turn credit")
-            self.outcome_func = (self._answer_columns([first_outcome_func], what="later-turn credit")[0]
+            self.later_funcs = self._reward_columns(later_turn_funcs, what="later-turn credit")
+            self.outcome_func = (self._reward_columns([first_outcome_func], what="later-turn credit")[0]
                                  if first_outcome_func is not None else None)
 
-        def _answer_columns(self, names: Sequence[str], what: str = "answer credit") -> list[int]:
-            """Columns of the reward functions named (answer credit: those whose advantage the answer's words get)."""
+        def _reward_columns(self, names: Sequence[str], what: str = "answer credit") -> list[int]:
+            """Columns of the named reward functions (answer credit, later-turn credit) in the trainer's reward matrix."""
             if not names:
                 return []
             from searchrl.errors import ConfigError
