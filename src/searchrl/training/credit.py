@@ -99,28 +99,44 @@ def answer_credited_advantages(
             [ 0.0000,  0.0000]])
     """
     import torch
-    from trl.trainer.utils import nanstd  # TRL's own, so the scaling is exactly the advantage's
+
+    total, part, _ = _weighted_sums(rewards_per_func, weights, answer_funcs, scale_rewards, "answer credit")
+    groups = part.view(-1, num_generations)
+    centred = (groups - torch.nanmean(groups, dim=1, keepdim=True)).view(-1)
+    answer_advantages = _scaled(centred, total, num_generations, scale_rewards)[rows if rows is not None else slice(None)]
+    return with_answer_advantages(advantages, answer_mask, answer_advantages)
+
+
+def _weighted_sums(rewards_per_func: Any, weights: Any, funcs: Sequence[int], scale_rewards: str, what: str):
+    """``(total, part, unscorable)``: each sample's weighted reward sum, the part of it from ``funcs``
+    (both NaN where no function scored the sample) and which samples those are."""
+    import torch
 
     if scale_rewards not in SCALINGS:
         raise ConfigError(
-            f"answer credit cannot split advantages scaled with scale_rewards={scale_rewards!r}",
+            f"{what} cannot split advantages scaled with scale_rewards={scale_rewards!r}",
             hint=f"use one of {', '.join(SCALINGS)}",
         )
     rewards_per_func = rewards_per_func.float()
     weights = weights.to(rewards_per_func.device, torch.float32)
     unscorable = torch.isnan(rewards_per_func).all(dim=1)
     total = (rewards_per_func * weights).nansum(dim=1)
-    part = (rewards_per_func[:, list(answer_funcs)] * weights[list(answer_funcs)]).nansum(dim=1)
+    part = (rewards_per_func[:, list(funcs)] * weights[list(funcs)]).nansum(dim=1)
     total[unscorable] = torch.nan
     part[unscorable] = torch.nan
-    groups = part.view(-1, num_generations)
-    centred = (groups - torch.nanmean(groups, dim=1, keepdim=True)).view(-1)
+    return total, part, unscorable
+
+
+def _scaled(centred: Any, total: Any, num_generations: int, scale_rewards: str) -> Any:
+    """``centred`` divided as TRL divides the advantage under ``scale_rewards`` (NaN -> 0)."""
+    import torch
+    from trl.trainer.utils import nanstd  # TRL's own, so the scaling is exactly the advantage's
+
     if scale_rewards == "group":
         centred = centred / (nanstd(total.view(-1, num_generations), dim=1).repeat_interleave(num_generations) + 1e-4)
     elif scale_rewards == "batch":
         centred = centred / (nanstd(total) + 1e-4)
-    answer_advantages = torch.nan_to_num(centred, nan=0.0)[rows if rows is not None else slice(None)]
-    return with_answer_advantages(advantages, answer_mask, answer_advantages)
+    return torch.nan_to_num(centred, nan=0.0)
 
 
 def context_baseline_advantage(own: float, others: Sequence[float]) -> float:
@@ -223,31 +239,16 @@ def later_turn_advantages(
             [ 0.3750,  0.3750]])
     """
     import torch
-    from trl.trainer.utils import nanstd  # TRL's own, so the scaling is exactly the advantage's
 
-    if scale_rewards not in SCALINGS:
-        raise ConfigError(
-            f"later-turn credit cannot split advantages scaled with scale_rewards={scale_rewards!r}",
-            hint=f"use one of {', '.join(SCALINGS)}",
-        )
-    rewards_per_func = rewards_per_func.float()
-    weights = weights.to(rewards_per_func.device, torch.float32)
-    unscorable = torch.isnan(rewards_per_func).all(dim=1)
-    total = (rewards_per_func * weights).nansum(dim=1)
-    part = (rewards_per_func[:, list(later_funcs)] * weights[list(later_funcs)]).nansum(dim=1)
-    total[unscorable] = torch.nan
-    outcome = rewards_per_func[:, outcome_func]
+    total, part, unscorable = _weighted_sums(rewards_per_func, weights, later_funcs, scale_rewards, "later-turn credit")
+    outcome = rewards_per_func[:, outcome_func].float()
     valid = ~(unscorable | torch.isnan(outcome))
     groups, cells, ok = part.view(-1, num_generations), outcome.view(-1, num_generations), valid.view(-1, num_generations)
     peers = (cells.unsqueeze(2) == cells.unsqueeze(1)) & ok.unsqueeze(2) & ok.unsqueeze(1)  # [group, sample, peer]
     counts = peers.sum(dim=2)
     means = (peers * torch.nan_to_num(groups).unsqueeze(1)).sum(dim=2) / counts.clamp(min=1)
     centred = torch.where(counts >= 2, groups - means, torch.zeros_like(groups)).view(-1)
-    if scale_rewards == "group":
-        centred = centred / (nanstd(total.view(-1, num_generations), dim=1).repeat_interleave(num_generations) + 1e-4)
-    elif scale_rewards == "batch":
-        centred = centred / (nanstd(total) + 1e-4)
-    later_values = torch.nan_to_num(centred, nan=0.0)[rows if rows is not None else slice(None)]
+    later_values = _scaled(centred, total, num_generations, scale_rewards)[rows if rows is not None else slice(None)]
     later_mask = torch.as_tensor(later_mask, device=advantages.device).bool()
     per_token = advantages if advantages.dim() == 2 else advantages.unsqueeze(1).expand(-1, later_mask.size(1))
     if later_mask.dim() != 2 or tuple(later_mask.shape) != tuple(per_token.shape) or later_values.numel() != per_token.size(0):
