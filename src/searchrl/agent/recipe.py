@@ -12,9 +12,10 @@ One resumable command from a config to the figures a reader wants:
    the two arms against each other, with a bootstrap interval of the mean difference);
 5. with ``samples`` (by default :data:`ABLATION_SAMPLES` with ``ablate_retry``, else none), also play that
    many episodes of every question with each policy *sampled* as GRPO samples it (``grpo.temperature``),
-   and compare their retries and F1 question by question (``sampled``). Greedy decoding reads a policy only at its likeliest choice: a policy that retries in a
-   fifth of its sampled episodes but never where retrying is the likelier branch retries 0 times
-   greedily, so only sampled episodes show whether the retry reward moved the policy at all.
+   and compare their retries and F1 question by question (``sampled``). Greedy decoding reads a policy
+   only at its likeliest choice: a policy that retries in a fifth of its sampled episodes but never
+   where retrying is the likelier branch retries 0 times greedily, so only sampled episodes show
+   whether the retry reward moved the policy at all.
 
 The held-out check: a question of the evaluation file that shares its id or a gold document with
 any training or dev question of the run is left out with a warning (none left: an error). Every

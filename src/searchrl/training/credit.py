@@ -161,8 +161,9 @@ def context_baseline_advantage(own: float, others: Sequence[float]) -> float:
 
 def with_answer_advantages(advantages: Any, answer_mask: Any, answer_advantages: Any) -> Any:
     """Per-token advantages (rows x tokens): ``answer_advantages[row]`` on the tokens ``answer_mask``
-    marks, ``advantages[row]`` (TRL's, one per row) on every other token. ``answer_advantages`` is
-    one number per row (a sequence or a tensor).
+    marks, ``advantages`` on every other token (TRL's, one per row, or already per token).
+    ``answer_advantages`` is one number per row (a sequence or a tensor). Later-turn credit puts its
+    values on the tokens after the first search's results the same way.
 
     >>> import torch
     >>> with_answer_advantages(torch.tensor([1.0, -1.0]), torch.tensor([[0, 1], [0, 0]]), [0.5, 2.0])
@@ -173,10 +174,12 @@ def with_answer_advantages(advantages: Any, answer_mask: Any, answer_advantages:
 
     answer_mask = torch.as_tensor(answer_mask, device=advantages.device).bool()
     per_row = torch.as_tensor(answer_advantages, device=advantages.device, dtype=advantages.dtype).reshape(-1)
-    if answer_mask.dim() != 2 or answer_mask.size(0) != advantages.size(0) or per_row.numel() != advantages.size(0):
-        raise ValueError(f"answer mask of shape {tuple(answer_mask.shape)} and {per_row.numel()} answer "
-                         f"advantages for {advantages.size(0)} samples")
-    return torch.where(answer_mask, per_row.unsqueeze(1), advantages.unsqueeze(1))
+    per_token = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+    if (answer_mask.dim() != 2 or answer_mask.size(0) != advantages.size(0) or per_row.numel() != advantages.size(0)
+            or (advantages.dim() == 2 and tuple(answer_mask.shape) != tuple(advantages.shape))):
+        raise ValueError(f"a mask of shape {tuple(answer_mask.shape)} and {per_row.numel()} values per row for "
+                         f"advantages of shape {tuple(advantages.shape)}")
+    return torch.where(answer_mask, per_row.unsqueeze(1), per_token)
 
 
 def after_first_result(tool_mask: Any) -> Any:
@@ -249,12 +252,7 @@ def later_turn_advantages(
     means = (peers * torch.nan_to_num(groups).unsqueeze(1)).sum(dim=2) / counts.clamp(min=1)
     centred = torch.where(counts >= 2, groups - means, torch.zeros_like(groups)).view(-1)
     later_values = _scaled(centred, total, num_generations, scale_rewards)[rows if rows is not None else slice(None)]
-    later_mask = torch.as_tensor(later_mask, device=advantages.device).bool()
-    per_token = advantages if advantages.dim() == 2 else advantages.unsqueeze(1).expand(-1, later_mask.size(1))
-    if later_mask.dim() != 2 or tuple(later_mask.shape) != tuple(per_token.shape) or later_values.numel() != per_token.size(0):
-        raise ValueError(f"later-turn mask of shape {tuple(later_mask.shape)} and {later_values.numel()} values for "
-                         f"advantages of shape {tuple(advantages.shape)}")
-    return torch.where(later_mask, later_values.to(per_token.dtype).unsqueeze(1), per_token)
+    return with_answer_advantages(advantages, later_mask, later_values)
 
 
 def floored_answer_advantages(advantages: Any, answer_mask: Any, floor: float) -> Any:
