@@ -48,24 +48,16 @@ def main() -> None:
 
     import numpy as np
 
-    from searchrl.coaug.config import CoAugConfig
-    from searchrl.coaug.dataset import judged_queries
-    from searchrl.config import load_config
-    from searchrl.data.beir import load_beir
+    from coaug_sampled_expansions import training_sample  # this folder; the same seed draws the same queries
+
     from searchrl.data.types import query_text
     from searchrl.metrics import evaluate_run
-    from searchrl.retrieval.bm25 import BM25Retriever
     from searchrl.runs import library_versions, machine_info
 
     started = time.perf_counter()
-    config = load_config(CoAugConfig, args.config, [f"data={args.data}"])
-    dataset = load_beir(config.data, config.train_split)
-    judged = judged_queries(dataset.queries, dataset.qrels)
-    rng = np.random.default_rng(args.seed)
-    ids = [judged[i] for i in sorted(rng.choice(len(judged), size=min(args.queries, len(judged)), replace=False))]
+    config, dataset, ids, retriever, _ = training_sample(args.data, args.config, args.queries, args.seed)
     queries = {q: dataset.queries[q] for q in ids}
     qrels = {q: dataset.qrels[q] for q in ids}
-    retriever = BM25Retriever(k1=config.bm25.k1, b=config.bm25.b).index(dataset.corpus.values(), show_progress=False)
 
     def idf(word: str) -> float:
         tokens = retriever.analyzer.tokenize([word])[0]

@@ -35,6 +35,30 @@ def joined_counts(samples: int) -> list[int]:
     return [*counts, samples]
 
 
+def training_sample(data: str, config_name: str, size: int, seed: int):
+    """``(config, dataset, ids, retriever, rng)``: a seeded sample of ``size`` judged queries of the
+    recipe's training split, a BM25 index of the whole corpus with the recipe's settings, and the
+    random generator after the draw (this script's bootstrap continues its stream).
+
+    The other co-augmentation benchmarks call this too, so that the same seed means the same queries.
+    """
+    import numpy as np
+
+    from searchrl.coaug.config import CoAugConfig
+    from searchrl.coaug.dataset import judged_queries
+    from searchrl.config import load_config
+    from searchrl.data.beir import load_beir
+    from searchrl.retrieval.bm25 import BM25Retriever
+
+    config = load_config(CoAugConfig, config_name, [f"data={data}"])
+    dataset = load_beir(config.data, config.train_split)
+    judged = judged_queries(dataset.queries, dataset.qrels)
+    rng = np.random.default_rng(seed)
+    ids = [judged[i] for i in sorted(rng.choice(len(judged), size=min(size, len(judged)), replace=False))]
+    retriever = BM25Retriever(k1=config.bm25.k1, b=config.bm25.b).index(dataset.corpus.values(), show_progress=False)
+    return config, dataset, ids, retriever, rng
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
@@ -52,24 +76,14 @@ def main() -> None:
 
     import numpy as np
 
-    from searchrl.coaug.config import CoAugConfig
-    from searchrl.coaug.dataset import judged_queries
-    from searchrl.config import load_config
-    from searchrl.data.beir import load_beir
     from searchrl.data.types import query_text
     from searchrl.llm import build_engine
     from searchrl.metrics import evaluate_run
-    from searchrl.retrieval.bm25 import BM25Retriever
     from searchrl.runs import library_versions, machine_info
 
-    config = load_config(CoAugConfig, args.config, [f"data={args.data}"])
-    dataset = load_beir(config.data, config.train_split)
-    judged = judged_queries(dataset.queries, dataset.qrels)
-    rng = np.random.default_rng(args.seed)
-    ids = [judged[i] for i in sorted(rng.choice(len(judged), size=min(args.queries, len(judged)), replace=False))]
+    config, dataset, ids, retriever, rng = training_sample(args.data, args.config, args.queries, args.seed)
     queries = {q: dataset.queries[q] for q in ids}
     qrels = {q: dataset.qrels[q] for q in ids}
-    retriever = BM25Retriever(k1=config.bm25.k1, b=config.bm25.b).index(dataset.corpus.values(), show_progress=False)
 
     def score(expansions: dict[str, str]) -> np.ndarray:
         texts = {q: query_text(t, expansions.get(q), repeat=config.bm25.query_repeat) for q, t in queries.items()}
