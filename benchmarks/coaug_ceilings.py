@@ -26,6 +26,7 @@ BM25 only, about a minute.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import time
@@ -46,12 +47,10 @@ def main() -> None:
     if args.queries < 1:
         parser.error("--queries must be at least 1")
 
-    import numpy as np
-
     from coaug_sampled_expansions import training_sample  # this folder; the same seed draws the same queries
 
     from searchrl.data.types import query_text
-    from searchrl.metrics import evaluate_run
+    from searchrl.metrics import evaluate_run, paired_difference
     from searchrl.runs import library_versions, machine_info
 
     started = time.perf_counter()
@@ -59,24 +58,23 @@ def main() -> None:
     queries = {q: dataset.queries[q] for q in ids}
     qrels = {q: dataset.qrels[q] for q in ids}
 
+    @functools.cache
     def idf(word: str) -> float:
         tokens = retriever.analyzer.tokenize([word])[0]
         return float(retriever.idf(tokens).max()) if tokens else 0.0
 
-    def score(expansions: dict[str, str]) -> np.ndarray:
+    def score(expansions: dict[str, str]) -> dict[str, float]:
         texts = {q: query_text(t, expansions.get(q), repeat=config.bm25.query_repeat) for q, t in queries.items()}
         _, per_query = evaluate_run(qrels, retriever.run(texts, k=100), ("ndcg@10",))
-        return np.array([per_query[q]["ndcg@10"] for q in ids])
+        return {q: per_query[q]["ndcg@10"] for q in ids}
 
     bm25 = score({})
-    boot = np.random.default_rng(0)
 
-    def against_bm25(values: np.ndarray) -> dict[str, float]:
-        difference = values - bm25
-        means = [difference[boot.integers(0, len(difference), len(difference))].mean() for _ in range(2000)]
-        return {"ndcg@10": round(float(values.mean()), 4), "minus_bm25": round(float(difference.mean()), 4),
-                "low": round(float(np.percentile(means, 2.5)), 4), "high": round(float(np.percentile(means, 97.5)), 4),
-                "better": int((difference > 0).sum()), "worse": int((difference < 0).sum())}
+    def against_bm25(values: dict[str, float]) -> dict[str, float]:
+        difference = paired_difference(bm25, values)
+        return {"ndcg@10": round(sum(values.values()) / len(values), 4), "minus_bm25": round(difference["mean"], 4),
+                "low": round(difference["low"], 4), "high": round(difference["high"], 4),
+                "better": difference["better"], "worse": difference["worse"]}
 
     def words(text: str) -> list[str]:
         return list(dict.fromkeys(WORD.findall(text)))
@@ -94,20 +92,20 @@ def main() -> None:
         relevant = {w.lower() for d in sorted(qrels[q]) if d in dataset.corpus for w in WORD.findall(document_text(d))}
         oracle[q] = " ".join(w for w in words(t) if w.lower() in relevant)
     rows["oracle_reweight"] = against_bm25(score(oracle))
+    ranked_new = {}  # each query's words of its first relevant document that it lacks, heaviest first
+    for q, t in queries.items():
+        first = next((d for d in sorted(qrels[q]) if d in dataset.corpus), None)
+        if first is None:
+            continue
+        counts = Counter(w.lower() for w in WORD.findall(document_text(first)))
+        own = {w.lower() for w in words(t)}
+        ranked_new[q] = sorted((w for w in counts if w not in own and len(w) > 3),
+                               key=lambda w: counts[w] * idf(w), reverse=True)
     for n in (5, 10):
-        expansions = {}
-        for q, t in queries.items():
-            first = next((d for d in sorted(qrels[q]) if d in dataset.corpus), None)
-            if first is None:
-                continue
-            counts = Counter(w.lower() for w in WORD.findall(document_text(first)))
-            own = {w.lower() for w in words(t)}
-            new = [w for w in counts if w not in own and len(w) > 3]
-            expansions[q] = " ".join(sorted(new, key=lambda w: counts[w] * idf(w), reverse=True)[:n])
-        rows[f"oracle_new_words_{n}"] = against_bm25(score(expansions))
+        rows[f"oracle_new_words_{n}"] = against_bm25(score({q: " ".join(ranked[:n]) for q, ranked in ranked_new.items()}))
 
     results = {"config": args.config, "split": config.train_split, "queries": len(ids), "seed": args.seed,
-               "query_repeat": config.bm25.query_repeat, "bm25": round(float(bm25.mean()), 4), **rows,
+               "query_repeat": config.bm25.query_repeat, "bm25": round(sum(bm25.values()) / len(bm25), 4), **rows,
                "seconds": round(time.perf_counter() - started, 1),
                "machine": machine_info(), "versions": library_versions()}
     print(f"{len(ids)} {config.train_split} queries, nDCG@10: BM25 {results['bm25']:.4f}")
@@ -120,4 +118,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from searchrl.errors import SearchRLError
+
+    try:
+        main()
+    except SearchRLError as error:  # a bad --data or --config: the message names the file and the fix
+        raise SystemExit(f"error: {error}") from None

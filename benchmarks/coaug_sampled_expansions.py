@@ -133,4 +133,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from searchrl.errors import SearchRLError
+
+    try:
+        main()
+    except SearchRLError as error:  # a bad --data or --config: the message names the file and the fix
+        raise SystemExit(f"error: {error}") from None
